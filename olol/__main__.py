@@ -1,0 +1,5 @@
+import sys
+
+from olol.cli import main
+
+sys.exit(main())

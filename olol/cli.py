@@ -1,0 +1,52 @@
+"""The ``olol`` command line.
+
+Each area of the product owns its subcommands: a module listed in
+``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its parsers and
+sets ``func`` (called with the parsed arguments, returning an exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from olol import __version__
+
+COMMAND_MODULES = [
+    "olol.store.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="olol",
+        description="One Ollama-compatible endpoint in front of a fleet of Ollama hosts.",
+    )
+    parser.add_argument("--version", action="version", version=f"olol {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    return int(func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

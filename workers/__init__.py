@@ -1,0 +1,1 @@
+"""The olol node agent: runs on each inference host in front of its Ollama."""
