@@ -1,0 +1,564 @@
+"""``DatabaseManager``: the store every olol component writes through.
+
+TinyDB is the query engine (``tinydb.Query`` conditions are evaluated on the
+stored documents) and its JSON file is the snapshot format; durability comes
+from the write-ahead journal in :mod:`olol.store.journal`. Documents live in
+RAM as ``{table: {doc_id: dict}}``. A stored document is never mutated in place
+(every write stores a new dict), so a checkpoint can copy the tables' dicts
+under the lock and serialise them outside it. Reads return deep copies.
+
+Two implementations behind one interface: ``DatabaseManager(data_dir)`` is the
+durable store; ``DatabaseManager.memory()`` keeps everything in RAM (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tinydb.table import Document
+
+from olol.store import journal as jr
+from olol.store.schema import (
+    DEFAULT_SCHEMAS,
+    SCHEMA_VERSION,
+    SchemaError,
+    TableSchema,
+    UnknownTableError,
+)
+
+log = logging.getLogger(__name__)
+
+Where = int | Iterable[int] | Callable[[Mapping], bool] | Mapping[str, Any]
+Fields = Mapping[str, Any] | Callable[[dict], None]
+
+_dumps = orjson.dumps
+_loads = orjson.loads
+
+
+def iso_utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+
+
+def _copy(doc: dict) -> dict:
+    return _loads(_dumps(doc))
+
+
+class StoreClosedError(jr.StoreError):
+    """The store was closed; nothing more is accepted."""
+
+
+class DatabaseManager:
+    """Thread-safe CRUD over the olol tables, durable when given a folder."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        schemas: Mapping[str, TableSchema] | None = None,
+        checkpoint_bytes: int = 64 << 20,
+        checkpoint_interval_s: float = 600.0,
+        background_checkpoints: bool = True,
+        sync: Callable[[int], None] | None = None,
+    ):
+        self.clock = clock
+        self.schemas: dict[str, TableSchema] = dict(DEFAULT_SCHEMAS)
+        if schemas:
+            self.schemas.update(schemas)
+        self._lock = threading.RLock()
+        self._tables: dict[str, dict[int, dict]] = {}
+        self._next_ids: dict[str, int] = {}
+        self._txn: list[bytes] | None = None
+        self._undo: list[tuple] = []
+        self._closed = False
+        self._journal: jr.Journal | None = None
+        self._dirlock: jr.DirLock | None = None
+        self._ckpt_lock = threading.Lock()
+        self._checkpoint_bytes = checkpoint_bytes
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._snapshot_bytes = 0
+        self._last_checkpoint = time.monotonic()
+        self._stop = threading.Event()
+        self._ckpt_thread: threading.Thread | None = None
+        self.recovery: jr.Recovered | None = None
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        if self.data_dir is not None:
+            self._open_durable(sync)
+            if background_checkpoints:
+                self._ckpt_thread = threading.Thread(
+                    target=self._checkpoint_loop, name="olol-store-checkpoint", daemon=True
+                )
+                self._ckpt_thread.start()
+        self._ensure_schema_version()
+
+    @classmethod
+    def memory(cls, *, clock: Callable[[], float] = time.time, **kw: Any) -> DatabaseManager:
+        return cls(None, clock=clock, **kw)
+
+    @property
+    def durable(self) -> bool:
+        return self.data_dir is not None
+
+    # ------------------------------------------------------------------ opening
+    def _open_durable(self, sync: Callable[[int], None] | None) -> None:
+        assert self.data_dir is not None
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise jr.StoreError(f"{self.data_dir} exists and is not a folder")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._dirlock = jr.DirLock(self.data_dir)
+        self._dirlock.acquire()
+        try:
+            tmp = self.data_dir / (jr.SNAPSHOT + ".tmp")
+            if tmp.exists():
+                log.info("removing an unfinished checkpoint %s", tmp)
+                tmp.unlink()
+            rec = jr.recover(self.data_dir)
+            self.recovery = rec
+            self._tables, self._next_ids = rec.tables, rec.next_ids
+            snap = self.data_dir / jr.SNAPSHOT
+            self._snapshot_bytes = snap.stat().st_size if snap.exists() else 0
+            kw = {"sync": sync} if sync else {}
+            self._journal = jr.Journal(self.data_dir, rec.generation + 1, **kw)
+            if rec.replayed:
+                log.info(
+                    "store %s: replayed %d journal records (%d torn bytes dropped)",
+                    self.data_dir, rec.replayed, rec.dropped_bytes,
+                )
+            if rec.replayed > 100_000:
+                self.checkpoint()
+        except BaseException:
+            self._dirlock.release()
+            raise
+
+    def _ensure_schema_version(self) -> None:
+        row = self.search_one("config", {"key": "schema_version"})
+        if row is None:
+            self.insert("config", {"key": "schema_version", "value": SCHEMA_VERSION})
+        elif not isinstance(row["value"], int) or row["value"] > SCHEMA_VERSION:
+            where = self.data_dir or "memory"
+            self.close()
+            raise jr.StoreError(
+                f"store {where} has schema version {row['value']!r}; "
+                f"this olol understands up to {SCHEMA_VERSION}"
+            )
+
+    def register_table(self, schema: TableSchema) -> None:
+        """Add a table (for components with tables of their own)."""
+        with self._lock:
+            self.schemas[schema.name] = schema
+
+    # ------------------------------------------------------------------ helpers
+    def _schema(self, table: str) -> TableSchema:
+        if not isinstance(table, str):
+            raise UnknownTableError(f"table name must be a string, got {type(table).__name__}")
+        schema = self.schemas.get(table)
+        if schema is None:
+            raise UnknownTableError(
+                f"unknown table {table!r}; tables: {', '.join(sorted(self.schemas))}"
+            )
+        return schema
+
+    def _rows(self, table: str) -> dict[int, dict]:
+        self._schema(table)
+        return self._tables.setdefault(table, {})
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+
+    @staticmethod
+    def _matcher(where: Any) -> Callable[[Mapping], bool]:
+        if isinstance(where, Mapping):
+            items = list(where.items())
+            return lambda doc: all(k in doc and doc[k] == v for k, v in items)
+        if callable(where):
+            return where
+        raise TypeError(f"expected a query, a callable or a mapping, got {type(where).__name__}")
+
+    def _select(self, rows: dict[int, dict], where: Where) -> list[int]:
+        if isinstance(where, bool):
+            raise TypeError("expected a document id, ids or a query, got bool")
+        if isinstance(where, int):
+            return [where] if where in rows else []
+        if isinstance(where, (Mapping,)) or callable(where):
+            match = self._matcher(where)
+            return [i for i, d in rows.items() if match(d)]
+        if isinstance(where, Iterable) and not isinstance(where, (str, bytes)):
+            ids = []
+            for i in where:
+                if isinstance(i, bool) or not isinstance(i, int):
+                    raise TypeError(f"document ids must be integers, got {i!r}")
+                if i in rows:
+                    ids.append(i)
+            return ids
+        raise TypeError(f"expected a document id, ids or a query, got {type(where).__name__}")
+
+    def _encode_doc(self, schema: TableSchema, doc: Any) -> bytes:
+        schema.validate(doc)
+        try:
+            return _dumps(doc)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            for key, value in doc.items():
+                try:
+                    _dumps(value)
+                except (TypeError, orjson.JSONEncodeError):
+                    raise SchemaError(
+                        f"table {schema.name!r}: field {key!r} is not a JSON value ({exc})"
+                    ) from None
+            raise SchemaError(f"table {schema.name!r}: document is not JSON ({exc})") from None
+
+    # ------------------------------------------------------------------ commit
+    def _commit(self, ops: list[bytes], undo: list[tuple]) -> int:
+        """Called under the lock after applying to RAM: journal the change.
+
+        Returns the sequence number to wait for (0 inside a transaction or in
+        memory); the caller waits with :meth:`_wait` after releasing the lock.
+        """
+        if self._txn is not None:
+            self._txn.extend(ops)
+            self._undo.extend(undo)
+            return 0
+        return self._append(ops, undo)
+
+    def _wait(self, seq: int) -> None:
+        if seq:
+            self._journal.wait(seq)  # type: ignore[union-attr]
+
+    def _append(self, ops: list[bytes], undo: list[tuple]) -> int:
+        if not ops or self._journal is None:
+            return 0
+        payload = b'{"x":[' + b",".join(ops) + b"]}"
+        line = b"%08x " % zlib.crc32(payload) + payload + b"\n"
+        try:
+            return self._journal.append(line)
+        except BaseException:
+            self._rollback(undo)
+            raise
+
+    def _rollback(self, undo: list[tuple]) -> None:
+        for entry in reversed(undo):
+            kind, table = entry[0], entry[1]
+            rows = self._tables.setdefault(table, {})
+            if kind == "row":
+                _, _, doc_id, old = entry
+                if old is None:
+                    rows.pop(doc_id, None)
+                else:
+                    rows[doc_id] = old
+            elif kind == "table":
+                self._tables[table] = entry[2]
+            elif kind == "next":
+                self._next_ids[table] = entry[2]
+
+    @contextmanager
+    def transaction(self) -> Iterator[DatabaseManager]:
+        """Group writes: all or none become durable, with one journal line.
+
+        The calling thread holds the store's lock for the whole block; keep it short.
+        An exception inside the block rolls every change back.
+        """
+        with self._lock:
+            self._check_open()
+            if self._txn is not None:  # nested: part of the outer transaction
+                yield self
+                return
+            self._txn, self._undo = [], []
+            try:
+                yield self
+            except BaseException:
+                self._rollback(self._undo)
+                self._txn, self._undo = None, []
+                raise
+            ops, undo = self._txn, self._undo
+            self._txn, self._undo = None, []
+            seq = self._append(ops, undo)
+        self._wait(seq)
+
+    # ------------------------------------------------------------------ writes
+    def insert(self, table: str, doc: Mapping[str, Any]) -> int:
+        return self.insert_many(table, [doc])[0]
+
+    def insert_many(self, table: str, docs: Iterable[Mapping[str, Any]]) -> list[int]:
+        schema = self._schema(table)
+        docs = list(docs)
+        now = iso_utc(self.clock())
+        encoded = []
+        for doc in docs:
+            if not isinstance(doc, Mapping):
+                raise SchemaError(
+                    f"table {table!r}: a document must be a mapping, got {type(doc).__name__}"
+                )
+            doc = dict(doc)
+            doc.setdefault("created_at", now)
+            doc["updated_at"] = now
+            encoded.append(self._encode_doc(schema, doc))
+        with self._lock:
+            self._check_open()
+            rows = self._rows(table)
+            first = self._next_ids.get(table, 1)
+            undo: list[tuple] = [("next", table, first)]
+            ops, ids = [], []
+            for i, raw in enumerate(encoded):
+                doc_id = first + i
+                rows[doc_id] = _loads(raw)
+                undo.append(("row", table, doc_id, None))
+                ops.append(_dumps(["p", table, doc_id])[:-1] + b"," + raw + b"]")
+                ids.append(doc_id)
+            self._next_ids[table] = first + len(encoded)
+            seq = self._commit(ops, undo)
+        self._wait(seq)
+        return ids
+
+    def update(self, table: str, fields: Fields, where: Where) -> list[int]:
+        """Set ``fields`` (a mapping, or a callable that edits a copy) on matching docs."""
+        schema = self._schema(table)
+        if isinstance(fields, Mapping):
+            patch: dict | None = _loads(self._encode_fields(table, fields))
+            fn = None
+        elif callable(fields):
+            patch, fn = None, fields
+        else:
+            raise TypeError("fields must be a mapping or a callable")
+        with self._lock:
+            self._check_open()
+            rows = self._rows(table)
+            ids = self._select(rows, where)
+            now = iso_utc(self.clock())
+            ops, undo = [], []
+            try:
+                for doc_id in ids:
+                    old = rows[doc_id]
+                    if patch is not None:
+                        new = dict(old)
+                        new.update(patch)
+                    else:
+                        new = _copy(old)
+                        fn(new)  # type: ignore[misc]
+                    new["updated_at"] = now
+                    raw = self._encode_doc(schema, new)
+                    undo.append(("row", table, doc_id, old))
+                    rows[doc_id] = _loads(raw) if fn else new
+                    ops.append(_dumps(["p", table, doc_id])[:-1] + b"," + raw + b"]")
+            except BaseException:
+                self._rollback(undo)
+                raise
+            seq = self._commit(ops, undo)
+        self._wait(seq)
+        return ids
+
+    def _encode_fields(self, table: str, fields: Mapping) -> bytes:
+        try:
+            return _dumps(dict(fields))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise SchemaError(f"table {table!r}: update fields are not JSON ({exc})") from None
+
+    def upsert(self, table: str, doc: Mapping[str, Any], where: Where) -> list[int]:
+        """Update matching docs with ``doc``'s fields, or insert ``doc`` if none match."""
+        with self._lock:
+            ids = self._select(self._rows(table), where)
+            if ids:
+                return self.update(table, doc, ids)
+            return [self.insert(table, doc)]
+
+    def remove(self, table: str, where: Where) -> list[int]:
+        with self._lock:
+            self._check_open()
+            rows = self._rows(table)
+            ids = self._select(rows, where)
+            ops, undo = [], []
+            for doc_id in ids:
+                undo.append(("row", table, doc_id, rows.pop(doc_id)))
+                ops.append(_dumps(["d", table, doc_id]))
+            seq = self._commit(ops, undo)
+        self._wait(seq)
+        return ids
+
+    def truncate(self, table: str) -> None:
+        with self._lock:
+            self._check_open()
+            rows = self._rows(table)
+            undo = [("table", table, rows)]
+            self._tables[table] = {}
+            seq = self._commit([_dumps(["c", table])], undo)
+        self._wait(seq)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, table: str, doc_id: int) -> Document | None:
+        with self._lock:
+            doc = self._rows(table).get(doc_id)
+            return None if doc is None else Document(_copy(doc), doc_id)
+
+    def search(self, table: str, cond: Callable[[Mapping], bool] | Mapping) -> list[Document]:
+        match = self._matcher(cond)
+        with self._lock:
+            rows = self._rows(table)
+            hits = [(i, d) for i, d in rows.items() if match(d)]
+            return [Document(_copy(d), i) for i, d in hits]
+
+    def search_one(self, table: str, cond: Callable[[Mapping], bool] | Mapping) -> Document | None:
+        match = self._matcher(cond)
+        with self._lock:
+            for i, d in self._rows(table).items():
+                if match(d):
+                    return Document(_copy(d), i)
+        return None
+
+    def all(self, table: str) -> list[Document]:
+        with self._lock:
+            return [Document(_copy(d), i) for i, d in self._rows(table).items()]
+
+    def count(self, table: str, cond: Callable[[Mapping], bool] | Mapping | None = None) -> int:
+        with self._lock:
+            rows = self._rows(table)
+            if cond is None:
+                return len(rows)
+            match = self._matcher(cond)
+            return sum(1 for d in rows.values() if match(d))
+
+    def tables(self) -> list[str]:
+        with self._lock:
+            return sorted(set(self.schemas) | set(self._tables))
+
+    # ------------------------------------------------------------------ checkpoint
+    def checkpoint(self) -> dict[str, Any]:
+        """Write a snapshot atomically and drop the journals it covers."""
+        if self._journal is None or self.data_dir is None:
+            return {"checkpointed": False}
+        with self._ckpt_lock:
+            t0 = time.perf_counter()
+            with self._lock:
+                if self._closed and self._journal._fd < 0:
+                    return {"checkpointed": False}
+                tables = {name: dict(rows) for name, rows in self._tables.items()}
+                next_ids = dict(self._next_ids)
+                gen = self._journal.rotate()
+            blocked = time.perf_counter() - t0
+            tables[jr.META_TABLE] = {
+                1: {"generation": gen, "next_ids": next_ids, "schema_version": SCHEMA_VERSION}
+            }
+            payload = orjson.dumps(tables, option=orjson.OPT_NON_STR_KEYS)
+            jr.write_snapshot(self.data_dir, payload)
+            for old_gen, path in jr.list_journals(self.data_dir):
+                if old_gen < gen:
+                    path.unlink(missing_ok=True)
+            jr.fsync_dir(self.data_dir)
+            self._snapshot_bytes = len(payload)
+            self._last_checkpoint = time.monotonic()
+            return {
+                "checkpointed": True,
+                "generation": gen,
+                "rows": sum(len(r) for r in tables.values()) - 1,
+                "bytes": len(payload),
+                "writers_blocked_s": blocked,
+                "total_s": time.perf_counter() - t0,
+            }
+
+    def _checkpoint_due(self) -> bool:
+        j = self._journal
+        if j is None or j.bytes_written == 0:
+            return False
+        if j.bytes_written >= max(self._checkpoint_bytes, self._snapshot_bytes):
+            return True
+        return time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stop.wait(timeout=1.0):
+            try:
+                if self._checkpoint_due():
+                    self.checkpoint()
+            except Exception:  # logged, retried on the next tick
+                log.exception("store checkpoint failed")
+
+    def stats(self) -> dict[str, Any]:
+        j = self._journal
+        with self._lock:
+            out: dict[str, Any] = {
+                "durable": self.durable,
+                "data_dir": str(self.data_dir) if self.data_dir else None,
+                "rows": {t: len(r) for t, r in self._tables.items()},
+            }
+        if j is not None:
+            out.update(
+                journal_generation=j.generation,
+                journal_bytes=j.bytes_written,
+                journal_syncs=j.syncs,
+                journal_records=j.records,
+            )
+        return out
+
+    # ------------------------------------------------------------------ close
+    def close(self) -> None:
+        """Flush, checkpoint and release the data folder. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if self._ckpt_thread is not None:
+            self._ckpt_thread.join(timeout=30)
+        try:
+            if self._journal is not None:
+                try:
+                    self._journal.flush()
+                    self.checkpoint()
+                finally:
+                    self._journal.close()
+        finally:
+            if self._dirlock is not None:
+                self._dirlock.release()
+
+    def __enter__(self) -> DatabaseManager:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- default
+_default: DatabaseManager | None = None
+_default_lock = threading.Lock()
+
+
+def default_data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """``--data-dir`` if given, else ``OLOL_DATA_DIR``, else ``$XDG_DATA_HOME/olol``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("OLOL_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return Path(xdg) / "olol"
+
+
+def configure_db(db: DatabaseManager) -> DatabaseManager:
+    """Install the process default that ``get_db()`` returns (called once at start-up)."""
+    global _default
+    with _default_lock:
+        _default = db
+    return db
+
+
+def get_db() -> DatabaseManager:
+    """The configured default store; opens the default folder on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = DatabaseManager(default_data_dir())
+        return _default
+
+
+def reset_default_db() -> None:
+    """Forget the process default (it is not closed); for tests and shutdown."""
+    global _default
+    with _default_lock:
+        _default = None
