@@ -1,0 +1,32 @@
+"""NDJSON framing for Ollama's native streams.
+
+One compact JSON object and ``\\n`` per record, never a blank line (the ``ollama``
+client parses every line and fails on an empty one). An error after the stream has
+started is one more record, ``{"error": "..."}``, after which the stream ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from olol.api.errors import ollama_error_body
+
+#: Content types Ollama uses for its two response styles.
+NDJSON_CONTENT_TYPE = "application/x-ndjson"
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+def ndjson_line(obj: Any) -> bytes:
+    """Encode one record: compact JSON (orjson) followed by a newline.
+
+    orjson never emits a raw newline inside the encoded value, so the result is always
+    exactly one line.
+    """
+    return orjson.dumps(obj) + b"\n"
+
+
+def ollama_stream_error_line(message: str) -> bytes:
+    """The record Ollama writes when a stream fails after its first record."""
+    return ndjson_line(ollama_error_body(message))
