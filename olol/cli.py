@@ -16,6 +16,8 @@ from olol import __version__
 
 COMMAND_MODULES = [
     "olol.store.cli",
+    "olol.sim.cli",
+    "workers.cli",
 ]
 
 

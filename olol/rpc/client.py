@@ -1,0 +1,394 @@
+"""The coordinator's client of one node agent.
+
+One :class:`NodeClient` per node keeps one channel (thread-safe, reused by
+every dispatcher thread). Request bodies are dicts (encoded once) or raw JSON
+bytes (passed through untouched). Streamed calls return a :class:`NodeStream`:
+iterate it for dict records (or bytes with ``raw=True``); ``cancel()`` or
+``close()`` cancels the RPC, which makes the agent close its Ollama request.
+
+Every failure is a :class:`NodeError` carrying the gRPC code, Ollama's message
+word for word, and the HTTP status the proxy should answer. This module is the
+one place a ``grpc.StatusCode`` becomes an HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+from google.protobuf.json_format import MessageToDict
+
+from olol.rpc import node_pb2, node_pb2_grpc
+
+STATUS_METADATA = "x-ollama-status"
+STREAM_ERROR_METADATA = "x-ollama-stream-error"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+BLOB_CHUNK_BYTES = 1024 * 1024
+
+_HTTP_FOR_CODE = {
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.CANCELLED: 499,
+}
+
+
+class NodeError(Exception):
+    """A failed node call.
+
+    :ivar code: the ``grpc.StatusCode``.
+    :ivar message: Ollama's message word for word (or the transport's).
+    :ivar http_status: the status the proxy should answer with.
+    :ivar mid_stream: True when Ollama reported the error after the stream started.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, http_status: int, mid_stream: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.mid_stream = mid_stream
+
+    @property
+    def retryable(self) -> bool:
+        """True when another node may succeed (the node, not the request, failed)."""
+        return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def __repr__(self) -> str:
+        return f"NodeError({self.code.name}, {self.message!r}, http_status={self.http_status})"
+
+
+def node_error(exc: grpc.RpcError) -> NodeError:
+    """Translate a gRPC error into a :class:`NodeError`."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    message = (exc.details() if hasattr(exc, "details") else None) or str(code.name)
+    trailing = {}
+    try:
+        trailing = dict(exc.trailing_metadata() or ())
+    except Exception:  # noqa: BLE001 - some errors carry no call object
+        trailing = {}
+    status = trailing.get(STATUS_METADATA)
+    if status is not None and str(status).isdigit():
+        http = int(status)
+    else:
+        http = _HTTP_FOR_CODE.get(code, 500)
+    return NodeError(code, message, http, mid_stream=trailing.get(STREAM_ERROR_METADATA) == "1")
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Client TLS: the CA that signed the agent, and optionally a client certificate.
+
+    Each value is PEM bytes or a path. ``server_name`` overrides the name checked
+    against the agent's certificate.
+    """
+
+    root_cert: bytes | str | Path | None = None
+    client_cert: bytes | str | Path | None = None
+    client_key: bytes | str | Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.root_cert),
+            private_key=_pem(self.client_key),
+            certificate_chain=_pem(self.client_cert),
+        )
+
+
+def _pem(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def _encode(body: dict | bytes | None) -> tuple[bytes, str]:
+    if body is None:
+        return b"", ""
+    if isinstance(body, bytes | bytearray | memoryview):
+        raw = bytes(body)
+        model = ""
+        if raw:
+            try:
+                data = orjson.loads(raw)
+                if isinstance(data, dict) and isinstance(data.get("model"), str):
+                    model = data["model"]
+            except orjson.JSONDecodeError:
+                pass  # the agent relays it; Ollama answers 400 in its own words
+        return raw, model
+    model = body.get("model") or body.get("name") or ""
+    try:
+        raw = orjson.dumps(body)
+    except TypeError:
+        raw = json.dumps(body).encode()  # e.g. ints beyond 64 bits
+    return raw, model if isinstance(model, str) else ""
+
+
+def _decode(body: bytes) -> dict:
+    if not body:
+        return {}
+    return orjson.loads(body)
+
+
+class NodeStream:
+    """Iterator over a streamed node call; ``cancel()``/``close()`` cancel the RPC.
+
+    Yields dicts, or the raw NDJSON record bytes when built with ``raw=True``.
+    Raises :class:`NodeError` from ``next()`` when the call fails.
+    """
+
+    def __init__(self, call: Any, raw: bool = False) -> None:
+        self._call = call
+        self._raw = raw
+        self.done = False
+
+    def __iter__(self) -> NodeStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            chunk = next(self._call)
+        except grpc.RpcError as exc:
+            raise node_error(exc) from None
+        if chunk.done:
+            self.done = True
+        return chunk.body if self._raw else orjson.loads(chunk.body)
+
+    def cancel(self) -> None:
+        """Cancel the RPC; the agent closes its Ollama request at once."""
+        self._call.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> NodeStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class NodeClient:
+    """Client of one node agent.
+
+    :param address: ``host:port`` of the agent.
+    :param token: bearer token sent on every call (the admin token works for all calls).
+    :param tls: a :class:`TLSConfig`; None means a plaintext channel.
+    :param timeout: default deadline in seconds for unary calls; streamed calls have
+        none unless given (a generation may legitimately run for minutes).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
+        timeout: float = 30.0,
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        opts = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps({
+                "methodConfig": [{
+                    "name": [{"service": "olol.node.v1.NodeAgent", "method": m}
+                             for m in ("Tags", "Ps", "Version", "Show", "BlobExists",
+                                       "GetCompleteNodeStatus")],
+                    "retryPolicy": {
+                        "maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }]
+            })),
+        ]
+        if tls is not None and tls.server_name:
+            opts.append(("grpc.ssl_target_name_override", tls.server_name))
+        opts.extend(options)
+        if tls is not None:
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=opts)
+        else:
+            self._channel = grpc.insecure_channel(address, options=opts)
+        self._stub = node_pb2_grpc.NodeAgentStub(self._channel)
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            raise node_error(exc) from None
+
+    def _relay(self, name: str, body: dict | bytes | None, timeout: float | None) -> dict:
+        raw, model = _encode(body)
+        reply = self._unary(
+            getattr(self._stub, name), node_pb2.OllamaRequest(model=model, body=raw), timeout
+        )
+        return _decode(reply.body)
+
+    def _stream(self, name: str, body: dict | bytes | None, timeout: float | None,
+                raw: bool) -> NodeStream:
+        data, model = _encode(body)
+        call = getattr(self._stub, name)(
+            node_pb2.OllamaRequest(model=model, body=data), timeout=timeout,
+            metadata=self._metadata,
+        )
+        return NodeStream(call, raw=raw)
+
+    # -- relayed Ollama endpoints -------------------------------------------
+
+    def generate(self, body: dict | bytes, timeout: float | None = None,
+                 raw: bool = False) -> NodeStream:
+        """``/api/generate``: the records Ollama writes (one when ``stream`` is false)."""
+        return self._stream("Generate", body, timeout, raw)
+
+    def chat(self, body: dict | bytes, timeout: float | None = None,
+             raw: bool = False) -> NodeStream:
+        """``/api/chat``: the records Ollama writes (one when ``stream`` is false)."""
+        return self._stream("Chat", body, timeout, raw)
+
+    def pull(self, body: dict | bytes, timeout: float | None = None,
+             raw: bool = False) -> NodeStream:
+        return self._stream("Pull", body, timeout, raw)
+
+    def push(self, body: dict | bytes, timeout: float | None = None,
+             raw: bool = False) -> NodeStream:
+        return self._stream("Push", body, timeout, raw)
+
+    def create(self, body: dict | bytes, timeout: float | None = None,
+               raw: bool = False) -> NodeStream:
+        return self._stream("Create", body, timeout, raw)
+
+    def embed(self, body: dict | bytes, timeout: float | None = None) -> dict:
+        return self._relay("Embed", body, timeout)
+
+    def embeddings(self, body: dict | bytes, timeout: float | None = None) -> dict:
+        return self._relay("Embeddings", body, timeout)
+
+    def tags(self, timeout: float | None = None) -> dict:
+        return self._relay("Tags", None, timeout)
+
+    def show(self, body: dict | bytes, timeout: float | None = None) -> dict:
+        return self._relay("Show", body, timeout)
+
+    def ps(self, timeout: float | None = None) -> dict:
+        return self._relay("Ps", None, timeout)
+
+    def version(self, timeout: float | None = None) -> dict:
+        return self._relay("Version", None, timeout)
+
+    def copy(self, body: dict | bytes, timeout: float | None = None) -> dict:
+        """``/api/copy``; Ollama answers 200 with an empty body, returned as ``{}``."""
+        return self._relay("Copy", body, timeout)
+
+    def delete(self, body: dict | bytes, timeout: float | None = None) -> dict:
+        """``/api/delete``; Ollama answers 200 with an empty body, returned as ``{}``."""
+        return self._relay("Delete", body, timeout)
+
+    def blob_exists(self, digest: str, timeout: float | None = None) -> bool:
+        reply = self._unary(self._stub.BlobExists, node_pb2.BlobRef(digest=digest), timeout)
+        return reply.exists
+
+    def upload_blob(self, digest: str, data: Iterable[bytes] | bytes, size: int = 0,
+                    timeout: float | None = None) -> int:
+        """Upload a blob; returns Ollama's HTTP status (201 created, 200 already there).
+
+        ``size`` (total bytes), when known, lets the agent send a Content-Length.
+        """
+        if isinstance(data, bytes):
+            size = size or len(data)
+            data = [data[i:i + BLOB_CHUNK_BYTES] for i in range(0, len(data), BLOB_CHUNK_BYTES)]
+
+        def messages() -> Iterator[node_pb2.BlobChunk]:
+            yield node_pb2.BlobChunk(digest=digest, size=size)
+            for piece in data:
+                for i in range(0, len(piece), BLOB_CHUNK_BYTES):
+                    yield node_pb2.BlobChunk(data=piece[i:i + BLOB_CHUNK_BYTES])
+
+        try:
+            reply = self._stub.UploadBlob(messages(), timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise node_error(exc) from None
+        return reply.http_status
+
+    # -- node-level calls -----------------------------------------------------
+
+    def status(self, timeout: float | None = None) -> dict:
+        """``GetCompleteNodeStatus`` as a plain dict (proto field names, ints as ints)."""
+        reply = self._unary(
+            self._stub.GetCompleteNodeStatus, node_pb2.NodeStatusRequest(), timeout
+        )
+        return status_to_dict(reply)
+
+    def model_command(self, action: str, body: dict | bytes, timeout: float | None = None,
+                      raw: bool = False) -> NodeStream:
+        """``RemoteModelCommand``: pull, push, delete, copy or create with streamed progress."""
+        data, _ = _encode(body)
+        call = self._stub.RemoteModelCommand(
+            node_pb2.ModelCommandRequest(action=action, body=data), timeout=timeout,
+            metadata=self._metadata,
+        )
+        return NodeStream(call, raw=raw)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_INT64_TYPES = frozenset({3, 4, 6, 16, 18})  # int64, uint64, fixed64, sfixed64, sint64
+
+
+def status_to_dict(message: Any) -> dict:
+    """MessageToDict with proto field names, every field present, and 64-bit ints as ints.
+
+    (The proto3 JSON mapping renders 64-bit integers as strings; the coordinator
+    wants numbers.) Optional fields that are unset stay absent.
+    """
+    data = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    _fix_ints(message.DESCRIPTOR, data)
+    return data
+
+
+def _fix_ints(descriptor: Any, data: dict) -> None:
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                continue
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                _fix_ints(field.message_type, item)
+        elif field.type in _INT64_TYPES:
+            if isinstance(value, list):
+                data[field.name] = [int(v) for v in value]
+            else:
+                data[field.name] = int(value)

@@ -1,0 +1,249 @@
+"""The node agent: a gRPC server in front of one local Ollama.
+
+``Agent(AgentConfig(...)).start()`` binds, serves the ``NodeAgent`` service and
+the standard ``grpc.health.v1`` health service, and returns the agent;
+``agent.address`` is the bound ``host:port``; ``agent.stop(grace)`` stops
+accepting calls, lets running ones finish within ``grace`` seconds, and
+releases every resource.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from olol.rpc import node_pb2, node_pb2_grpc
+from workers.auth import TokenInterceptor
+from workers.hardware import HardwareProbe, NvmlProbe
+from workers.ollama import OllamaClient
+from workers.service import NodeAgentServicer
+
+_LOG = logging.getLogger(__name__)
+
+SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class AgentConfigError(ValueError):
+    """The agent's configuration is invalid (raised before anything starts)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Settings of one agent (the ``olol worker`` flags).
+
+    :param listen: ``HOST:PORT`` to bind (port 0 picks a free one).
+    :param ollama_url: the local Ollama's base URL.
+    :param token: bearer token required on every call (health excepted).
+    :param admin_token: bearer token required on model commands.
+    :param tls_cert: server certificate (PEM path); with ``tls_key`` enables TLS.
+    :param tls_key: server private key (PEM path).
+    :param tls_client_ca: CA bundle (PEM path) that client certificates must chain
+        to; enables mutual TLS.
+    :param parallel: parallel slots of the local Ollama (sizes the thread pool).
+    :param models_dir: Ollama's models folder (disk figures).
+    :param insecure_bind_any: allow a non-loopback address without TLS.
+    :param status_timeout: seconds each Ollama query of the status report may take.
+    :param read_timeout: seconds one read from Ollama may block.
+    """
+
+    listen: str = "127.0.0.1:0"
+    ollama_url: str = "http://127.0.0.1:11434"
+    token: str | None = None
+    admin_token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    parallel: int = 4
+    models_dir: str | None = None
+    insecure_bind_any: bool = False
+    status_timeout: float = 2.0
+    read_timeout: float = 600.0
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
+    def rpc_threads(self) -> int:
+        # Each streamed generation holds a server thread for its whole life;
+        # leave room beside the parallel slots for status, tags and model commands.
+        return max(16, 4 * self.parallel + 8)
+
+    def validate(self) -> None:
+        host, port = split_host_port(self.listen)
+        if not 0 <= port <= 65535:
+            raise AgentConfigError(f"invalid port in --listen {self.listen!r}")
+        if self.parallel < 1:
+            raise AgentConfigError("--parallel must be at least 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise AgentConfigError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls:
+            raise AgentConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+            if path and not Path(path).is_file():
+                raise AgentConfigError(f"no such file: {path}")
+        if not self.tls and not is_loopback(host) and not self.insecure_bind_any:
+            raise AgentConfigError(
+                f"refusing to listen on {host} without TLS; use --tls-cert/--tls-key, "
+                "a loopback address, or --insecure-bind-any"
+            )
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` accepted)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise AgentConfigError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+class Agent:
+    """One node agent. Collaborators may be injected (tests); else built from the config.
+
+    :param clock: wall clock for the status timestamps.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        hardware: HardwareProbe | None = None,
+        ollama: OllamaClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self._clock = clock
+        self._hardware = hardware
+        self._ollama = ollama
+        self._server: grpc.Server | None = None
+        self._health: health.HealthServicer | None = None
+        self._status_pool: ThreadPoolExecutor | None = None
+        self._rpc_pool: ThreadPoolExecutor | None = None
+        self.servicer: NodeAgentServicer | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        host, _ = split_host_port(self.config.listen)
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+    def start(self) -> Agent:
+        cfg = self.config
+        if self._ollama is None:
+            self._ollama = OllamaClient(
+                cfg.ollama_url, pool_size=cfg.rpc_threads, read_timeout=cfg.read_timeout
+            )
+        if self._hardware is None:
+            self._hardware = HardwareProbe(cfg.models_dir, NvmlProbe())
+        self._status_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="olol-agent-status")
+        self.servicer = NodeAgentServicer(
+            self._ollama,
+            self._hardware,
+            parallel=cfg.parallel,
+            status_pool=self._status_pool,
+            status_timeout=cfg.status_timeout,
+            clock=self._clock,
+        )
+        threads = cfg.rpc_threads
+        self._rpc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="olol-agent-rpc")
+        interceptors = []
+        if cfg.token or cfg.admin_token:
+            interceptors.append(TokenInterceptor(cfg.token, cfg.admin_token))
+        server = grpc.server(
+            self._rpc_pool,
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=threads,
+        )
+        node_pb2_grpc.add_NodeAgentServicer_to_server(self.servicer, server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        host, port = split_host_port(cfg.listen)
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if cfg.tls:
+            creds = grpc.ssl_server_credentials(
+                [(_read(cfg.tls_key), _read(cfg.tls_cert))],
+                root_certificates=_read(cfg.tls_client_ca),
+                require_client_auth=bool(cfg.tls_client_ca),
+            )
+            self.port = server.add_secure_port(bind, creds)
+        else:
+            if not is_loopback(host):
+                _LOG.warning(
+                    "listening on %s WITHOUT TLS (--insecure-bind-any): tokens and prompts "
+                    "travel in clear text", bind,
+                )
+            self.port = server.add_insecure_port(bind)
+        if self.port == 0:
+            raise AgentConfigError(f"could not bind {bind}")
+        server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _LOG.info("node agent listening on %s (ollama %s, tls=%s)", self.address,
+                  self._ollama.base_url, cfg.tls)
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server stops or ``timeout`` passes; True when stopped."""
+        if self._server is None:
+            return True
+        return self._server.wait_for_termination(timeout)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting calls, let running ones finish within ``grace`` seconds."""
+        if self._server is None:
+            return
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        done = self._server.stop(grace)
+        done.wait(grace + 5.0)
+        self._server = None
+        if self._rpc_pool is not None:
+            self._rpc_pool.shutdown(wait=False, cancel_futures=True)
+        if self._status_pool is not None:
+            self._status_pool.shutdown(wait=False, cancel_futures=True)
+        if self._ollama is not None:
+            self._ollama.close()
+        _LOG.info("node agent stopped")
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(0)

@@ -1,0 +1,149 @@
+"""``olol worker`` (run the node agent) and ``olol node status`` (read a node's status)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+RET_OK = 0
+RET_ERROR = 1
+RET_CONFIG = 2
+
+_LOG = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    worker = subparsers.add_parser("worker", help="run the node agent in front of a local Ollama")
+    worker.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to bind")
+    worker.add_argument("--ollama-url", default="http://127.0.0.1:11434")
+    worker.add_argument("--token", default=None, help="bearer token required on every call")
+    worker.add_argument("--admin-token", default=None, help="bearer token for model commands")
+    worker.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
+    worker.add_argument("--tls-key", default=None, help="server private key (PEM)")
+    worker.add_argument("--tls-client-ca", default=None, help="CA for client certs (mutual TLS)")
+    worker.add_argument("--parallel", type=int, default=4, help="Ollama's parallel slots")
+    worker.add_argument("--models-dir", default=None, help="Ollama's models folder")
+    worker.add_argument("--grace", type=float, default=30.0,
+                        help="seconds running calls may take to finish on SIGTERM")
+    worker.add_argument("--insecure-bind-any", action="store_true",
+                        help="allow a non-loopback address without TLS")
+    worker.set_defaults(func=run_worker)
+
+    node = subparsers.add_parser("node", help="inspect node agents")
+    node_sub = node.add_subparsers(dest="node_command", metavar="NODE_COMMAND")
+    status = node_sub.add_parser("status", help="print a node's complete status")
+    status.add_argument("address", help="HOST:PORT of the agent")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument("--token", default=None)
+    status.add_argument("--tls-ca", default=None, help="CA that signed the agent (enables TLS)")
+    status.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
+    status.add_argument("--tls-key", default=None, help="client key (mutual TLS)")
+    status.add_argument("--timeout", type=float, default=10.0)
+    status.set_defaults(func=run_node_status)
+    node.set_defaults(func=lambda args: (node.print_help(), RET_CONFIG)[1])
+
+
+def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT (or ``stop`` is set), then drain and exit 0."""
+    from workers.agent import Agent, AgentConfig, AgentConfigError
+
+    try:
+        agent = Agent(AgentConfig(
+            listen=args.listen,
+            ollama_url=args.ollama_url,
+            token=args.token,
+            admin_token=args.admin_token,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            parallel=args.parallel,
+            models_dir=args.models_dir,
+            insecure_bind_any=args.insecure_bind_any,
+        ))
+        agent.start()
+    except (AgentConfigError, ValueError, OSError, RuntimeError) as exc:
+        print(f"olol worker: {exc}", file=sys.stderr)
+        return RET_CONFIG
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        # Handlers only set the flag; the main thread does the logging and draining.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    print(f"olol worker listening on {agent.address}", flush=True)
+    while not stop.wait(1.0):
+        pass
+    _LOG.info("stopping: letting running calls finish (grace %.1fs)", args.grace)
+    agent.stop(args.grace)
+    return RET_OK
+
+
+def _gib(n: Any) -> str:
+    return f"{int(n or 0) / 2**30:.1f} GiB"
+
+
+def format_status(st: dict) -> str:
+    """Human-readable rendering of a node status dict."""
+    cpu, mem, disk = st.get("cpu", {}), st.get("memory", {}), st.get("disk", {})
+    agent, ollama, gpu = st.get("agent", {}), st.get("ollama", {}), st.get("gpu", {})
+    lines = [
+        f"node {st.get('hostname', '?')}  agent {agent.get('version', '?')}  "
+        f"up {agent.get('uptime_seconds', 0):.0f}s  parallel {agent.get('parallel', 0)}  "
+        f"in flight {agent.get('in_flight_total', 0)}",
+        f"cpu  {cpu.get('model', '?')} ({cpu.get('logical_cores', 0)} threads)  "
+        f"{cpu.get('total_percent', 0):.0f}%  load {cpu.get('load_1', 0):.2f} "
+        f"{cpu.get('load_5', 0):.2f} {cpu.get('load_15', 0):.2f}",
+        f"ram  {_gib(mem.get('used_bytes'))} used / {_gib(mem.get('total_bytes'))}  "
+        f"swap {_gib(mem.get('swap_used_bytes'))} / {_gib(mem.get('swap_total_bytes'))}",
+        f"disk {disk.get('path', '?')}: {_gib(disk.get('free_bytes'))} free / "
+        f"{_gib(disk.get('total_bytes'))}" + (f"  ({disk['error']})" if disk.get("error") else ""),
+    ]
+    gpus = gpu.get("gpus") or []
+    if not gpus:
+        lines.append(f"gpu  none ({gpu.get('unavailable_reason') or 'no GPU'})")
+    for g in gpus:
+        parts = [f"gpu{g.get('index', 0)} {g.get('name', '?')}"]
+        if "memory_total_bytes" in g:
+            parts.append(f"{_gib(g.get('memory_used_bytes'))} / {_gib(g['memory_total_bytes'])}")
+        if "gpu_utilization_percent" in g:
+            parts.append(f"{g['gpu_utilization_percent']}%")
+        if "temperature_c" in g:
+            parts.append(f"{g['temperature_c']}C")
+        if "power_draw_mw" in g:
+            parts.append(f"{g['power_draw_mw'] / 1000:.0f}W")
+        lines.append("  ".join(parts))
+    state = f"ollama {ollama.get('version') or '?'}" if ollama.get("reachable") else "ollama DOWN"
+    if ollama.get("error"):
+        state += f"  ({ollama['error']})"
+    lines.append(state)
+    for m in ollama.get("models") or []:
+        d = m.get("details") or {}
+        lines.append(f"  model  {m.get('name')}  {_gib(m.get('size'))}  "
+                     f"{d.get('parameter_size', '')} {d.get('quantization_level', '')}".rstrip())
+    for m in ollama.get("loaded") or []:
+        lines.append(f"  loaded {m.get('name')}  {_gib(m.get('size'))} "
+                     f"(vram {_gib(m.get('size_vram'))})  until {m.get('expires_at', '')}")
+    return "\n".join(lines)
+
+
+def run_node_status(args: argparse.Namespace) -> int:
+    from olol.rpc.client import NodeClient, NodeError, TLSConfig
+
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = TLSConfig(root_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key)
+    client = NodeClient(args.address, token=args.token, tls=tls, timeout=args.timeout)
+    try:
+        st = client.status()
+    except NodeError as exc:
+        print(f"olol node status: {args.address}: {exc.code.name}: {exc.message}",
+              file=sys.stderr)
+        return RET_ERROR
+    finally:
+        client.close()
+    print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st))
+    return RET_OK

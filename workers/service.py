@@ -1,0 +1,369 @@
+"""The gRPC servicer: relays every Ollama endpoint and reports the node's status.
+
+Bodies pass through as bytes in both directions. Streamed answers are relayed
+one record per gRPC message as soon as Ollama writes it. When the caller
+cancels or its deadline passes, gRPC runs the callback registered with
+``context.add_callback``, which closes the HTTP connection to Ollama at once.
+
+Errors (one mapping, :func:`workers.ollama.grpc_code_for_status`): Ollama's
+message is the status details word for word; the HTTP status goes into the
+trailing metadata ``x-ollama-status`` (502 when Ollama is unreachable). An
+``{"error": ...}`` record after a stream started ends the call with INTERNAL
+and trailing metadata ``x-ollama-stream-error: 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from olol import __version__
+from olol.rpc import node_pb2, node_pb2_grpc
+from workers.hardware import HardwareProbe
+from workers.ollama import (
+    OllamaCall,
+    OllamaClient,
+    OllamaHTTPError,
+    OllamaUnavailable,
+    classify_line,
+    grpc_code_for_status,
+)
+
+_LOG = logging.getLogger(__name__)
+
+STATUS_METADATA = "x-ollama-status"
+STREAM_ERROR_METADATA = "x-ollama-stream-error"
+UNREACHABLE_STATUS = 502
+_DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
+_SUCCESS = b'{"status":"success"}'
+
+
+class InFlight:
+    """Requests in flight per model (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def enter(self, model: str) -> None:
+        with self._lock:
+            self._counts[model] = self._counts.get(model, 0) + 1
+
+    def leave(self, model: str) -> None:
+        with self._lock:
+            left = self._counts.get(model, 0) - 1
+            if left > 0:
+                self._counts[model] = left
+            else:
+                self._counts.pop(model, None)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, status: int,
+           stream_error: bool = False) -> None:
+    metadata = [(STATUS_METADATA, str(status))]
+    if stream_error:
+        metadata.append((STREAM_ERROR_METADATA, "1"))
+    context.set_trailing_metadata(tuple(metadata))
+    context.abort(code, message)
+
+
+def _abort_http(context: grpc.ServicerContext, exc: OllamaHTTPError) -> None:
+    _abort(context, grpc_code_for_status(exc.status), exc.message, exc.status)
+
+
+def _abort_unavailable(context: grpc.ServicerContext, exc: OllamaUnavailable) -> None:
+    _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc), UNREACHABLE_STATUS)
+
+
+def _pick(cls: Any, data: Any) -> dict[str, Any]:
+    """Keep the scalar/list keys of ``data`` that ``cls`` declares, dropping nulls."""
+    if not isinstance(data, dict):
+        return {}
+    fields = cls.DESCRIPTOR.fields_by_name
+    out = {}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None or value is None or field.message_type is not None:
+            continue
+        if field.type == field.TYPE_STRING and not isinstance(value, str):
+            continue
+        if field.type in (field.TYPE_UINT64, field.TYPE_UINT32) and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            continue
+        out[key] = value
+    return out
+
+
+def _models_from(cls: Any, payload: Any) -> list[Any]:
+    models = payload.get("models") if isinstance(payload, dict) else None
+    out = []
+    for item in models or []:
+        if not isinstance(item, dict):
+            continue
+        fields = _pick(cls, item)
+        details = _pick(node_pb2.ModelDetails, item.get("details"))
+        families = (item.get("details") or {}).get("families") if isinstance(
+            item.get("details"), dict) else None
+        if isinstance(families, list):
+            details["families"] = [f for f in families if isinstance(f, str)]
+        out.append(cls(details=node_pb2.ModelDetails(**details), **fields))
+    return out
+
+
+class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
+    """Relays calls to one Ollama and answers ``GetCompleteNodeStatus``.
+
+    :param ollama: the HTTP client of the local Ollama.
+    :param hardware: the host probe (CPU, memory, disk, GPUs).
+    :param parallel: configured parallel slots, reported to the coordinator.
+    :param status_pool: a small executor used to query Ollama concurrently for the status.
+    :param status_timeout: seconds each Ollama query of the status may take.
+    :param clock: wall clock (``time.time``); ``monotonic`` measures uptime.
+    """
+
+    def __init__(
+        self,
+        ollama: OllamaClient,
+        hardware: HardwareProbe,
+        *,
+        parallel: int,
+        status_pool: ThreadPoolExecutor,
+        status_timeout: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ollama = ollama
+        self._hardware = hardware
+        self._parallel = parallel
+        self._status_pool = status_pool
+        self._status_timeout = status_timeout
+        self._clock = clock
+        self._monotonic = monotonic
+        self._started = monotonic()
+        self._hostname = socket.gethostname()
+        self.in_flight = InFlight()
+
+    # -- relay helpers ------------------------------------------------------
+
+    def _open(self, context: grpc.ServicerContext, method: str, path: str,
+              body: Any, headers: dict[str, str] | None = None) -> OllamaCall | None:
+        """Send one request with cancellation wired; aborts the RPC on any error."""
+        call = self._ollama.call(method, path, body, headers=headers)
+        if not context.add_callback(call.abort):
+            return None  # the RPC is already over
+        try:
+            call.send()
+            call.raise_for_status()
+        except OllamaHTTPError as exc:
+            _abort_http(context, exc)
+        except OllamaUnavailable as exc:
+            _abort_unavailable(context, exc)
+        return call
+
+    def _stream(self, context: grpc.ServicerContext, path: str, request: Any,
+                track: bool = False) -> Iterator[node_pb2.OllamaChunk]:
+        model = request.model
+        if track:
+            self.in_flight.enter(model)
+        call = None
+        try:
+            call = self._open(context, "POST", path, request.body or None)
+            if call is None:
+                return
+            try:
+                for line in call.lines():
+                    done, error = classify_line(line)
+                    if error is not None:
+                        call.close(reusable=False)
+                        _abort(context, grpc.StatusCode.INTERNAL, error, 500, stream_error=True)
+                    yield node_pb2.OllamaChunk(body=line, done=done)
+            except OllamaUnavailable as exc:
+                if context.is_active():
+                    _abort_unavailable(context, exc)
+        finally:
+            if call is not None:
+                call.close(reusable=False)
+            if track:
+                self.in_flight.leave(model)
+
+    def _unary(self, context: grpc.ServicerContext, method: str, path: str, request: Any,
+               track: bool = False) -> node_pb2.OllamaResponse:
+        model = request.model
+        if track:
+            self.in_flight.enter(model)
+        try:
+            call = self._open(context, method, path, request.body or None)
+            if call is None:
+                return node_pb2.OllamaResponse()
+            try:
+                body = call.read_body()
+            except OllamaUnavailable as exc:
+                _abort_unavailable(context, exc)
+            return node_pb2.OllamaResponse(body=body, http_status=call.status)
+        finally:
+            if track:
+                self.in_flight.leave(model)
+
+    # -- relayed endpoints --------------------------------------------------
+
+    def Generate(self, request, context):
+        return self._stream(context, "/api/generate", request, track=True)
+
+    def Chat(self, request, context):
+        return self._stream(context, "/api/chat", request, track=True)
+
+    def Pull(self, request, context):
+        return self._stream(context, "/api/pull", request)
+
+    def Push(self, request, context):
+        return self._stream(context, "/api/push", request)
+
+    def Create(self, request, context):
+        return self._stream(context, "/api/create", request)
+
+    def Embed(self, request, context):
+        return self._unary(context, "POST", "/api/embed", request, track=True)
+
+    def Embeddings(self, request, context):
+        return self._unary(context, "POST", "/api/embeddings", request, track=True)
+
+    def Tags(self, request, context):
+        return self._unary(context, "GET", "/api/tags", request)
+
+    def Show(self, request, context):
+        return self._unary(context, "POST", "/api/show", request)
+
+    def Ps(self, request, context):
+        return self._unary(context, "GET", "/api/ps", request)
+
+    def Version(self, request, context):
+        return self._unary(context, "GET", "/api/version", request)
+
+    def Copy(self, request, context):
+        return self._unary(context, "POST", "/api/copy", request)
+
+    def Delete(self, request, context):
+        return self._unary(context, "DELETE", "/api/delete", request)
+
+    def BlobExists(self, request, context):
+        digest = request.digest
+        if not _DIGEST_RE.match(digest):
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f'invalid digest "{digest}"', 400)
+        call = self._ollama.call("HEAD", f"/api/blobs/{digest}")
+        context.add_callback(call.abort)
+        try:
+            status = call.send()
+            if status == 404:
+                call.read_body()
+                return node_pb2.BlobStatus(exists=False, http_status=404)
+            call.raise_for_status()
+            call.read_body()
+        except OllamaHTTPError as exc:
+            _abort_http(context, exc)
+        except OllamaUnavailable as exc:
+            _abort_unavailable(context, exc)
+        return node_pb2.BlobStatus(exists=True, http_status=status)
+
+    def UploadBlob(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or not _DIGEST_RE.match(first.digest):
+            digest = first.digest if first is not None else ""
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f'invalid digest "{digest}"', 400)
+
+        def chunks() -> Iterator[bytes]:
+            if first.data:
+                yield first.data
+            for message in request_iterator:
+                if message.data:
+                    yield message.data
+
+        headers = {"Content-Length": str(first.size)} if first.size else None
+        call = self._open(context, "POST", f"/api/blobs/{first.digest}", chunks(), headers)
+        if call is None:
+            return node_pb2.BlobStatus()
+        try:
+            call.read_body()
+        except OllamaUnavailable as exc:
+            _abort_unavailable(context, exc)
+        return node_pb2.BlobStatus(exists=True, http_status=call.status)
+
+    def RemoteModelCommand(self, request, context):
+        action = request.action.lower()
+        relay = node_pb2.OllamaRequest(body=request.body)
+        if action in ("pull", "push", "create"):
+            yield from self._stream(context, f"/api/{action}", relay)
+            return
+        if action in ("delete", "copy"):
+            method = "DELETE" if action == "delete" else "POST"
+            self._unary(context, method, f"/api/{action}", relay)
+            yield node_pb2.OllamaChunk(body=_SUCCESS, done=True)
+            return
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+               f"unknown model command {request.action!r} (pull, push, delete, copy, create)", 400)
+
+    # -- status -------------------------------------------------------------
+
+    def _query(self, path: str) -> Future:
+        return self._status_pool.submit(
+            self._ollama.request_json, "GET", path, self._status_timeout
+        )
+
+    def collect_status(self) -> node_pb2.NodeStatus:
+        """Build the complete node status (Ollama is queried concurrently)."""
+        futures = {name: self._query(f"/api/{name}") for name in ("version", "tags", "ps")}
+        hw = self._hardware
+        gpu = hw.gpu()
+        status = node_pb2.NodeStatus(
+            hostname=self._hostname,
+            timestamp=self._clock(),
+            cpu=node_pb2.CpuStatus(**hw.cpu()),
+            memory=node_pb2.MemoryStatus(**hw.memory()),
+            gpu=node_pb2.GpuReport(
+                gpus=[node_pb2.GpuStatus(**g) for g in gpu.gpus],
+                driver_version=gpu.driver_version,
+                cuda_version=gpu.cuda_version,
+                unavailable_reason=gpu.unavailable_reason,
+            ),
+            disk=node_pb2.DiskStatus(**hw.disk()),
+        )
+        in_flight = self.in_flight.snapshot()
+        status.agent.CopyFrom(node_pb2.AgentStatus(
+            version=__version__,
+            uptime_seconds=self._monotonic() - self._started,
+            parallel=self._parallel,
+            in_flight=in_flight,
+            in_flight_total=sum(in_flight.values()),
+            ollama_url=self._ollama.base_url,
+        ))
+        ollama = status.ollama
+        errors = []
+        results: dict[str, Any] = {}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result(timeout=self._status_timeout + 1.0)
+            except (OllamaHTTPError, OllamaUnavailable, TimeoutError) as exc:
+                errors.append(f"/api/{name}: {exc or type(exc).__name__}")
+        ollama.reachable = "version" in results
+        version = results.get("version")
+        if isinstance(version, dict) and isinstance(version.get("version"), str):
+            ollama.version = version["version"]
+        ollama.models.extend(_models_from(node_pb2.LocalModel, results.get("tags")))
+        ollama.loaded.extend(_models_from(node_pb2.LoadedModel, results.get("ps")))
+        ollama.error = "; ".join(errors)
+        return status
+
+    def GetCompleteNodeStatus(self, request, context):
+        return self.collect_status()
