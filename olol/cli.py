@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "olol.store.cli",
     "olol.sim.cli",
     "workers.cli",
+    "olol.proxy_cli",
 ]
 
 

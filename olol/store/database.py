@@ -497,8 +497,8 @@ class DatabaseManager:
         return out
 
     # ------------------------------------------------------------------ close
-    def close(self) -> None:
-        """Flush, checkpoint and release the data folder. Safe to call twice."""
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Flush, checkpoint (unless told not to) and release the folder. Safe twice."""
         with self._lock:
             if self._closed:
                 return
@@ -510,7 +510,8 @@ class DatabaseManager:
             if self._journal is not None:
                 try:
                     self._journal.flush()
-                    self.checkpoint()
+                    if checkpoint:
+                        self.checkpoint()
                 finally:
                     self._journal.close()
         finally:

@@ -1,0 +1,56 @@
+"""The proxy's configuration and the objects built once at start-up."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:11435"
+
+
+@dataclass
+class ProxyConfig:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path | None = None  # None: in-memory store (tests)
+    nodes: list[str] = field(default_factory=list)
+    max_body_bytes: int = 32 * 1024 * 1024
+    waitress_threads: int = 64
+    keys_enabled: bool = False
+    request_timeout_s: float = 600.0
+    stream_idle_timeout_s: float = 300.0
+    default_priority: int = 0
+    # queue
+    max_queue_depth: int = 10_000
+    max_queue_depth_per_model: int = 2_000
+    retention_hours: float = 24.0
+    # dispatch
+    dispatcher_threads: int = 32
+    strategy: str = "smart"
+    max_attempts: int = 3
+    retry_backoff_s: float = 0.2
+    batch_size: int = 8
+    # nodes
+    node_token: str | None = None
+    node_tls: Any = None
+    health_interval_s: float = 5.0
+    health_timeout_s: float = 2.0
+    failure_threshold: int = 3
+
+
+@dataclass
+class ProxyContext:
+    config: ProxyConfig
+    db: Any
+    queue: Any
+    hub: Any
+    cluster: Any
+    keys: Any = None
+    stats: Any = None
+    scheduler: Any = None
+    clock: Callable[[], float] = time.time
+    # set when the proxy shuts down: the front door stops admitting (503)
+    draining: threading.Event = field(default_factory=threading.Event)

@@ -1,0 +1,280 @@
+"""The dispatcher: a pool of named threads that run claimed batches on nodes.
+
+Each thread asks the scheduler for the next batch, calls the node over gRPC,
+and publishes every record to the waiting callers through the ResponseHub as
+it arrives. A node failure before the first record sends the work back to
+the queue (bounded retries with backoff) and marks the node suspect; after
+the first record the request fails with an error event (the front door ends
+the stream with an error line). Every state change is written to the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from olol.hub import CHUNK, DONE, ERROR
+from olol.rpc.client import NodeError
+from olol.scheduler import Assignment, RequestScheduler
+
+log = logging.getLogger(__name__)
+
+
+class _AllGone(Exception):
+    """Every caller of a batch went away."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        queue_manager: Any,
+        scheduler: RequestScheduler,
+        cluster_manager: Any,
+        hub: Any,
+        *,
+        threads: int = 32,
+        stats: Any = None,
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = 3,
+        retry_backoff_s: float = 0.2,
+        request_timeout_s: float = 600.0,
+        publish_timeout_s: float = 30.0,
+        idle_wait_s: float = 0.5,
+    ):
+        self.queue = queue_manager
+        self.scheduler = scheduler
+        self.cluster = cluster_manager
+        self.hub = hub
+        self.stats = stats
+        self.clock = clock
+        self.n_threads = threads
+        self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_s
+        self.request_timeout_s = request_timeout_s
+        self.publish_timeout_s = publish_timeout_s
+        self.idle_wait_s = idle_wait_s
+        self._stop = threading.Event()
+        self._claiming = threading.Event()
+        self._claiming.set()
+        self._threads: list[threading.Thread] = []
+        self._active = 0
+        self._active_lock = threading.Condition()
+        self._running: dict[str, Any] = {}  # batch_id -> NodeStream (for shutdown cancel)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> Dispatcher:
+        for i in range(self.n_threads):
+            t = threading.Thread(target=self._loop, name=f"olol-dispatch-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop_claiming(self) -> None:
+        self._claiming.clear()
+
+    def stop(self, grace_s: float = 30.0) -> bool:
+        """Stop claiming, let running work finish within grace_s; True if all finished."""
+        self._claiming.clear()
+        deadline = time.monotonic() + grace_s
+        with self._active_lock:
+            while self._active and time.monotonic() < deadline:
+                self._active_lock.wait(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            finished = self._active == 0
+        if not finished:
+            for stream in list(self._running.values()):
+                try:
+                    stream.cancel()
+                except Exception:  # noqa: BLE001 - best effort at shutdown
+                    pass
+        self._stop.set()
+        self.queue.notify()
+        for t in self._threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()) + 5)
+        return finished
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._claiming.is_set():
+                self._stop.wait(0.2)
+                continue
+            try:
+                assignment = self.scheduler.schedule_next_batch()
+            except Exception:
+                log.exception("scheduling failed")
+                self._stop.wait(0.5)
+                continue
+            if assignment is None:
+                self.queue.wait_for_work(timeout=self.idle_wait_s)
+                continue
+            with self._active_lock:
+                self._active += 1
+            try:
+                self.run(assignment)
+            except Exception:
+                log.exception("batch %s on %s failed unexpectedly", assignment.batch_id, assignment.node)
+                for req in assignment.requests:
+                    self._fail(req, 500, "internal error while dispatching", started=False)
+            finally:
+                self.scheduler.release(assignment)
+                with self._active_lock:
+                    self._active -= 1
+                    self._active_lock.notify_all()
+
+    # ---------------------------------------------------------------- running
+    def run(self, a: Assignment) -> None:
+        head = a.requests[0]
+        started_ts = self.clock()
+        client = self.cluster.client(a.node)
+        try:
+            if a.mode == "embed_merge":
+                self._run_embed_merge(client, a)
+            elif head["endpoint"] in ("embed", "embeddings"):
+                call = client.embed if head["endpoint"] == "embed" else client.embeddings
+                resp = call(head["body"], timeout=self.request_timeout_s)
+                for req in a.requests:
+                    self._finish(req, resp)
+            else:
+                self._run_stream(client, a)
+        except _AllGone:
+            for req in a.requests:
+                self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
+            return
+        except NodeError as exc:
+            self._node_failed(a, exc)
+            return
+        self.cluster.record_success(a.node)
+        if hasattr(self.cluster, "note_loaded"):
+            self.cluster.note_loaded(a.node, a.model_key)
+        if self.stats is not None:
+            latency_ms = (self.clock() - started_ts) * 1000
+            for req in a.requests:
+                self.stats.record(req["endpoint"], latency_ms, True)
+
+    def _listeners(self, a: Assignment) -> list[dict]:
+        return [r for r in a.requests if r.get("kind") == "job" or self.hub.listening(r["id"])]
+
+    def _run_stream(self, client: Any, a: Assignment) -> None:
+        head = a.requests[0]
+        call = client.chat if head["endpoint"] == "chat" else client.generate
+        stream = call(head["body"], timeout=self.request_timeout_s)
+        self._running[a.batch_id] = stream
+        waiting = list(a.requests)
+        started = False
+        try:
+            for record in stream:
+                done = bool(record.get("done")) or stream.done
+                if "error" in record and not done:
+                    raise NodeError(None, str(record["error"]), 500, mid_stream=started)  # type: ignore[arg-type]
+                kind = DONE if done else CHUNK
+                still = []
+                for req in waiting:
+                    if req.get("kind") == "job":
+                        still.append(req)
+                        continue
+                    if self.hub.publish(req["id"], kind, record, timeout=self.publish_timeout_s):
+                        still.append(req)
+                    else:
+                        self.queue.update_request_status(
+                            req["id"], "cancelled", error="the client went away"
+                        )
+                waiting = still
+                started = True
+                if not waiting:
+                    stream.cancel()
+                    raise _AllGone()
+                if done:
+                    for req in waiting:
+                        self._finish(req, record, publish=False)
+                    return
+            # the stream ended without a final record
+            raise NodeError(None, "the node closed the stream before it finished", 502,  # type: ignore[arg-type]
+                            mid_stream=started)
+        except NodeError as exc:
+            exc.mid_stream = exc.mid_stream or started
+            a.requests[:] = waiting
+            raise
+        finally:
+            self._running.pop(a.batch_id, None)
+
+    def _run_embed_merge(self, client: Any, a: Assignment) -> None:
+        head = a.requests[0]
+        inputs: list[str] = []
+        spans: list[tuple[int, int, bool]] = []
+        for req in a.requests:
+            value = req["body"].get("input", "")
+            items = [value] if isinstance(value, str) else list(value)
+            spans.append((len(inputs), len(inputs) + len(items), isinstance(value, str)))
+            inputs.extend(items)
+        body = {k: v for k, v in head["body"].items() if k != "input"}
+        body["input"] = inputs
+        resp = client.embed(body, timeout=self.request_timeout_s)
+        vectors = resp.get("embeddings") or []
+        if len(vectors) != len(inputs):
+            raise NodeError(None, f"the node returned {len(vectors)} embeddings for {len(inputs)} inputs", 502)  # type: ignore[arg-type]
+        total_tokens = resp.get("prompt_eval_count") or 0
+        for req, (lo, hi, _single) in zip(a.requests, spans, strict=True):
+            share = {k: v for k, v in resp.items() if k not in ("embeddings", "prompt_eval_count")}
+            share["embeddings"] = vectors[lo:hi]
+            if total_tokens:
+                share["prompt_eval_count"] = round(total_tokens * (hi - lo) / max(1, len(inputs)))
+            share["model"] = req["body"].get("model", resp.get("model"))
+            self._finish(req, share)
+
+    # ---------------------------------------------------------------- outcomes
+    def _finish(self, req: dict, record: dict, publish: bool = True) -> None:
+        if publish and req.get("kind") != "job":
+            self.hub.publish(req["id"], DONE, record, timeout=self.publish_timeout_s)
+        result = record if req.get("kind") == "job" else None
+        self.queue.update_request_status(req["id"], "completed", result)
+
+    def _fail(self, req: dict, status: int, message: str, *, started: bool) -> None:
+        if req.get("kind") != "job":
+            self.hub.publish(
+                req["id"], ERROR, {"status": status, "error": message, "started": started},
+                timeout=self.publish_timeout_s,
+            )
+        self.queue.update_request_status(req["id"], "failed", error=message, error_status=status)
+        if self.stats is not None:
+            self.stats.record(req["endpoint"], 0.0, False)
+
+    def fail_unplaceable(self, req: dict, message: str) -> None:
+        """A claimed request no node can serve (its model is nowhere)."""
+        self._fail(req, 404, message, started=False)
+
+    def _node_failed(self, a: Assignment, exc: NodeError) -> None:
+        node_fault = exc.code is not None and exc.retryable
+        if exc.mid_stream:
+            for req in a.requests:
+                self._fail(req, exc.http_status, exc.message, started=True)
+            if node_fault or exc.code is None:
+                self.scheduler.handle_server_failure(a.node, exc.message)
+            return
+        if not node_fault:
+            # the request itself was refused (unknown model, bad option, busy...)
+            if exc.http_status == 503 and self._retry(a, exc, busy=True):
+                return
+            for req in a.requests:
+                self._fail(req, exc.http_status, exc.message, started=False)
+            return
+        self.scheduler.handle_server_failure(a.node, exc.message)
+        self._retry(a, exc)
+
+    def _retry(self, a: Assignment, exc: NodeError, busy: bool = False) -> bool:
+        retried = False
+        for req in a.requests:
+            attempts = int(req.get("attempts") or 1)
+            gone = req.get("kind") != "job" and not self.hub.listening(req["id"])
+            if gone:
+                self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
+            elif attempts < self.max_attempts:
+                delay = self.retry_backoff_s * (2 ** (attempts - 1))
+                self.queue.requeue(req["id"], delay_s=delay, reason=exc.message)
+                retried = True
+            else:
+                status = 503 if busy else 502
+                self._fail(req, status, f"no node could serve the request: {exc.message}", started=False)
+                retried = True
+        return retried

@@ -1,0 +1,217 @@
+"""``Proxy``: builds the coordinator once at start-up and runs it.
+
+One process: the store, the queue, the response hub, the cluster and its
+health monitor, the dispatcher pool, the maintenance scheduler, and the front
+door (Flask served by waitress). ``stop()`` stops admitting, stops claiming,
+lets running work finish within a grace period, returns what is left to the
+queue (or marks it interrupted), and closes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from olol.context import ProxyConfig, ProxyContext
+from olol.hub import ResponseHub
+
+log = logging.getLogger(__name__)
+
+
+def split_hostport(listen: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        return listen, default_port
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        return host, int(port)
+    except ValueError:
+        raise ValueError(f"bad listen address {listen!r}: the port must be a number") from None
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+class Proxy:
+    def __init__(self, config: ProxyConfig, *, clock: Callable[[], float] = time.time,
+                 client_factory: Callable[[str], Any] | None = None, db: Any = None):
+        from olol.cluster import ClusterManager
+        from olol.dispatcher import Dispatcher
+        from olol.health import HealthMonitor
+        from olol.queue import QueueManager
+        from olol.scheduler import RequestScheduler
+        from olol.stats import RequestStats
+        from olol.store import DatabaseManager
+
+        self.config = config
+        self.clock = clock
+        if db is None:
+            db = (DatabaseManager(config.data_dir, clock=clock) if config.data_dir is not None
+                  else DatabaseManager.memory(clock=clock))
+        self.db = db
+        self._owns_db = True
+        try:
+            self.queue = QueueManager(
+                db, clock=clock, max_depth=config.max_queue_depth,
+                max_depth_per_model=config.max_queue_depth_per_model,
+                retention_hours=config.retention_hours,
+            )
+            self.recovered = self.queue.recover()
+            self.hub = ResponseHub()
+            kw: dict[str, Any] = {"clock": clock, "token": config.node_token, "tls": config.node_tls}
+            if client_factory is not None:
+                kw["client_factory"] = client_factory
+            self.cluster = ClusterManager(db, **kw)
+            for address in config.nodes:
+                if self.cluster.node(address) is None:
+                    self.cluster.add_node(address, source="config")
+            self.stats = RequestStats(db, clock=clock)
+            self.scheduler = RequestScheduler(
+                self.queue, self.cluster, strategy=config.strategy, clock=clock,
+                batch_size=config.batch_size,
+                on_unplaceable=lambda req, msg: self.dispatcher.fail_unplaceable(req, msg),
+            )
+            self.dispatcher = Dispatcher(
+                self.queue, self.scheduler, self.cluster, self.hub,
+                threads=config.dispatcher_threads, stats=self.stats, clock=clock,
+                max_attempts=config.max_attempts, retry_backoff_s=config.retry_backoff_s,
+                request_timeout_s=config.request_timeout_s,
+            )
+            self.health = HealthMonitor(
+                self.cluster, db, clock=clock, interval_s=config.health_interval_s,
+                timeout_s=config.health_timeout_s, failure_threshold=config.failure_threshold,
+            )
+        except BaseException:
+            db.close()
+            raise
+        self.keys = self._make_keys()
+        self.context = ProxyContext(
+            config=config, db=db, queue=self.queue, hub=self.hub, cluster=self.cluster,
+            keys=self.keys, stats=self.stats, scheduler=self.scheduler, clock=clock,
+        )
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._jobs: Any = None
+        self._stopped = threading.Event()
+        self.url: str | None = None
+        self.address: str | None = None
+
+    def _make_keys(self) -> Any:
+        from olol.keys import KeyStore
+
+        return KeyStore(self.db, clock=self.clock)
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> Proxy:
+        import waitress
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        from olol.server.app import create_app
+
+        host, port = split_hostport(self.config.listen, 11435)
+        if not is_loopback(host) and not self.config.keys_enabled:
+            log.warning(
+                "listening on %s with API keys disabled: anyone who can reach this port "
+                "can use the cluster (enable keys with --keys)", self.config.listen,
+            )
+        # first health sweep before serving, so /api/tags and placement know the nodes
+        try:
+            self.health.poll_all()
+        except Exception:  # noqa: BLE001 - a bad sweep must not stop start-up
+            log.exception("initial health sweep failed")
+        self._jobs = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+            timezone="UTC",
+        )
+        self.health.start(scheduler=self._jobs)
+        self._add_maintenance_jobs(self._jobs)
+        self._jobs.start()
+        self.dispatcher.start()
+        app = create_app(self.context)
+        self._server = waitress.create_server(
+            app, host=host, port=port, threads=self.config.waitress_threads,
+            channel_timeout=max(120, int(self.config.stream_idle_timeout_s)),
+            connection_limit=max(100, self.config.waitress_threads * 4),
+            ident="olol",
+        )
+        real_port = self._server.effective_port
+        self.address = f"{host}:{real_port}"
+        self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{real_port}"
+        self._thread = threading.Thread(target=self._server.run, name="olol-http", daemon=True)
+        self._thread.start()
+        log.info("olol proxy listening on %s (%d nodes)", self.url, len(self.cluster.list_nodes()))
+        return self
+
+    def _add_maintenance_jobs(self, jobs: Any) -> None:
+        def job(name: str, fn: Callable[[], Any], seconds: float) -> None:
+            def run() -> None:
+                try:
+                    fn()
+                except Exception:  # logged and counted; never stops the scheduler
+                    log.exception("maintenance job %s failed", name)
+
+            jobs.add_job(run, "interval", seconds=seconds, id=name, name=name)
+
+        job("queue-cleanup", lambda: self.queue.clean_old_requests(self.config.retention_hours), 300)
+        job("lease-return", self.queue.return_expired_leases, 30)
+        job("stats-rollup", self.stats.roll_up, 60)
+        if self.db.durable:
+            job("store-checkpoint", self.db.checkpoint, 600)
+
+    # ------------------------------------------------------------------ stop
+    def stop(self, grace_s: float = 30.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.context.draining.set()
+        finished = self.dispatcher.stop(grace_s=grace_s)
+        if not finished:
+            log.warning("shutdown: work still running after %.0f s was cancelled", grace_s)
+        if self._jobs is not None:
+            try:
+                self._jobs.shutdown(wait=False)
+            except Exception:  # noqa: BLE001
+                pass
+        if hasattr(self.health, "stop"):
+            try:
+                self.health.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        if self._server is not None:
+            self._close_server()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.cluster.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self.db.close()
+
+    def _close_server(self) -> None:
+        server = self._server
+        try:
+            server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        for _ in range(100):
+            channels = list(server._map.values())
+            if not channels:
+                break
+            for ch in channels:
+                try:
+                    ch.handle_close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> Proxy:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop(grace_s=5)

@@ -1,0 +1,153 @@
+"""``olol proxy`` and ``olol up``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from olol.context import DEFAULT_LISTEN, ProxyConfig
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("proxy", help="run the coordinator (the Ollama-compatible endpoint)")
+    p.add_argument("--listen", help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})")
+    p.add_argument("--data-dir", help="data folder (default: $OLOL_DATA_DIR, else $XDG_DATA_HOME/olol)")
+    p.add_argument("--node", action="append", default=[], metavar="ADDR",
+                   help="node agent HOST:PORT (repeatable); nodes also come from the store and --config")
+    p.add_argument("--config", help="TOML config file (keys as ProxyConfig fields, nodes = [...])")
+    p.add_argument("--keys", action="store_true", help="require API keys (create them with olol keys)")
+    p.add_argument("--strategy", choices=["smart", "least-busy", "round-robin"])
+    p.add_argument("--threads", type=int, help="waitress threads (concurrent HTTP requests)")
+    p.add_argument("--node-token", help="bearer token for the node agents")
+    p.set_defaults(func=cmd_proxy)
+
+    u = subparsers.add_parser(
+        "up", help="everything on one machine: a proxy plus an agent per local Ollama "
+                   "(or two simulated nodes when none is found)")
+    u.add_argument("--listen", default=DEFAULT_LISTEN)
+    u.add_argument("--data-dir")
+    u.add_argument("--ollama-url", action="append", default=[],
+                   help="Ollama to put behind an agent (default http://127.0.0.1:11434)")
+    u.set_defaults(func=cmd_up)
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> ProxyConfig:
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"olol: cannot read config {path}: {exc}") from None
+        known = {f.name for f in fields(ProxyConfig)}
+        unknown = set(values) - known
+        if unknown:
+            raise SystemExit(f"olol: unknown config keys in {path}: {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in overrides.items() if v not in (None, [], False)})
+    if "data_dir" in values and values["data_dir"] is not None:
+        values["data_dir"] = Path(values["data_dir"])
+    return ProxyConfig(**values)
+
+
+def _serve(proxy: Any, extra_stop: list[Any] = ()) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(timeout=1.0):
+        pass
+    proxy.stop(grace_s=30)
+    for thing in extra_stop:
+        try:
+            thing.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            log.exception("stopping %r failed", thing)
+    return 0
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from olol.proxy import Proxy
+    from olol.store import StoreError, default_data_dir
+
+    config = load_config(args.config, {
+        "listen": args.listen, "nodes": args.node, "keys_enabled": args.keys,
+        "strategy": args.strategy, "waitress_threads": args.threads,
+        "node_token": args.node_token,
+    })
+    if config.data_dir is None:
+        config.data_dir = default_data_dir(args.data_dir)
+    elif args.data_dir:
+        config.data_dir = Path(args.data_dir)
+    try:
+        proxy = Proxy(config).start()
+    except (StoreError, ValueError, OSError) as exc:
+        print(f"olol proxy: {exc}", file=sys.stderr)
+        return 1
+    print(f"olol proxy serving the Ollama API on {proxy.url} "
+          f"(data in {config.data_dir})", flush=True)
+    return _serve(proxy)
+
+
+def ollama_answers(url: str) -> bool:
+    try:
+        return requests.get(url.rstrip("/") + "/api/version", timeout=1.0).ok
+    except requests.RequestException:
+        return False
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from olol.proxy import Proxy
+    from olol.sim import SimConfig, Simulator, parse_models_spec
+    from olol.store import StoreError, default_data_dir
+    from workers.agent import Agent, AgentConfig
+
+    urls = args.ollama_url or ["http://127.0.0.1:11434"]
+    found = [u for u in urls if ollama_answers(u)]
+    started: list[Any] = []
+    if found:
+        targets = found
+        print(f"olol up: found Ollama at {', '.join(found)}", flush=True)
+    else:
+        sims = []
+        for _ in range(2):
+            sim = Simulator(SimConfig(models=parse_models_spec(
+                "llama3.2:1b[tps=60,ttft=0.05],qwen2.5:0.5b[tps=80,ttft=0.03],"
+                "nomic-embed-text[embed]"), load_time=0.5), host="127.0.0.1", port=0).start()
+            sims.append(sim)
+        started.extend(sims)
+        targets = [s.url for s in sims]
+        print("olol up: NO OLLAMA FOUND at " + ", ".join(urls) + " - starting two SIMULATED "
+              "nodes instead. Answers are generated text, not a real model. Install Ollama "
+              "(or pass --ollama-url) for real inference.", flush=True)
+    agents = []
+    for url in targets:
+        agent = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=url)).start()
+        agents.append(agent)
+    config = ProxyConfig(listen=args.listen, data_dir=default_data_dir(args.data_dir),
+                         nodes=[a.address for a in agents], health_interval_s=2.0)
+    try:
+        proxy = Proxy(config).start()
+    except (StoreError, ValueError, OSError) as exc:
+        print(f"olol up: {exc}", file=sys.stderr)
+        for thing in agents + started:
+            thing.stop()
+        return 1
+    print(f"olol up: proxy on {proxy.url} with {len(agents)} node(s); try:\n"
+          f"  curl {proxy.url}/api/tags\n"
+          f"  OLLAMA_HOST={proxy.url} ollama run llama3.2:1b   (or any Ollama client)", flush=True)
+    return _serve(proxy, agents + started)

@@ -1,0 +1,306 @@
+"""``RequestScheduler`` (roadmap 4.3): which pending work runs next, and where.
+
+The scheduler looks ahead in the queue (``QueueManager.peek``) and, request by
+request in dispatch order, asks ``assign_server`` for a node. A request whose
+best node is busy is skipped for now, so work that can run without a model
+load goes first; patience bounds how long that can last.
+
+Placement (strategy ``smart``):
+
+1. only healthy nodes that have the model on disk;
+2. session affinity: an ``X-OLOL-Session`` stays on its node while that node is healthy;
+3. a node that has the model loaded and a free slot (never more in flight on a
+   node and model than its parallel slots), the one with the most headroom;
+4. when every node holding it is full, wait for a slot — unless demand for the
+   model exceeds what those nodes can serve, then load it on an idle node
+   whose loaded models nobody is waiting for;
+5. when no node holds it, load it where that displaces the least demand,
+   preferring idle nodes; after ``patience_s`` take the best node even if busy.
+
+``round-robin`` and ``least-busy`` are baselines: slots are respected, loaded
+models are ignored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("smart", "least-busy", "round-robin")
+
+
+@dataclass
+class Assignment:
+    """A batch claimed for one node."""
+
+    node: str
+    requests: list[dict]
+    model_key: str
+    batch_id: str
+    mode: str = "single"  # single | coalesced | embed_merge
+    extra: dict = field(default_factory=dict)
+
+
+class NoNodeForModel(Exception):
+    """No node in the cluster has the model: the request cannot run."""
+
+
+class RequestScheduler:
+    def __init__(
+        self,
+        queue_manager: Any,
+        cluster_manager: Any,
+        *,
+        strategy: str = "smart",
+        clock: Callable[[], float] = time.time,
+        batch_size: int = 8,
+        lookahead: int = 64,
+        patience_s: float = 3.0,
+        spread_factor: float = 2.0,
+        on_unplaceable: Callable[[dict, str], None] | None = None,
+    ):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        self.queue_manager = queue_manager
+        self.cluster_manager = cluster_manager
+        self.strategy = strategy
+        self.clock = clock
+        self.batch_size = batch_size
+        self.lookahead = lookahead
+        self.patience_s = patience_s
+        self.spread_factor = spread_factor
+        self.on_unplaceable = on_unplaceable
+        self._lock = threading.Lock()
+        self._inflight: Counter[tuple[str, str]] = Counter()
+        self._node_inflight: Counter[str] = Counter()
+        self._loaded: dict[str, OrderedDict[str, float]] = {}
+        self._synced_check: dict[str, float | None] = {}
+        self._capacity: dict[str, int] = {}
+        self._sessions: dict[str, str] = {}
+        self._rr = itertools.count()
+        self.loads_started = 0
+
+    # ------------------------------------------------------------ node views
+    def _sync_loaded(self, node: Any) -> OrderedDict[str, float]:
+        """What we believe is loaded on a node: its last poll plus what we sent since."""
+        addr = node.address
+        believed = self._loaded.setdefault(addr, OrderedDict())
+        if self._synced_check.get(addr) != node.last_check:
+            self._synced_check[addr] = node.last_check
+            polled = list(node.loaded_models or {})
+            self._capacity[addr] = max(self._capacity.get(addr, 1), len(polled))
+            since = (node.last_check or 0.0) - 1.0
+            recent = {m: t for m, t in believed.items() if t >= since}
+            fresh: OrderedDict[str, float] = OrderedDict((m, 0.0) for m in polled)
+            for m, t in sorted(recent.items(), key=lambda kv: kv[1]):
+                fresh.pop(m, None)
+                fresh[m] = t
+            believed = self._loaded[addr] = fresh
+            self._trim(addr)
+        return believed
+
+    def _trim(self, addr: str) -> None:
+        believed = self._loaded[addr]
+        cap = self._capacity.get(addr, 1)
+        while len(believed) > cap:
+            # evict the least recently used model that has nothing in flight
+            for m in believed:
+                if self._inflight[(addr, m)] == 0:
+                    del believed[m]
+                    break
+            else:
+                break
+
+    def _note_dispatch(self, addr: str, model_key: str) -> None:
+        believed = self._loaded.setdefault(addr, OrderedDict())
+        if model_key not in believed:
+            self.loads_started += 1
+        believed.pop(model_key, None)
+        believed[model_key] = self.clock()
+        self._trim(addr)
+
+    def _slots(self, node: Any) -> int:
+        return max(1, int(getattr(node, "parallel", 1) or 1))
+
+    def _free(self, node: Any, model_key: str) -> bool:
+        return self._inflight[(node.address, model_key)] < self._slots(node)
+
+    def _headroom_key(self, node: Any) -> tuple:
+        return (
+            self._node_inflight[node.address] / self._slots(node),
+            float(getattr(node, "cpu_load", 0.0) or 0.0),
+            -(getattr(node, "vram_free", None) or 0),
+            node.address,
+        )
+
+    # ------------------------------------------------------------ placement
+    def assign_server(self, request_batch: list[dict], *, demand: Counter | None = None) -> str | None:
+        """The node for a batch (all one model), or None to wait. Raises NoNodeForModel."""
+        with self._lock:
+            return self._assign(request_batch, demand or Counter())
+
+    def _assign(self, batch: list[dict], demand: Counter) -> str | None:
+        first = batch[0]
+        model_key = first["model_key"]
+        all_nodes = self.cluster_manager.list_nodes()
+        healthy = {n.address: n for n in self.cluster_manager.healthy_nodes()}
+        nodes = [n for n in healthy.values() if model_key in (n.available_models or {})]
+        if not nodes:
+            if not any(model_key in (n.available_models or {}) for n in all_nodes):
+                raise NoNodeForModel(model_key)
+            return None  # the model lives only on nodes that are down now: wait
+        for n in nodes:
+            self._sync_loaded(n)
+        if self.strategy == "round-robin":
+            start = next(self._rr)
+            ordered = sorted(nodes, key=lambda n: n.address)
+            for i in range(len(ordered)):
+                n = ordered[(start + i) % len(ordered)]
+                if self._free(n, model_key):
+                    return n.address
+            return None
+        if self.strategy == "least-busy":
+            free = [n for n in nodes if self._free(n, model_key)]
+            return min(free, key=self._headroom_key).address if free else None
+
+        session = first.get("session")
+        if session and self._sessions.get(session) in healthy:
+            pinned = healthy[self._sessions[session]]
+            if pinned in nodes:
+                return pinned.address if self._free(pinned, model_key) else None
+        loaded = [n for n in nodes if model_key in self._loaded.get(n.address, {})]
+        free_loaded = [n for n in loaded if self._free(n, model_key)]
+        if free_loaded:
+            return min(free_loaded, key=self._headroom_key).address
+
+        def displaced(n: Any) -> int:
+            return sum(demand[m] for m in self._loaded.get(n.address, {}) if m != model_key)
+
+        idle = [
+            n for n in nodes
+            if n not in loaded and self._node_inflight[n.address] == 0 and displaced(n) == 0
+        ]
+        if loaded:
+            capacity = sum(self._slots(n) for n in loaded)
+            if idle and demand[model_key] > self.spread_factor * capacity:
+                return min(idle, key=self._headroom_key).address
+            return None
+        if idle:
+            return min(idle, key=self._headroom_key).address
+        best = min(
+            nodes, key=lambda n: (displaced(n), self._node_inflight[n.address], self._headroom_key(n))
+        )
+        waited = self.clock() - float(first.get("enqueued_ts") or self.clock())
+        if displaced(best) == 0 and self._free(best, model_key):
+            return best.address
+        return best.address if waited >= self.patience_s and self._free(best, model_key) else None
+
+    # ------------------------------------------------------------ batches
+    def schedule_next_batch(self) -> Assignment | None:
+        """Claim the next batch some node can take now, or None."""
+        window = self.queue_manager.peek(self.lookahead)
+        if not window:
+            return None
+        with self._lock:
+            demand: Counter = Counter(r["model_key"] for r in window)
+            for (_, m), n in self._inflight.items():
+                demand[m] += n
+            tried: set[tuple[str, str | None]] = set()
+            for req in window:
+                group_key = (req["model_key"], req.get("batch_key"))
+                if group_key in tried:
+                    continue
+                tried.add(group_key)
+                try:
+                    node = self._assign([req], demand)
+                except NoNodeForModel:
+                    self._unplaceable(req)
+                    continue
+                if node is None:
+                    continue
+                assignment = self._claim(node, req, window)
+                if assignment is not None:
+                    return assignment
+        return None
+
+    def _unplaceable(self, req: dict) -> None:
+        claimed = self.queue_manager.dequeue(ids=[req["id"]])
+        for r in claimed:
+            if self.on_unplaceable is not None:
+                self.on_unplaceable(r, f"model '{r['model']}' not found")
+
+    def _claim(self, node: str, head: dict, window: list[dict]) -> Assignment | None:
+        model_key, batch_key = head["model_key"], head.get("batch_key")
+        state = self.cluster_manager.node(node)
+        slots = self._slots(state) if state is not None else 1
+        free = max(1, slots - self._inflight[(node, model_key)])
+        mates = [
+            r for r in window
+            if r["model_key"] == model_key and r.get("batch_key") == batch_key
+            and r["endpoint"] == head["endpoint"]
+        ]
+        mode = "single"
+        if head["endpoint"] == "embed" and len(mates) > 1:
+            chosen = mates[: max(self.batch_size, 1) * 4]
+            mode = "embed_merge"
+        elif head.get("coalesce_key"):
+            chosen = [r for r in mates if r.get("coalesce_key") == head["coalesce_key"]]
+            mode = "coalesced" if len(chosen) > 1 else "single"
+        else:
+            chosen = [head]
+        del free  # one node call per assignment; slots count calls, not requests
+        batch_id = uuid.uuid4().hex
+        claimed = self.queue_manager.dequeue(
+            len(chosen), ids=[r["id"] for r in chosen], server=node, batch_id=batch_id
+        )
+        if not claimed:
+            return None
+        if mode != "single" and len(claimed) == 1:
+            mode = "single"
+        self._inflight[(node, model_key)] += 1
+        self._node_inflight[node] += 1
+        self._note_dispatch(node, model_key)
+        session = head.get("session")
+        if session and self.strategy == "smart":
+            self._sessions[session] = node
+            if len(self._sessions) > 100_000:  # bounded: forget the oldest
+                self._sessions.pop(next(iter(self._sessions)))
+        return Assignment(node=node, requests=claimed, model_key=model_key,
+                          batch_id=batch_id, mode=mode)
+
+    def release(self, assignment: Assignment) -> None:
+        """The node call of an assignment ended (any outcome)."""
+        with self._lock:
+            key = (assignment.node, assignment.model_key)
+            self._inflight[key] -= 1
+            if self._inflight[key] <= 0:
+                del self._inflight[key]
+            self._node_inflight[assignment.node] -= 1
+            if self._node_inflight[assignment.node] <= 0:
+                del self._node_inflight[assignment.node]
+        self.queue_manager.notify()
+
+    def handle_server_failure(self, server_address: str, reason: str = "") -> None:
+        """A node failed a call: avoid it until it answers a health poll again."""
+        log.warning("node %s failed: %s", server_address, reason or "unknown error")
+        self.cluster_manager.mark_suspect(server_address, reason)
+        with self._lock:
+            self._loaded.pop(server_address, None)
+            self._synced_check.pop(server_address, None)
+            for session, addr in list(self._sessions.items()):
+                if addr == server_address:
+                    del self._sessions[session]
+        self.queue_manager.notify()
+
+    def inflight(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._node_inflight)
