@@ -45,7 +45,7 @@ class Proxy:
         from olol.queue import QueueManager
         from olol.scheduler import RequestScheduler
         from olol.stats import RequestStats
-        from olol.store import DatabaseManager
+        from olol.store import DatabaseManager, configure_db
 
         self.config = config
         self.clock = clock
@@ -53,7 +53,7 @@ class Proxy:
             db = (DatabaseManager(config.data_dir, clock=clock) if config.data_dir is not None
                   else DatabaseManager.memory(clock=clock))
         self.db = db
-        self._owns_db = True
+        configure_db(db)  # the process default that get_db() returns
         try:
             self.queue = QueueManager(
                 db, clock=clock, max_depth=config.max_queue_depth,

@@ -77,3 +77,24 @@ def test_concurrent_write_and_sync_keeps_ram_equal_to_store(db):
         t.join(timeout=60)
     assert len(sync.read_from_ram("servers")) == 800
     assert sync.force_sync("servers") == {"servers": {"added": 0, "removed": 0, "changed": 0}}
+
+
+def test_get_db_returns_the_configured_default(tmp_path, monkeypatch):
+    from olol.store import configure_db, default_data_dir, get_db, reset_default_db
+
+    monkeypatch.setenv("OLOL_DATA_DIR", str(tmp_path / "env"))
+    assert default_data_dir() == tmp_path / "env"
+    assert default_data_dir(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv("OLOL_DATA_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "olol"
+    mem = DatabaseManager.memory()
+    try:
+        assert configure_db(mem) is mem and get_db() is mem
+        assert SyncManager().db is mem
+        reset_default_db()
+        db = get_db()  # opens the default folder
+        assert db.data_dir == tmp_path / "xdg" / "olol"
+        db.close()
+    finally:
+        reset_default_db()
