@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "olol.sim.cli",
     "workers.cli",
     "olol.proxy_cli",
+    "olol.nodes_cli",
 ]
 
 

@@ -66,9 +66,7 @@ class Proxy:
             if client_factory is not None:
                 kw["client_factory"] = client_factory
             self.cluster = ClusterManager(db, **kw)
-            for address in config.nodes:
-                if self.cluster.node(address) is None:
-                    self.cluster.add_node(address, source="config")
+            self.cluster.sync_config_nodes(config.nodes)
             self.stats = RequestStats(db, clock=clock)
             self.scheduler = RequestScheduler(
                 self.queue, self.cluster, strategy=config.strategy, clock=clock,

@@ -1,0 +1,236 @@
+"""``HealthMonitor``: polls every node's complete status and keeps health records.
+
+One sweep polls all nodes concurrently on a bounded, named thread pool; every
+poll carries a gRPC deadline and the sweep waits at most a little longer than
+that, so one hung or dead node never stalls the others. A node that fails
+``failure_threshold`` polls in a row becomes unhealthy and its circuit opens:
+it is skipped for ``open_s`` seconds, then probed once per sweep until a probe
+succeeds (which makes it healthy again).
+
+Each sweep writes the nodes' ``servers`` rows and ``server_stats`` samples
+(types ``health`` 1/0, ``load`` 0..1, ``latency`` ms) in one transaction.
+Samples are written at most every ``stats_interval_s`` per node, and on every
+health change, which bounds the table's growth; rows older than the retention
+are pruned by the same job.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from olol.cluster import ClusterManager, describe_error, status_problem
+from olol.store.database import iso_utc
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "olol-health"
+# Extra seconds the sweep waits for a future beyond the poll's own deadline
+# (the gRPC deadline normally fires first; this only guards a misbehaving client).
+_GRACE_S = 0.5
+
+
+class HealthMonitor:
+    """Periodic health polling with a per-node circuit breaker.
+
+    :param cluster: the :class:`ClusterManager` whose nodes are polled.
+    :param db: the store (``servers``, ``server_stats``).
+    :param clock: seconds since the epoch (circuit timers, sample timestamps).
+    :param interval_s: seconds between sweeps.
+    :param timeout_s: deadline of each status poll.
+    :param failure_threshold: consecutive failures that make a node unhealthy.
+    :param open_s: how long an open circuit skips the node before the next probe.
+    :param max_workers: size of the polling thread pool.
+    :param retention_hours: ``server_stats`` rows older than this are pruned.
+    :param stats_interval_s: minimum seconds between samples of one node (0: every sweep).
+    """
+
+    def __init__(self, cluster: ClusterManager, db: Any, *,
+                 clock: Callable[[], float] = time.time, interval_s: float = 5.0,
+                 timeout_s: float = 2.0, failure_threshold: int = 3, open_s: float = 15.0,
+                 max_workers: int = 16, retention_hours: float = 24.0,
+                 stats_interval_s: float = 60.0, prune_interval_s: float = 600.0) -> None:
+        if interval_s <= 0 or timeout_s <= 0 or failure_threshold < 1 or max_workers < 1:
+            raise ValueError("interval_s and timeout_s must be > 0, failure_threshold and "
+                             "max_workers >= 1")
+        self.cluster, self.db, self.clock = cluster, db, clock
+        self.interval_s, self.timeout_s = float(interval_s), float(timeout_s)
+        self.failure_threshold, self.open_s = int(failure_threshold), float(open_s)
+        self.retention_hours = float(retention_hours)
+        self.stats_interval_s, self.prune_interval_s = stats_interval_s, prune_interval_s
+        self._pool = cf.ThreadPoolExecutor(max_workers=max_workers,
+                                           thread_name_prefix="olol-health")
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()  # polls still running from an earlier sweep
+        self._last_sample: dict[str, float] = {}
+        self._last_health: dict[str, bool] = {}
+        self._last_prune: float | None = None
+        self._scheduler: Any = None
+        self._own_scheduler = False
+        self._closed = False
+        self.sweeps = 0
+        self.job_errors = 0
+
+    # -- one sweep --------------------------------------------------------------------
+
+    def _poll_one(self, address: str) -> tuple[dict | None, float, str | None]:
+        start = time.monotonic()
+        try:
+            status = self.cluster.client(address).status(timeout=self.timeout_s)
+            problem = status_problem(status)
+            return (None if problem else status), (time.monotonic() - start) * 1000.0, problem
+        except Exception as exc:  # noqa: BLE001 - every failure is one failed poll
+            return None, (time.monotonic() - start) * 1000.0, describe_error(exc)
+        finally:
+            with self._lock:
+                self._in_flight.discard(address)
+
+    def poll_all(self) -> dict[str, dict]:
+        """Poll every due node concurrently and record the outcome.
+
+        Nodes whose circuit is open are skipped (``{"skipped": "circuit open"}``), as are
+        nodes whose previous poll is still running. Returns, per address, ``ok``,
+        ``healthy``, ``latency_ms`` and ``error``.
+        """
+        if self._closed:
+            raise RuntimeError("health monitor is stopped")
+        now = self.clock()
+        results: dict[str, dict] = {}
+        futures: dict[str, cf.Future] = {}
+        for node in self.cluster.list_nodes():
+            if node.circuit_open(now):
+                results[node.address] = {"skipped": "circuit open", "healthy": False}
+                continue
+            with self._lock:
+                if node.address in self._in_flight:
+                    results[node.address] = {"skipped": "previous poll still running",
+                                             "healthy": node.healthy}
+                    continue
+                self._in_flight.add(node.address)
+            futures[node.address] = self._pool.submit(self._poll_one, node.address)
+        if futures:
+            cf.wait(futures.values(), timeout=self.timeout_s + _GRACE_S)
+        for address, future in futures.items():
+            if future.done():
+                status, latency_ms, error = future.result()
+            else:
+                status, latency_ms, error = None, None, f"no answer within {self.timeout_s}s"
+            if status is not None:
+                state = self.cluster.record_poll(address, status, latency_ms)
+            else:
+                state = self.cluster.record_poll_failure(
+                    address, error or "poll failed", failure_threshold=self.failure_threshold,
+                    open_s=self.open_s)
+            if state is None:  # removed while we polled
+                continue
+            results[address] = {"ok": status is not None, "healthy": state.healthy,
+                                "latency_ms": latency_ms if status is not None else None,
+                                "error": error if status is None else None}
+        self._write(results)
+        self.sweeps += 1
+        return results
+
+    def _write(self, results: dict[str, dict]) -> None:
+        now = self.clock()
+        stamp = iso_utc(now)
+        # Read the cluster's rows before taking the store's lock: the cluster writes to
+        # the store while holding its own lock, so the order is always cluster -> store.
+        rows = {a: self.cluster.server_row(a) for a, o in results.items() if "skipped" not in o}
+        members = {n.address for n in self.cluster.list_nodes()}
+        for gone in [a for a in self._last_sample if a not in members]:
+            self._last_sample.pop(gone, None)
+            self._last_health.pop(gone, None)
+        with self.db.transaction():
+            for address, row in rows.items():
+                if row is None:
+                    continue
+                outcome = results[address]
+                self.db.update("servers", row, {"address": address})
+                healthy = bool(outcome["healthy"])
+                changed = self._last_health.get(address) is not healthy
+                last = self._last_sample.get(address)
+                if not changed and last is not None and now - last < self.stats_interval_s:
+                    continue
+                self._last_health[address] = healthy
+                self._last_sample[address] = now
+                samples = [{"server": address, "timestamp": stamp, "type": "health",
+                            "value": 1 if outcome["ok"] else 0}]
+                if outcome["ok"]:
+                    samples.append({"server": address, "timestamp": stamp, "type": "load",
+                                    "value": float(row["load"] or 0.0)})
+                    samples.append({"server": address, "timestamp": stamp, "type": "latency",
+                                    "value": round(float(outcome["latency_ms"]), 3)})
+                self.db.insert_many("server_stats", samples)
+
+    def prune_stats(self, max_age_hours: float | None = None) -> int:
+        """Remove ``server_stats`` rows older than ``max_age_hours`` (default: the
+        retention); returns how many were removed."""
+        hours = self.retention_hours if max_age_hours is None else float(max_age_hours)
+        cutoff = datetime.fromtimestamp(self.clock() - hours * 3600.0, UTC)
+
+        def old(doc: dict) -> bool:
+            try:
+                return datetime.fromisoformat(doc["timestamp"]) < cutoff
+            except (KeyError, TypeError, ValueError):
+                return False
+
+        removed = len(self.db.remove("server_stats", old))
+        self._last_prune = self.clock()
+        return removed
+
+    def run_once(self) -> dict[str, dict]:
+        """The scheduled job: one sweep, plus a prune when one is due. Never raises."""
+        try:
+            results = self.poll_all()
+            if self._last_prune is None or \
+                    self.clock() - self._last_prune >= self.prune_interval_s:
+                self.prune_stats()
+            return results
+        except Exception:  # a failing sweep must not kill the periodic job
+            self.job_errors += 1
+            log.exception("health sweep failed")
+            return {}
+
+    # -- scheduling -------------------------------------------------------------------
+
+    def start(self, scheduler: Any = None) -> None:
+        """Run :meth:`run_once` every ``interval_s`` on an APScheduler 3 scheduler.
+
+        With no ``scheduler`` the monitor creates, starts and later shuts down its own
+        ``BackgroundScheduler``; a shared one is left running by :meth:`stop`. The first
+        sweep runs at once.
+        """
+        if self._scheduler is not None:
+            raise RuntimeError("health monitor already started")
+        if scheduler is None:
+            from apscheduler.schedulers.background import BackgroundScheduler
+
+            scheduler = BackgroundScheduler(timezone=UTC)
+            self._own_scheduler = True
+        scheduler.add_job(
+            self.run_once, "interval", seconds=self.interval_s, id=JOB_ID, name=JOB_ID,
+            max_instances=1, coalesce=True, misfire_grace_time=max(1, int(self.interval_s)),
+            next_run_time=datetime.now(UTC), replace_existing=True,
+        )
+        if self._own_scheduler:
+            scheduler.start()
+        self._scheduler = scheduler
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop the job (and the own scheduler) and the polling pool; idempotent."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            if self._own_scheduler:
+                scheduler.shutdown(wait=wait)
+            else:
+                try:
+                    scheduler.remove_job(JOB_ID)
+                except Exception:  # noqa: BLE001 - already gone (scheduler shut down)
+                    log.debug("health job already removed", exc_info=True)
+        self._closed = True
+        self._pool.shutdown(wait=wait, cancel_futures=True)
