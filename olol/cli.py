@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "workers.cli",
     "olol.proxy_cli",
     "olol.nodes_cli",
+    "olol.keys_cli",
 ]
 
 

@@ -16,11 +16,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+
 from olol.hub import CHUNK, DONE, ERROR
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment, RequestScheduler
 
 log = logging.getLogger(__name__)
+
+
+_NODE_GONE = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
 
 
 class _AllGone(Exception):
@@ -245,7 +250,9 @@ class Dispatcher:
         self._fail(req, 404, message, started=False)
 
     def _node_failed(self, a: Assignment, exc: NodeError) -> None:
-        node_fault = exc.code is not None and exc.retryable
+        # The dispatcher only cancels a call when every caller left (handled
+        # above), so a CANCELLED or UNKNOWN status here means the node went away.
+        node_fault = exc.code is not None and (exc.retryable or exc.code in _NODE_GONE)
         if exc.mid_stream:
             for req in a.requests:
                 self._fail(req, exc.http_status, exc.message, started=True)

@@ -134,6 +134,8 @@ class Proxy:
             app, host=host, port=port, threads=self.config.waitress_threads,
             channel_timeout=max(120, int(self.config.stream_idle_timeout_s)),
             connection_limit=max(100, self.config.waitress_threads * 4),
+            # lets the app notice a caller that went away while its request waits
+            channel_request_lookahead=1,
             ident="olol",
         )
         real_port = self._server.effective_port
@@ -195,15 +197,15 @@ class Proxy:
             server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         except Exception:  # noqa: BLE001
             pass
-        for _ in range(100):
-            channels = list(server._map.values())
-            if not channels:
-                break
-            for ch in channels:
+
+        def close_all() -> None:  # runs on the server loop's own thread
+            for channel in list(server._map.values()):
                 try:
-                    ch.handle_close()
-                except Exception:  # noqa: BLE001
+                    channel.handle_close()
+                except Exception:  # noqa: BLE001 - best effort while tearing down
                     pass
+
+        server.trigger.pull_trigger(close_all)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)

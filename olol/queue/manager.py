@@ -1,0 +1,452 @@
+"""``QueueManager``: the durable priority queue of inference requests (roadmap 4.2).
+
+The store's ``inference_queue`` table is the truth; this object keeps RAM
+indexes over it (pending order per model and global, ``id -> doc_id``, leases,
+counters) so that the hot path never scans the table.
+
+Concurrency: the queue's own lock guards only RAM and is never held across a
+store write (whose fsync would serialise every thread behind it). Each write is
+a store transaction that re-reads the record, checks its status and bumps its
+``rev``; RAM is then updated under the lock, and an update older than what RAM
+already holds is dropped. Claims first take their entries out of the pending
+index under the lock, so no two callers can ever claim the same request.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from olol.queue.grouping import group_similar
+from olol.queue.maintenance import (
+    SEQ_FLOOR_KEY,
+    QueueMaintenance,
+    finish_patch,
+    int_or_zero,
+    pending_patch,
+    positive,
+    rev_of,
+)
+from olol.queue.records import (
+    ACTIVE,
+    FINISHED,
+    TABLE,
+    Entry,
+    QueueFullError,
+    build_record,
+    model_key_of,
+)
+from olol.queue.state import QueueState
+from olol.store.database import iso_utc
+from olol.store.schema import QUEUE_STATUSES
+
+MAX_BATCH = 1_000
+MAX_DELAY_S = 86_400.0
+
+Patch = Callable[[dict, float], dict | None]
+
+
+class QueueManager(QueueMaintenance):
+    """Durable, thread-safe priority queue over ``db``'s ``inference_queue`` table.
+
+    :param db: the :class:`~olol.store.DatabaseManager`.
+    :param clock: returns the current time in seconds (injected for tests).
+    :param max_depth: bound on pending + processing requests of all models.
+    :param max_depth_per_model: the same bound for one model.
+    :param lease_s: how long a claim stays valid without news from the dispatcher.
+    :param ageing_s: a request waiting this long gains one priority level.
+    :param retention_hours: default age of finished records :meth:`clean_old_requests` drops.
+    """
+
+    def __init__(
+        self,
+        db: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_depth: int = 10_000,
+        max_depth_per_model: int = 2_000,
+        lease_s: float = 600.0,
+        ageing_s: float = 60.0,
+        retention_hours: float = 24.0,
+        finish_log_size: int = 5_000,
+    ):
+        for name, value in (("max_depth", max_depth), ("max_depth_per_model", max_depth_per_model),
+                            ("lease_s", lease_s), ("ageing_s", ageing_s),
+                            ("retention_hours", retention_hours),
+                            ("finish_log_size", finish_log_size)):
+            positive(name, value)
+        self.db = db
+        self.clock = clock
+        self.max_depth = int(max_depth)
+        self.max_depth_per_model = int(max_depth_per_model)
+        self.lease_s = float(lease_s)
+        self.ageing_s = float(ageing_s)
+        self.retention_hours = float(retention_hours)
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._s = QueueState(self.ageing_s, int(finish_log_size))
+        self._generation = 0  # bumped by every event wait_for_work reports
+        self._seen = threading.local()  # per thread: the generation it last returned at
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Rebuild every RAM index from the store (the store is the truth)."""
+        now = self.clock()
+        docs = self.db.all(TABLE)
+        floor = self.db.search_one("config", {"key": SEQ_FLOOR_KEY})
+        floor_value = floor["value"] if floor and isinstance(floor["value"], int) else 1
+        with self._lock:
+            self._s.load(docs, now, floor_value)
+
+    # ------------------------------------------------------------------ admission
+    def enqueue(self, request: dict) -> tuple[str, int]:
+        """Admit a request; it is durable when this returns.
+
+        :returns: ``(id, position)``: position is the 1-based place in dispatch order
+            among the claimable pending requests of all models at admission.
+        :raises ValueError: the record is malformed or its id is already queued.
+        :raises QueueFullError: ``max_depth`` or ``max_depth_per_model`` reached.
+        """
+        record = build_record(request, seq=0, now=0.0)
+        rid, model_key = record["id"], record["model_key"]
+        with self._lock:
+            if rid in self._s.entries:
+                raise ValueError(f"queue request: id {rid!r} is already in the queue")
+            now = self.clock()  # read under the lock: admission time follows seq
+            self._check_capacity(model_key, now)
+            record["enqueued_ts"] = now
+            record["seq"] = self._s.next_seq
+            self._s.next_seq += 1
+            e = Entry(id=rid, doc_id=-1, kind=record["kind"], endpoint=record["endpoint"],
+                      model_key=model_key, priority=record["priority"], seq=record["seq"],
+                      enqueued_ts=now, status="pending", batch_key=record["batch_key"],
+                      coalesce_key=record["coalesce_key"])
+            self._s.entries[rid] = e  # reserves the id and the capacity
+            self._s.count(e, "pending", +1)
+        try:
+            doc_id = self.db.insert(TABLE, record)
+        except BaseException:
+            with self._lock:
+                self._s.entries.pop(rid, None)
+                self._s.count(e, "pending", -1)
+            raise
+        with self._cond:
+            e.doc_id = doc_id
+            if e.status == "pending" and e.rev == 0:
+                pos = self._s.index.add(e, now)
+                self._signal()
+            else:
+                pos = None
+            return rid, (pos if pos is not None else len(self._s.index)) + 1
+
+    def _check_capacity(self, model_key: str, now: float) -> None:
+        if self._s.active_total >= self.max_depth:
+            raise QueueFullError(
+                self._s.finishes.retry_after(now, max(1, self.max_depth // 100)),
+                f"the queue is full: {self._s.active_total} requests waiting or running "
+                f"(limit {self.max_depth})",
+            )
+        if self._s.active_by_model[model_key] >= self.max_depth_per_model:
+            raise QueueFullError(
+                self._s.finishes.retry_after(now, max(1, self.max_depth_per_model // 100),
+                                           model_key),
+                f"the queue for model {model_key!r} is full: "
+                f"{self._s.active_by_model[model_key]} requests waiting or running "
+                f"(limit {self.max_depth_per_model})",
+            )
+
+    # ------------------------------------------------------------------ claiming
+    def dequeue(
+        self,
+        batch_size: int = 1,
+        model: str | None = None,
+        *,
+        ids: Iterable[str] | None = None,
+        server: str | None = None,
+        batch_id: str | None = None,
+        lease_s: float | None = None,
+    ) -> list[dict]:
+        """Claim pending requests atomically (one store transaction).
+
+        Highest effective priority first, FIFO within a priority; ``model`` keeps one
+        model's requests; ``ids`` claims exactly those that are still claimable (in
+        the order given). Claimed records become ``processing`` with a lease,
+        ``attempts + 1``, ``started_at``, ``server_assigned`` and ``batch_id``.
+        A request is never handed to two callers.
+
+        :returns: the claimed records (empty when nothing was claimable).
+        """
+        if ids is None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                            or not 1 <= batch_size <= MAX_BATCH):
+            raise ValueError(f"batch_size must be an integer in 1..{MAX_BATCH}")
+        lease = self.lease_s if lease_s is None else lease_s
+        positive("lease_s", lease)
+        model_key = model_key_of(model) if model else None
+        now = self.clock()
+        with self._lock:
+            self._promote(now)
+            if ids is not None:
+                if isinstance(ids, str):
+                    raise ValueError("ids must be a list of request ids, not a string")
+                chosen = []
+                for rid in dict.fromkeys(ids):
+                    e = self._s.entries.get(rid)
+                    if e is not None and self._s.index.is_ready(e) and (
+                        model_key is None or e.model_key == model_key
+                    ):
+                        chosen.append(e)
+            else:
+                chosen = self._s.index.head(batch_size, model_key)
+            for e in chosen:
+                self._s.index.remove(e)  # reserved: no other caller can see them now
+        if not chosen:
+            return []
+        bid = batch_id or uuid.uuid4().hex
+        claimed: list[dict] = []
+        try:
+            with self.db.transaction():
+                for e in chosen:
+                    doc = self.db.get(TABLE, e.doc_id)
+                    if doc is None or doc.get("status") != "pending":
+                        continue  # changed meanwhile; that writer updates RAM
+                    patch = {
+                        "status": "processing", "lease_until": now + lease,
+                        "attempts": int_or_zero(doc.get("attempts")) + 1,
+                        "started_at": iso_utc(now), "started_ts": now,
+                        "server_assigned": server, "batch_id": bid, "not_before": None,
+                        "rev": rev_of(doc) + 1,
+                    }
+                    self.db.update(TABLE, patch, e.doc_id)
+                    doc = dict(doc)
+                    doc.update(patch)
+                    claimed.append(doc)
+        except BaseException:
+            with self._lock:  # the store rolled back: put the reservations back
+                for e in chosen:
+                    if e.status == "pending" and not self._s.index.is_ready(e):
+                        self._s.index.add(e, now)
+            raise
+        with self._lock:
+            for doc in claimed:
+                self._s.apply(self._s.entries[doc["id"]], doc, now)
+        return claimed
+
+    def peek(self, limit: int = 100, model: str | None = None) -> list[dict]:
+        """Claimable pending requests in dispatch order, without claiming them."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        model_key = model_key_of(model) if model else None
+        with self._lock:
+            self._promote(self.clock())
+            doc_ids = [e.doc_id for e in self._s.index.head(limit, model_key)]
+        docs = (self.db.get(TABLE, doc_id) for doc_id in doc_ids)
+        return [dict(d) for d in docs if d is not None and d.get("status") == "pending"]
+
+    def batch_similar_requests(
+        self, limit: int | None = None, model: str | None = None
+    ) -> list[dict]:
+        """Group claimable pending work that one node can serve without reloading.
+
+        Groups follow dispatch order (by their best request) and share a
+        ``batch_key`` (model + runner options). Within a group, ``ids`` lists
+        requests with the same ``coalesce_key`` next to each other and
+        ``coalesced`` maps each such key shared by 2+ requests to its ids (one
+        inference may serve them all). ``embed_merge`` is true for a group of 2+
+        ``/api/embed`` requests, which the dispatcher may merge into one call.
+        ``endpoint`` is the group's endpoint, or ``"mixed"`` for generate + chat.
+        """
+        model_key = model_key_of(model) if model else None
+        with self._lock:
+            self._promote(self.clock())
+            n = self._s.index.ready_count if limit is None else limit
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError("limit must be a non-negative integer or None")
+            entries = self._s.index.head(n, model_key)
+        # The fields grouping reads never change after admission: no lock needed.
+        return group_similar(entries)
+
+    # ------------------------------------------------------------------ transitions
+    def _transition(self, request_id: str, allowed: Iterable[str], make_patch: Patch
+                    ) -> dict | None:
+        """Check-and-write one record in a store transaction, then update RAM."""
+        with self._lock:
+            e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
+            if e is None or e.doc_id < 0:
+                return None
+        now = self.clock()
+        with self.db.transaction():
+            doc = self.db.get(TABLE, e.doc_id)
+            if doc is None or doc.get("id") != request_id or doc.get("status") not in allowed:
+                return None
+            patch = make_patch(doc, now)
+            if patch is None:
+                return None
+            patch["rev"] = rev_of(doc) + 1
+            self.db.update(TABLE, patch, e.doc_id)
+        new = dict(doc)
+        new.update(patch)
+        with self._cond:
+            self._s.apply(e, new, now)
+            if new["status"] == "pending" or doc.get("status") == "processing":
+                self._signal()  # work to claim, or a node slot just freed
+        return new
+
+    def update_request_status(
+        self,
+        request_id: str,
+        status: str,
+        result: dict | None = None,
+        *,
+        error: str | None = None,
+        error_status: int | None = None,
+        server: str | None = None,
+    ) -> bool:
+        """Finish a pending or processing request (``completed``, ``failed``,
+        ``cancelled`` or ``interrupted``); stamps ``completed_at``. ``result`` is kept
+        for jobs only. Finished states are final: returns False for them, and for
+        unknown ids."""
+        if status not in FINISHED:
+            raise ValueError(
+                f"status must be one of {', '.join(sorted(FINISHED))}; got {status!r} "
+                "(dequeue() claims, requeue() puts back)"
+            )
+        if result is not None and not isinstance(result, dict):
+            raise ValueError("result must be a dict or None")
+
+        def patch(doc: dict, now: float) -> dict:
+            p = finish_patch(status, now, error)
+            p["error_status"] = error_status
+            if server is not None:
+                p["server_assigned"] = server
+            if doc.get("kind") == "job" and result is not None:
+                p["result"] = result
+            return p
+
+        return self._transition(request_id, ACTIVE, patch) is not None
+
+    def requeue(self, request_id: str, *, delay_s: float = 0.0, reason: str = "") -> bool:
+        """Processing -> pending again (a node failed before answering). Keeps ``seq``,
+        ``enqueued_ts`` (its age) and ``attempts``; not claimable for ``delay_s``."""
+        if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not (
+            0 <= delay_s <= MAX_DELAY_S
+        ):
+            raise ValueError(f"delay_s must be a number in 0..{MAX_DELAY_S:g}")
+        return self._transition(
+            request_id, ("processing",),
+            lambda doc, now: pending_patch(now + delay_s if delay_s > 0 else None)
+            | {"error": reason or None},
+        ) is not None
+
+    def cancel(self, request_id: str) -> bool:
+        """Pending or processing -> cancelled. A processing request keeps running on its
+        node until the dispatcher sees :meth:`is_cancelled` and stops it."""
+        return self._transition(
+            request_id, ACTIVE, lambda doc, now: finish_patch("cancelled", now, "cancelled")
+        ) is not None
+
+    def is_cancelled(self, request_id: str) -> bool:
+        with self._lock:
+            e = self._s.entries.get(request_id)
+            return e is not None and e.status == "cancelled"
+
+    # ------------------------------------------------------------------ reading
+    def get(self, request_id: str) -> dict | None:
+        with self._lock:
+            e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
+            if e is None or e.doc_id < 0:
+                return None
+            doc_id = e.doc_id
+        doc = self.db.get(TABLE, doc_id)
+        return dict(doc) if doc is not None and doc.get("id") == request_id else None
+
+    def list_jobs(self, status: str | None = None, limit: int = 100, *,
+                  kind: str | None = "job") -> list[dict]:
+        """Records of ``kind`` (None: all), optionally one status, newest first."""
+        if status is not None and status not in QUEUE_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(QUEUE_STATUSES)}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        with self._lock:
+            picked = [e for e in self._s.entries.values()
+                      if (kind is None or e.kind == kind)
+                      and (status is None or e.status == status) and e.doc_id >= 0]
+            picked.sort(key=lambda e: e.seq, reverse=True)
+            doc_ids = [e.doc_id for e in picked[:limit]]
+        return [dict(d) for d in (self.db.get(TABLE, i) for i in doc_ids) if d is not None]
+
+    def depth(self, model: str | None = None) -> int:
+        """Pending + processing requests (of one model when given)."""
+        with self._lock:
+            if model is None:
+                return self._s.active_total
+            return self._s.active_by_model[model_key_of(model)]
+
+    def get_queue_stats(self) -> dict[str, Any]:
+        """Depth by status, model and priority; wait time (started - enqueued) and run
+        time (completed - started) p50/p95 over recent completions; completions per
+        minute over the last 5 minutes."""
+        now = self.clock()
+        with self._lock:
+            self._promote(now)
+            out = self._s.stats(now)
+        out.update(max_depth=self.max_depth, max_depth_per_model=self.max_depth_per_model)
+        return out
+
+    # ------------------------------------------------------------------ waking
+    def _signal(self, everyone: bool = False) -> None:
+        """Something a dispatcher may act on happened (caller holds the lock)."""
+        self._generation += 1
+        if everyone:
+            self._cond.notify_all()
+        else:
+            self._cond.notify()
+
+    def _promote(self, now: float) -> None:
+        if self._s.index.promote(now):
+            self._signal(everyone=True)
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds until something happened that a dispatcher
+        may act on: a request was enqueued or requeued, a delayed one became due, a
+        dispatched one finished (a node slot freed), or :meth:`notify` was called.
+
+        Returns at once if such an event happened since this thread's previous call
+        (so none is lost between looking at the queue and sleeping), or, on a thread's
+        first call, if work is claimable. Work that exists but could not be placed
+        does not wake anyone again, so dispatcher threads never spin on it.
+
+        :returns: whether claimable work exists on return.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            0 <= timeout < math.inf
+        ):
+            raise ValueError("timeout must be a finite non-negative number of seconds")
+        with self._cond:
+            now = self.clock()
+            self._promote(now)
+            seen = getattr(self._seen, "generation", None)
+            if seen is None:
+                changed = self._s.index.ready_count > 0
+            else:
+                changed = seen != self._generation
+            if not changed:
+                wait = timeout
+                due = self._s.index.next_due()
+                if due is not None:
+                    wait = max(0.0, min(wait, due - now))
+                self._cond.wait(wait)
+                self._promote(self.clock())
+            self._seen.generation = self._generation
+            return self._s.index.ready_count > 0
+
+    def notify(self) -> None:
+        """Wake every thread in :meth:`wait_for_work` (new nodes, shutdown, ...)."""
+        with self._cond:
+            self._signal(everyone=True)
+
+
+__all__ = ["QueueFullError", "QueueManager"]

@@ -1,0 +1,101 @@
+"""``create_app(ctx)``: the front door's Flask application.
+
+Blueprints: the native Ollama API (``ollama``), the OpenAI-compatible API under
+``/v1`` (``openai``), asynchronous jobs under ``/olol/v1/jobs`` (``jobs``) and the
+admin API under ``/olol/v1`` (``admin``). Errors are rendered in the API's own shape:
+``{"error": {"message", "type", ...}}`` under ``/v1``, ``{"error": "..."}`` elsewhere;
+unknown routes and wrong methods answer gin's plain-text ``404 page not found`` /
+``405 method not allowed`` as Ollama does. Nothing a client sends produces a stack
+trace: unexpected exceptions are logged and answered 500 ``internal error``.
+
+API keys (``config.keys_enabled``): every route needs ``Authorization: Bearer <key>``
+(401 otherwise) except the liveness probes ``/`` and ``/olol/v1/health``; the admin
+routes need an admin key (403).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from olol.api.errors import ApiError
+from olol.keys import KeyStore
+from olol.server import admin, jobs, ollama, openai
+from olol.server.common import EXTENSION, bearer_token, is_openai_path, json_response
+
+log = logging.getLogger(__name__)
+
+#: Paths answered without a key even when keys are enabled (liveness probes).
+PUBLIC_PATHS = frozenset({"/", "/olol/v1/health"})
+UNAUTHORIZED_MESSAGE = "a valid API key is required (Authorization: Bearer <key>)"
+
+
+def render_error(err: ApiError) -> Response:
+    """``err`` in the shape of the API the request addressed."""
+    body = err.openai_body() if is_openai_path(request.path) else err.ollama_body()
+    return json_response(body, status=err.status, headers=err.headers)
+
+
+def _plain(text: str, status: int, headers: dict | None = None) -> Response:
+    resp = Response(text, status=status, content_type="text/plain")
+    for name, value in (headers or {}).items():
+        resp.headers[name] = value
+    return resp
+
+
+def create_app(ctx: Any) -> Flask:
+    """Build the app around a ProxyContext (``config``, ``db``, ``queue``, ``hub``,
+    ``cluster``, ``keys``, ``clock``). When keys are enabled and ``ctx.keys`` is None, a
+    :class:`~olol.keys.KeyStore` on ``ctx.db`` is created and set on the context."""
+    if ctx.config.keys_enabled and ctx.keys is None:
+        ctx.keys = KeyStore(ctx.db, ctx.clock)
+    app = Flask("olol.server")
+    app.extensions[EXTENSION] = ctx
+    app.url_map.strict_slashes = False
+
+    @app.before_request
+    def _authenticate() -> None:
+        g.olol_key = None
+        if not ctx.config.keys_enabled or request.url_rule is None:
+            return
+        if request.path in PUBLIC_PATHS:
+            return
+        info = ctx.keys.verify(bearer_token(request.headers.get("Authorization")))
+        if info is None:
+            raise ApiError(
+                401,
+                UNAUTHORIZED_MESSAGE,
+                openai_type="invalid_request_error",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": 'Bearer realm="olol"'},
+            )
+        g.olol_key = info
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError) -> Response:
+        return render_error(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        if err.code == 404:
+            return _plain("404 page not found", 404)
+        if err.code == 405:
+            allowed = {}
+            if getattr(err, "valid_methods", None):
+                allowed = {"Allow": ", ".join(err.valid_methods)}
+            return _plain("405 method not allowed", 405, allowed)
+        return render_error(ApiError(err.code or 500, err.description or err.name))
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return render_error(ApiError(500, "internal error"))
+
+    app.register_blueprint(ollama.bp)
+    app.register_blueprint(openai.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(admin.bp)
+    return app

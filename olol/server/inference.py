@@ -1,0 +1,350 @@
+"""Submitting a validated request to the queue and waiting for its answer.
+
+Flow for a synchronous request: check that some node has the model, open the hub
+channel *before* enqueueing (so no event can be missed), enqueue (durable), then read
+events from the channel: nothing polls the store. When the caller goes away (the
+response iterable is closed early, or waitress reports the client disconnected while
+we wait) the channel is closed and the request cancelled in the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from flask import request
+
+from olol.api import errors
+from olol.api.errors import ApiError
+from olol.api.validation import ValidatedRequest
+from olol.hub import CHUNK, DONE, ERROR, Event, HubFullError
+from olol.queue import QueueFullError
+from olol.server.common import (
+    POSITION_HEADER,
+    REQUEST_ID_HEADER,
+    current_key,
+    prompt_preview,
+    request_priority,
+    request_session,
+)
+
+log = logging.getLogger(__name__)
+
+#: How often a waiting handler checks whether its client is still connected.
+DISCONNECT_CHECK_S = 1.0
+
+
+def check_admitting(ctx: Any) -> None:
+    """503 (Ollama's busy message) while the proxy shuts down."""
+    draining = getattr(ctx, "draining", None)
+    if draining is not None and draining.is_set():
+        raise errors.server_busy(5)
+
+
+def check_model_known(ctx: Any, validated: ValidatedRequest) -> None:
+    """404 in the endpoint's wording when no node lists the model."""
+    if not ctx.cluster.has_model(validated.normalized_model):
+        raise errors.model_not_found(validated.endpoint, validated.model)
+
+
+def build_record(
+    request_id: str,
+    validated: ValidatedRequest,
+    body: dict[str, Any],
+    *,
+    kind: str,
+    api: str,
+    stream: bool,
+    priority: int,
+    session: str | None,
+    key_id: str | None,
+) -> dict[str, Any]:
+    """The ``inference_queue`` record the front door hands to ``QueueManager.enqueue``."""
+    return {
+        "id": request_id,
+        "kind": kind,
+        "endpoint": validated.endpoint,
+        "api": api,
+        "model": validated.model,
+        "model_key": validated.normalized_model,
+        "body": body,
+        "stream": bool(stream),
+        "prompt": prompt_preview(validated.endpoint, body),
+        "priority": int(priority),
+        "session": session,
+        "key_id": key_id,
+        "coalesce_key": validated.coalesce_key,
+        "batch_key": validated.batch_key,
+    }
+
+
+def enqueue(ctx: Any, record: dict[str, Any]) -> int:
+    """``queue.enqueue`` with ``QueueFullError`` turned into Ollama's 503."""
+    try:
+        _, position = ctx.queue.enqueue(record)
+    except QueueFullError as exc:
+        retry = getattr(exc, "retry_after_s", None)
+        raise errors.server_busy(retry if retry is not None else 1) from None
+    return int(position)
+
+
+@dataclass
+class Submission:
+    """A queued synchronous request and the channel its answer arrives on."""
+
+    ctx: Any
+    request_id: str
+    position: int
+    channel: Any
+    validated: ValidatedRequest
+    disconnected: Callable[[], bool]
+    _finished: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {REQUEST_ID_HEADER: self.request_id, POSITION_HEADER: str(self.position)}
+
+    def _next(self, timeout: float) -> Event:
+        """The next event within ``timeout`` seconds, checking the client meanwhile.
+
+        :raises TimeoutError: nothing arrived.
+        :raises ConnectionAbortedError: the client went away.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer for request {self.request_id}")
+            try:
+                return next(self.channel.events(idle_timeout=min(DISCONNECT_CHECK_S, remaining)))
+            except TimeoutError:
+                if self.disconnected():
+                    raise ConnectionAbortedError(self.request_id) from None
+
+    def first_event(self) -> Event:
+        """The first event: may wait for the whole queueing time."""
+        return self._next(float(self.ctx.config.request_timeout_s))
+
+    def next_event(self) -> Event:
+        """A later event of a stream: bounded by the stream idle timeout."""
+        return self._next(float(self.ctx.config.stream_idle_timeout_s))
+
+    def finish(self, *, cancel: bool) -> None:
+        """Drop the channel; cancel the queued request when the answer was not delivered."""
+        if self._finished:
+            return
+        self._finished = True
+        self.ctx.hub.close(self.request_id)
+        if cancel:
+            try:
+                self.ctx.queue.cancel(self.request_id)
+            except Exception:  # noqa: BLE001 - cleanup must not mask the real outcome
+                log.exception("cancelling request %s failed", self.request_id)
+
+    def wait_final(self) -> dict[str, Any]:
+        """Wait for the whole answer of a non-streamed request.
+
+        Chunks (if the dispatcher sent any) are folded into the final record.
+
+        :raises ApiError: the error event's status and message; 504 on timeout; 499
+            when the client went away.
+        """
+        folder = ChunkFolder(self.validated.endpoint)
+        delivered = False
+        try:
+            event = self.first_event()
+            while True:
+                if event.kind == ERROR:
+                    delivered = True
+                    raise error_from_event(event.data)
+                if event.kind == DONE:
+                    delivered = True
+                    return folder.final(event.data)
+                folder.add(event.data)
+                event = self.next_event()
+        except TimeoutError:
+            raise ApiError(504, "timed out waiting for the answer") from None
+        except ConnectionAbortedError:
+            raise errors.request_canceled() from None
+        finally:
+            self.finish(cancel=not delivered)
+
+
+def submit(
+    ctx: Any,
+    validated: ValidatedRequest,
+    body: dict[str, Any],
+    *,
+    api: str,
+    stream: bool,
+) -> Submission:
+    """Check the model, open the channel, enqueue a synchronous request."""
+    check_admitting(ctx)
+    check_model_known(ctx, validated)
+    priority = request_priority()
+    session = request_session()
+    key = current_key()
+    request_id = uuid.uuid4().hex
+    try:
+        channel = ctx.hub.open(request_id)
+    except HubFullError:
+        raise errors.server_busy(1) from None
+    record = build_record(
+        request_id, validated, body, kind="sync", api=api, stream=stream,
+        priority=priority, session=session, key_id=key.id if key else None,
+    )
+    try:
+        position = enqueue(ctx, record)
+    except BaseException:
+        ctx.hub.close(request_id)
+        raise
+    probe = request.environ.get("waitress.client_disconnected")
+    return Submission(
+        ctx=ctx,
+        request_id=request_id,
+        position=position,
+        channel=channel,
+        validated=validated,
+        disconnected=probe if callable(probe) else (lambda: False),
+    )
+
+
+def error_from_event(data: Any) -> ApiError:
+    """An ``error`` event's ``{"status", "error"}`` as an ApiError."""
+    if not isinstance(data, dict):
+        return ApiError(500, str(data))
+    status = data.get("status")
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        status = 500
+    return ApiError(status, str(data.get("error") or "internal error"))
+
+
+def with_model(record: Any, model: str) -> Any:
+    """A copy of ``record`` whose ``model`` is the caller's own string (coalesced answers
+    serve callers who spelled the model differently)."""
+    if isinstance(record, dict) and "model" in record:
+        return {**record, "model": model}
+    return record
+
+
+class ChunkFolder:
+    """Folds streamed native records into one non-streamed answer."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self._tool_calls: list[Any] = []
+        self._any = False
+
+    def add(self, record: Any) -> None:
+        if not isinstance(record, dict):
+            return
+        self._any = True
+        if self.endpoint == "chat":
+            message = record.get("message") or {}
+            self._text.append(message.get("content") or "")
+            self._thinking.append(message.get("thinking") or "")
+            self._tool_calls.extend(message.get("tool_calls") or [])
+        else:
+            self._text.append(record.get("response") or "")
+            self._thinking.append(record.get("thinking") or "")
+
+    def final(self, record: Any) -> Any:
+        if not self._any or not isinstance(record, dict):
+            return record
+        out = dict(record)
+        if self.endpoint == "chat":
+            message = dict(out.get("message") or {"role": "assistant"})
+            message["content"] = "".join(self._text) + (message.get("content") or "")
+            thinking = "".join(self._thinking) + (message.get("thinking") or "")
+            if thinking:
+                message["thinking"] = thinking
+            calls = self._tool_calls + list(message.get("tool_calls") or [])
+            if calls:
+                message["tool_calls"] = calls
+            out["message"] = message
+        elif self.endpoint == "generate":
+            out["response"] = "".join(self._text) + (out.get("response") or "")
+            thinking = "".join(self._thinking) + (out.get("thinking") or "")
+            if thinking:
+                out["thinking"] = thinking
+        return out
+
+
+class EventStream:
+    """A response body fed by a submission's events.
+
+    ``render(event)`` turns a chunk/done record into bytes; ``render_error(message,
+    status)`` renders an error after the stream started; ``tail`` is written after a
+    successful done (e.g. nothing for NDJSON; the SSE renderer adds ``[DONE]`` itself).
+    ``close()`` (called by the WSGI server, also when the client disconnected) releases
+    the channel and cancels the request if it did not complete.
+    """
+
+    def __init__(
+        self,
+        submission: Submission,
+        first: Event,
+        render: Callable[[Event], bytes],
+        render_error: Callable[[str, int], bytes],
+    ) -> None:
+        self.submission = submission
+        self.first = first
+        self.render = render
+        self.render_error = render_error
+        self._completed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._run()
+
+    def _run(self) -> Iterator[bytes]:
+        event = self.first
+        while True:
+            if event.kind == ERROR:
+                self._completed = True
+                err = error_from_event(event.data)
+                yield self.render_error(err.message, err.status)
+                return
+            data = self.render(event)
+            if event.kind == DONE:
+                self._completed = True
+            if data:
+                yield data
+            if event.kind == DONE:
+                return
+            try:
+                event = self.submission.next_event()
+            except (TimeoutError, ConnectionAbortedError):
+                yield self.render_error("timed out waiting for the next record", 504)
+                return
+
+    def close(self) -> None:
+        self.submission.finish(cancel=not self._completed)
+
+
+def first_event_or_error(submission: Submission) -> Event:
+    """The first event of a stream; an error (or timeout) before anything was streamed
+    becomes the HTTP status."""
+    try:
+        event = submission.first_event()
+    except TimeoutError:
+        submission.finish(cancel=True)
+        raise ApiError(504, "timed out waiting for the answer") from None
+    except ConnectionAbortedError:
+        submission.finish(cancel=True)
+        raise errors.request_canceled() from None
+    except BaseException:
+        submission.finish(cancel=True)
+        raise
+    if event.kind == ERROR:
+        submission.finish(cancel=False)
+        raise error_from_event(event.data)
+    if event.kind not in (CHUNK, DONE):
+        submission.finish(cancel=True)
+        raise ApiError(500, "internal error")
+    return event

@@ -1,0 +1,175 @@
+"""Node failures under load, a proxy killed with work in flight, a started stream that breaks."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ollama
+import pytest
+import requests
+
+from olol.store import DatabaseManager
+from tests.bench.procs import free_port
+from tests.e2e.conftest import start_nodes, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_node_dies_under_load_and_no_request_fails(make_cluster):
+    c = make_cluster(nodes=2, models="llama3.2:1b[tps=300]", parallel=2)
+    done, errors = [], []
+    lock = threading.Lock()
+    counter = iter(range(40))
+
+    def work():
+        client = ollama.Client(host=c.url)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            try:
+                r = client.chat(model="llama3.2:1b", messages=[{"role": "user", "content": f"q{i}"}],
+                                options={"num_predict": 20})
+                done.append(r.message.content)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, name=f"load-{k}") for k in range(6)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: len(done) >= 5, timeout=20)
+    c.agents[0].stop(0)  # the node disappears with requests in flight
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert len(done) == 40
+
+
+def test_a_stream_that_breaks_after_it_started_ends_with_an_error_line(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=100]")
+    c.sims[0].faults.drop_next_stream(1, after_chunks=3)
+    r = requests.post(c.url + "/api/chat", json={"model": "llama3.2:1b", "messages": [
+        {"role": "user", "content": "hi"}], "options": {"num_predict": 30}}, stream=True, timeout=30)
+    assert r.status_code == 200
+    lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert len(lines) >= 2
+    assert "error" in lines[-1] and not any("error" in x for x in lines[:-1])
+    assert not any(x.get("done") for x in lines)
+    # the same through the official client: the error surfaces while iterating
+    c.sims[0].faults.drop_next_stream(1, after_chunks=3)
+    with pytest.raises(ollama.ResponseError):
+        for _ in ollama.Client(host=c.url).chat(model="llama3.2:1b", messages=[
+                {"role": "user", "content": "hi"}], options={"num_predict": 30}, stream=True):
+            pass
+
+
+def test_failure_before_streaming_starts_is_retried_elsewhere(make_cluster):
+    c = make_cluster(nodes=2, models="llama3.2:1b")
+    for sim in c.sims:
+        sim.faults.drop_next_stream(1, after_chunks=0)
+    r = ollama.Client(host=c.url).chat(model="llama3.2:1b", messages=[{"role": "user", "content": "x"}],
+                                       options={"seed": 1})
+    assert r.done and r.message.content
+
+
+def start_proxy_process(data_dir, nodes, port):
+    args = [sys.executable, "-m", "olol", "--log-level", "WARNING", "proxy",
+            "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    for n in nodes:
+        args += ["--node", n]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return requests.get(url + "/api/version", timeout=0.5).ok
+        except requests.RequestException:
+            return False
+
+    assert wait_until(up, timeout=30), proc.stdout.read1().decode() if proc.poll() is not None else "not up"
+    return proc, url
+
+
+def test_sigkill_with_jobs_queued_and_running_then_restart(tmp_path):
+    sims, agents = start_nodes(1, "llama3.2:1b[tps=40]", parallel=1)
+    data = tmp_path / "data"
+    port = free_port()
+    proc = None
+    try:
+        proc, url = start_proxy_process(data, [agents[0].address], port)
+        jobs = []
+        for i in range(4):
+            r = requests.post(url + "/olol/v1/jobs", json={"endpoint": "chat", "body": {
+                "model": "llama3.2:1b", "messages": [{"role": "user", "content": f"job {i}"}],
+                "options": {"num_predict": 20, "seed": i}}}, timeout=10)
+            assert r.status_code == 202
+            jobs.append(r.json()["id"])
+        # a synchronous caller is waiting too
+        def sync_call():
+            try:
+                requests.post(url + "/api/chat", json={
+                    "model": "llama3.2:1b", "messages": [{"role": "user", "content": "sync"}],
+                    "stream": False}, timeout=30)
+            except requests.ConnectionError:
+                pass  # the proxy is killed under it
+
+        sync = threading.Thread(target=sync_call, name="sync-caller")
+        sync.start()
+        assert wait_until(lambda: requests.get(f"{url}/olol/v1/jobs/{jobs[0]}", timeout=5)
+                          .json()["status"] == "processing", timeout=20)
+        # the synchronous request is admitted (4 jobs + 1 sync, one of them running)
+        assert wait_until(lambda: requests.get(f"{url}/olol/v1/queue", timeout=5)
+                          .json()["depth"] == 5, timeout=20)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        sync.join(timeout=30)
+
+        proc, url = start_proxy_process(data, [agents[0].address], port)
+
+        def all_done():
+            states = [requests.get(f"{url}/olol/v1/jobs/{j}", timeout=5).json() for j in jobs]
+            return all(s["status"] == "completed" for s in states)
+
+        assert wait_until(all_done, timeout=60)
+        for j in jobs:
+            result = requests.get(f"{url}/olol/v1/jobs/{j}", timeout=5).json()["result"]
+            assert result["done"] and result["message"]["content"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        proc = None
+        with DatabaseManager(data) as db:
+            sync_rows = db.search("inference_queue", lambda d: d.get("kind") == "sync")
+        assert len(sync_rows) == 1 and sync_rows[0]["status"] == "interrupted"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        for a in agents:
+            a.stop(0)
+        for s in sims:
+            s.stop()
+
+
+def test_graceful_shutdown_lets_running_work_finish(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=50]")
+    result = {}
+
+    def call():
+        result["r"] = ollama.Client(host=c.url).chat(
+            model="llama3.2:1b", messages=[{"role": "user", "content": "x"}], options={"num_predict": 25})
+
+    t = threading.Thread(target=call, name="caller")
+    t.start()
+    assert wait_until(lambda: c.sims[0].stats()["active_generations"] == 1)
+    t0 = time.monotonic()
+    c.proxy.stop(grace_s=10)
+    t.join(timeout=10)
+    assert result["r"].done and result["r"].done_reason in ("stop", "length")
+    assert result["r"].eval_count > 0
+    assert time.monotonic() - t0 < 10

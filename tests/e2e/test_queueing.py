@@ -1,0 +1,141 @@
+"""Priority, coalescing, embedding merge and backpressure through the live proxy."""
+
+import threading
+
+import ollama
+import requests
+
+from tests.e2e.conftest import wait_until
+
+SLOW = "llama3.2:1b[tps=200],nomic-embed-text[embed]"
+
+
+def submit_job(url, body, endpoint="chat", priority=None):
+    env = {"endpoint": endpoint, "body": body}
+    if priority is not None:
+        env["priority"] = priority
+    r = requests.post(url + "/olol/v1/jobs", json=env, timeout=10)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def job(url, job_id):
+    return requests.get(f"{url}/olol/v1/jobs/{job_id}", timeout=10).json()
+
+
+def chat(prompt, **options):
+    return {"model": "llama3.2:1b", "messages": [{"role": "user", "content": prompt}],
+            "options": options}
+
+
+def test_higher_priority_runs_first_fifo_within_a_priority(make_cluster):
+    c = make_cluster(nodes=1, models=SLOW, parallel=1)
+    sim = c.sims[0]
+    sim.faults.hang_next(1)
+    blocker = submit_job(c.url, chat("block"))
+    assert wait_until(lambda: sim.faults.hanging() == 1)
+    low = [submit_job(c.url, chat(f"low {i}"), priority=0) for i in range(3)]
+    high = [submit_job(c.url, chat(f"high {i}"), priority=5) for i in range(3)]
+    sim.faults.release()
+    ids = [blocker, *low, *high]
+    assert wait_until(lambda: all(job(c.url, j)["status"] == "completed" for j in ids), timeout=30)
+    started = sorted(ids[1:], key=lambda j: job(c.url, j)["started_at"])
+    assert started == high + low
+
+
+def test_identical_seeded_requests_share_one_inference(make_cluster):
+    c = make_cluster(nodes=1, models=SLOW, parallel=1)
+    sim = c.sims[0]
+    sim.faults.hang_next(1)
+    blocker = threading.Thread(
+        target=lambda: ollama.Client(host=c.url).chat(model="llama3.2:1b", messages=[{"role": "user", "content": "x"}]),
+        name="blocker")
+    blocker.start()
+    assert wait_until(lambda: sim.faults.hanging() == 1)
+    before = sim.stats()["generations_started"]
+    answers, errors = [], []
+
+    def ask():
+        try:
+            r = ollama.Client(host=c.url).chat(
+                model="llama3.2:1b", messages=[{"role": "user", "content": "same question"}],
+                options={"seed": 42})
+            answers.append(r.message.content)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, name=f"ask-{i}") for i in range(5)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: c.proxy.queue.depth() >= 6)  # 5 waiting + the blocker
+    sim.faults.release()
+    for t in threads + [blocker]:
+        t.join(timeout=30)
+    assert errors == []
+    assert len(answers) == 5 and len(set(answers)) == 1
+    # the hung blocker had not started generating: it and the five identical
+    # requests make two generations in all
+    assert sim.stats()["generations_started"] - before == 2
+
+
+def test_embedding_requests_for_one_model_are_merged(make_cluster):
+    c = make_cluster(nodes=1, models=SLOW, parallel=1)
+    sim = c.sims[0]
+    sim.faults.hang_next(1)
+    blocker = threading.Thread(
+        target=lambda: ollama.Client(host=c.url).embed(model="nomic-embed-text", input="block"),
+        name="blocker")
+    blocker.start()
+    assert wait_until(lambda: sim.faults.hanging() == 1)
+    before = sim.stats()["requests_total"]
+    results = {}
+
+    def embed(i):
+        results[i] = ollama.Client(host=c.url).embed(model="nomic-embed-text", input=[f"text {i}", f"more {i}"])
+
+    threads = [threading.Thread(target=embed, args=(i,), name=f"embed-{i}") for i in range(6)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: c.proxy.queue.depth() >= 7)
+    sim.faults.release()
+    for t in threads + [blocker]:
+        t.join(timeout=30)
+    assert len(results) == 6
+    direct = ollama.Client(host=sim.url)
+    for i, r in results.items():
+        assert r.embeddings == direct.embed(model="nomic-embed-text", input=[f"text {i}", f"more {i}"]).embeddings
+    # six requests, one /api/embed call (plus the direct checks above, six more)
+    assert sim.stats()["requests_total"] - before == 1 + 6
+
+
+def test_full_queue_answers_503_with_retry_after_and_loses_nothing(make_cluster):
+    c = make_cluster(nodes=1, models=SLOW, parallel=1, max_queue_depth=3)
+    sim = c.sims[0]
+    sim.faults.hang_next(1)
+    accepted = [submit_job(c.url, chat("first"))]
+    assert wait_until(lambda: sim.faults.hanging() == 1)
+    accepted += [submit_job(c.url, chat(f"n{i}")) for i in range(2)]
+    r = requests.post(c.url + "/olol/v1/jobs", json={"endpoint": "chat", "body": chat("over")}, timeout=10)
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+    r = requests.post(c.url + "/api/chat", json={**chat("over"), "stream": False}, timeout=10)
+    assert r.status_code == 503 and "server busy" in r.json()["error"]
+    assert int(r.headers["Retry-After"]) >= 1
+    sim.faults.release()
+    assert wait_until(lambda: all(job(c.url, j)["status"] == "completed" for j in accepted), timeout=30)
+    assert all(job(c.url, j)["result"]["message"]["content"] for j in accepted)
+
+
+def test_jobs_api_lifecycle(make_cluster):
+    c = make_cluster(nodes=1, models=SLOW, parallel=1)
+    sim = c.sims[0]
+    sim.faults.hang_next(1)
+    first = submit_job(c.url, chat("first"))
+    assert wait_until(lambda: sim.faults.hanging() == 1)
+    second = submit_job(c.url, chat("second"))
+    r = requests.delete(f"{c.url}/olol/v1/jobs/{second}", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    sim.faults.release()
+    assert wait_until(lambda: job(c.url, first)["status"] == "completed", timeout=30)
+    listed = requests.get(c.url + "/olol/v1/jobs", timeout=10).json()["jobs"]
+    assert {j["id"]: j["status"] for j in listed} == {first: "completed", second: "cancelled"}
+    assert requests.get(c.url + "/olol/v1/jobs/nope", timeout=10).status_code == 404
