@@ -67,6 +67,13 @@ class ResponseChannel:
                 self._finished = True
                 return
 
+    def poll(self) -> Event | None:
+        """The next event if one is already waiting, else None (never blocks)."""
+        try:
+            return self._q.get_nowait()
+        except queue.Empty:
+            return None
+
     def close(self) -> None:
         self._closed.set()
 

@@ -206,10 +206,17 @@ class RequestScheduler:
 
     # ------------------------------------------------------------ batches
     def schedule_next_batch(self) -> Assignment | None:
-        """Claim the next batch some node can take now, or None."""
-        window = self.queue_manager.peek(self.lookahead)
+        """Claim the next batch some node can take now, or None.
+
+        The decision is made under the scheduler's lock and reserves the node's
+        slot; the durable claim in the queue happens outside it, so one claim's
+        fsync never holds up other dispatcher threads.
+        """
+        window = self.queue_manager.peek_summaries(self.lookahead)
         if not window:
             return None
+        unplaceable: list[dict] = []
+        plan = None
         with self._lock:
             demand: Counter = Counter(r["model_key"] for r in window)
             for (_, m), n in self._inflight.items():
@@ -223,70 +230,70 @@ class RequestScheduler:
                 try:
                     node = self._assign([req], demand)
                 except NoNodeForModel:
-                    self._unplaceable(req)
+                    unplaceable.append(req)
                     continue
-                if node is None:
-                    continue
-                assignment = self._claim(node, req, window)
-                if assignment is not None:
-                    return assignment
-        return None
+                if node is not None:
+                    plan = self._plan(node, req, window)
+                    self._reserve(node, req["model_key"], +1)
+                    break
+        for req in unplaceable:
+            self._unplaceable(req)
+        if plan is None:
+            return None
+        node, head, chosen, mode = plan
+        batch_id = uuid.uuid4().hex
+        claimed = self.queue_manager.dequeue(
+            len(chosen), ids=[r["id"] for r in chosen], server=node, batch_id=batch_id
+        )
+        with self._lock:
+            if not claimed:
+                self._reserve(node, head["model_key"], -1)
+                return None
+            self._note_dispatch(node, head["model_key"])
+            session = head.get("session")
+            if session and self.strategy == "smart":
+                self._sessions[session] = node
+                if len(self._sessions) > 100_000:  # bounded: forget the oldest
+                    self._sessions.pop(next(iter(self._sessions)))
+        if mode != "single" and len(claimed) == 1:
+            mode = "single"
+        return Assignment(node=node, requests=claimed, model_key=head["model_key"],
+                          batch_id=batch_id, mode=mode)
 
     def _unplaceable(self, req: dict) -> None:
-        claimed = self.queue_manager.dequeue(ids=[req["id"]])
-        for r in claimed:
+        for r in self.queue_manager.dequeue(ids=[req["id"]]):
             if self.on_unplaceable is not None:
                 self.on_unplaceable(r, f"model '{r['model']}' not found")
 
-    def _claim(self, node: str, head: dict, window: list[dict]) -> Assignment | None:
+    def _plan(self, node: str, head: dict, window: list[dict]) -> tuple:
+        """Which requests ride along with ``head`` in one node call."""
         model_key, batch_key = head["model_key"], head.get("batch_key")
-        state = self.cluster_manager.node(node)
-        slots = self._slots(state) if state is not None else 1
-        free = max(1, slots - self._inflight[(node, model_key)])
         mates = [
             r for r in window
             if r["model_key"] == model_key and r.get("batch_key") == batch_key
             and r["endpoint"] == head["endpoint"]
         ]
-        mode = "single"
         if head["endpoint"] == "embed" and len(mates) > 1:
-            chosen = mates[: max(self.batch_size, 1) * 4]
-            mode = "embed_merge"
-        elif head.get("coalesce_key"):
+            return node, head, mates[: max(self.batch_size, 1) * 4], "embed_merge"
+        if head.get("coalesce_key"):
             chosen = [r for r in mates if r.get("coalesce_key") == head["coalesce_key"]]
-            mode = "coalesced" if len(chosen) > 1 else "single"
-        else:
-            chosen = [head]
-        del free  # one node call per assignment; slots count calls, not requests
-        batch_id = uuid.uuid4().hex
-        claimed = self.queue_manager.dequeue(
-            len(chosen), ids=[r["id"] for r in chosen], server=node, batch_id=batch_id
-        )
-        if not claimed:
-            return None
-        if mode != "single" and len(claimed) == 1:
-            mode = "single"
-        self._inflight[(node, model_key)] += 1
-        self._node_inflight[node] += 1
-        self._note_dispatch(node, model_key)
-        session = head.get("session")
-        if session and self.strategy == "smart":
-            self._sessions[session] = node
-            if len(self._sessions) > 100_000:  # bounded: forget the oldest
-                self._sessions.pop(next(iter(self._sessions)))
-        return Assignment(node=node, requests=claimed, model_key=model_key,
-                          batch_id=batch_id, mode=mode)
+            return node, head, chosen, "coalesced" if len(chosen) > 1 else "single"
+        return node, head, [head], "single"
+
+    def _reserve(self, node: str, model_key: str, delta: int) -> None:
+        """Count one node call (a slot) in or out. Caller holds the lock."""
+        key = (node, model_key)
+        self._inflight[key] += delta
+        if self._inflight[key] <= 0:
+            del self._inflight[key]
+        self._node_inflight[node] += delta
+        if self._node_inflight[node] <= 0:
+            del self._node_inflight[node]
 
     def release(self, assignment: Assignment) -> None:
         """The node call of an assignment ended (any outcome)."""
         with self._lock:
-            key = (assignment.node, assignment.model_key)
-            self._inflight[key] -= 1
-            if self._inflight[key] <= 0:
-                del self._inflight[key]
-            self._node_inflight[assignment.node] -= 1
-            if self._node_inflight[assignment.node] <= 0:
-                del self._node_inflight[assignment.node]
+            self._reserve(assignment.node, assignment.model_key, -1)
         self.queue_manager.notify()
 
     def handle_server_failure(self, server_address: str, reason: str = "") -> None:

@@ -246,6 +246,14 @@ class QueueManager(QueueMaintenance):
         docs = (self.db.get(TABLE, doc_id) for doc_id in doc_ids)
         return [dict(d) for d in docs if d is not None and d.get("status") == "pending"]
 
+    def peek_summaries(self, limit: int = 100, model: str | None = None) -> list[dict]:
+        """Like :meth:`peek` but from RAM only: the fields a scheduler places by,
+        without the body (cheap enough to call on every scheduling pass)."""
+        model_key = model_key_of(model) if model else None
+        with self._lock:
+            self._promote(self.clock())
+            return [e.summary() for e in self._s.index.head(limit, model_key)]
+
     def batch_similar_requests(
         self, limit: int | None = None, model: str | None = None
     ) -> list[dict]:

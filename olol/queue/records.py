@@ -156,6 +156,8 @@ class Entry:
     completed_ts: float | None = None
     batch_key: str | None = None
     coalesce_key: str | None = None
+    session: str | None = None
+    model: str | None = None
     ready_key: tuple | None = None  # set while in the ready index
     delayed_key: tuple | None = None  # set while waiting for not_before
 
@@ -178,7 +180,18 @@ class Entry:
             completed_ts=doc.get("completed_ts") if _num(doc.get("completed_ts")) else None,
             batch_key=doc.get("batch_key"),
             coalesce_key=doc.get("coalesce_key"),
+            session=doc.get("session"),
+            model=doc.get("model"),
         )
+
+    def summary(self) -> dict[str, Any]:
+        """What a scheduler needs to place the request (no body)."""
+        return {
+            "id": self.id, "kind": self.kind, "endpoint": self.endpoint,
+            "model": self.model, "model_key": self.model_key, "priority": self.priority,
+            "enqueued_ts": self.enqueued_ts, "batch_key": self.batch_key,
+            "coalesce_key": self.coalesce_key, "session": self.session,
+        }
 
     def order_key(self, ageing_s: float) -> tuple[float, int, str]:
         """Ascending = dispatch order.

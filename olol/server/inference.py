@@ -129,6 +129,10 @@ class Submission:
         """The first event: may wait for the whole queueing time."""
         return self._next(float(self.ctx.config.request_timeout_s))
 
+    def poll(self) -> Event | None:
+        """An event that has already arrived, or None."""
+        return self.channel.poll()
+
     def next_event(self) -> Event:
         """A later event of a stream: bounded by the stream idle timeout."""
         return self._next(float(self.ctx.config.stream_idle_timeout_s))
@@ -303,20 +307,31 @@ class EventStream:
         return self._run()
 
     def _run(self) -> Iterator[bytes]:
+        # Each write goes out at once; records that have already arrived while the
+        # previous write was going out are joined into one write (no waiting).
         event = self.first
         while True:
-            if event.kind == ERROR:
-                self._completed = True
-                err = error_from_event(event.data)
-                yield self.render_error(err.message, err.status)
-                return
-            data = self.render(event)
-            if event.kind == DONE:
-                self._completed = True
-            if data:
-                yield data
-            if event.kind == DONE:
-                return
+            parts: list[bytes] = []
+            while True:
+                if event.kind == ERROR:
+                    self._completed = True
+                    err = error_from_event(event.data)
+                    parts.append(self.render_error(err.message, err.status))
+                    yield b"".join(parts)
+                    return
+                data = self.render(event)
+                if data:
+                    parts.append(data)
+                if event.kind == DONE:
+                    self._completed = True
+                    yield b"".join(parts)
+                    return
+                ready = self.submission.poll()
+                if ready is None:
+                    break
+                event = ready
+            if parts:
+                yield b"".join(parts)
             try:
                 event = self.submission.next_event()
             except (TimeoutError, ConnectionAbortedError):
