@@ -99,7 +99,10 @@ class RequestScheduler:
             polled = list(node.loaded_models or {})
             self._capacity[addr] = max(self._capacity.get(addr, 1), len(polled))
             since = (node.last_check or 0.0) - 1.0
-            recent = {m: t for m, t in believed.items() if t >= since}
+            # keep what we sent since the poll, and whatever is running there now
+            # (a model still loading does not show in /api/ps yet)
+            recent = {m: t for m, t in believed.items()
+                      if t >= since or self._inflight[(addr, m)] > 0}
             fresh: OrderedDict[str, float] = OrderedDict((m, 0.0) for m in polled)
             for m, t in sorted(recent.items(), key=lambda kv: kv[1]):
                 fresh.pop(m, None)
@@ -192,17 +195,24 @@ class RequestScheduler:
         if loaded:
             capacity = sum(self._slots(n) for n in loaded)
             if idle and demand[model_key] > self.spread_factor * capacity:
-                return min(idle, key=self._headroom_key).address
+                return min(idle, key=self._eviction_key).address
             return None
         if idle:
-            return min(idle, key=self._headroom_key).address
-        best = min(
-            nodes, key=lambda n: (displaced(n), self._node_inflight[n.address], self._headroom_key(n))
-        )
+            return min(idle, key=self._eviction_key).address
+        best = min(nodes, key=lambda n: (displaced(n), self._node_inflight[n.address],
+                                         self._eviction_key(n)))
         waited = self.clock() - float(first.get("enqueued_ts") or self.clock())
         if displaced(best) == 0 and self._free(best, model_key):
             return best.address
         return best.address if waited >= self.patience_s and self._free(best, model_key) else None
+
+    def _eviction_key(self, node: Any) -> tuple:
+        """Loading here costs least: a node with room first, else the one whose
+        least recently used model was used longest ago."""
+        believed = self._loaded.get(node.address, {})
+        full = len(believed) >= self._capacity.get(node.address, 1)
+        lru = min(believed.values()) if (full and believed) else 0.0
+        return (full, lru, self._headroom_key(node))
 
     # ------------------------------------------------------------ batches
     def schedule_next_batch(self) -> Assignment | None:

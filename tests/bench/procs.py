@@ -27,7 +27,7 @@ class Proc:
         self.args = args
         self.log = tempfile.TemporaryFile()
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "olol", "--log-level", "WARNING", *args],
+            [sys.executable, "-m", "olol", "--log-level", os.environ.get("OLOL_BENCH_LOG", "WARNING"), *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
