@@ -250,6 +250,43 @@ class OllamaCall:
             raise OllamaUnavailable("request cancelled")
         self.close(reusable=True)
 
+    def batches(self, max_batch: int = 64) -> Iterator[list[bytes]]:
+        """Like :meth:`lines`, but hands over every record that has already arrived
+        together: a batch is the first record read plus those already buffered
+        behind it. Nothing waits for more data, so no record is delayed."""
+        lines = self.lines()
+        for line in lines:
+            batch = [line]
+            while len(batch) < max_batch and self._record_buffered():
+                nxt = next(lines, None)
+                if nxt is None:
+                    break
+                batch.append(nxt)
+            yield batch
+
+    def _record_buffered(self) -> bool:
+        """True when a whole further record is already in our buffer (never blocks)."""
+        resp = self._response
+        conn = self._conn
+        if resp is None or resp.fp is None or conn is None or conn.sock is None:
+            return False
+        sock = conn.sock
+        previous = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)
+            data = resp.fp.peek(1)
+        except (OSError, ValueError):
+            return False
+        finally:
+            try:
+                sock.settimeout(previous)
+            except OSError:
+                pass
+        if resp.chunked and not resp.chunk_left:
+            # the chunk trailer, the next chunk's size line and the record itself
+            return data.count(b"\n") >= 3
+        return b"\n" in data
+
     def close(self, reusable: bool = False) -> None:
         """Release the connection: back to the pool when the answer was fully read."""
         with self._lock:

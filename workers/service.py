@@ -184,12 +184,19 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
             if call is None:
                 return
             try:
-                for line in call.lines():
-                    done, error = classify_line(line)
-                    if error is not None:
-                        call.close(reusable=False)
-                        _abort(context, grpc.StatusCode.INTERNAL, error, 500, stream_error=True)
-                    yield node_pb2.OllamaChunk(body=line, done=done)
+                for batch in call.batches():
+                    good = []
+                    done = False
+                    for line in batch:
+                        done, error = classify_line(line)
+                        if error is not None:
+                            if good:
+                                yield node_pb2.OllamaChunk(body=b"\n".join(good), done=False)
+                            call.close(reusable=False)
+                            _abort(context, grpc.StatusCode.INTERNAL, error, 500,
+                                   stream_error=True)
+                        good.append(line)
+                    yield node_pb2.OllamaChunk(body=b"\n".join(good), done=done)
             except OllamaUnavailable as exc:
                 if context.is_active():
                     _abort_unavailable(context, exc)

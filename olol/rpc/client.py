@@ -151,19 +151,26 @@ class NodeStream:
     def __init__(self, call: Any, raw: bool = False) -> None:
         self._call = call
         self._raw = raw
+        self._pending: list[bytes] = []
+        self._last_done = False
         self.done = False
 
     def __iter__(self) -> NodeStream:
         return self
 
     def __next__(self) -> Any:
-        try:
-            chunk = next(self._call)
-        except grpc.RpcError as exc:
-            raise node_error(exc) from None
-        if chunk.done:
+        if not self._pending:
+            try:
+                chunk = next(self._call)
+            except grpc.RpcError as exc:
+                raise node_error(exc) from None
+            # one message may carry several records (those that arrived together)
+            self._pending = chunk.body.split(b"\n")[::-1]
+            self._last_done = chunk.done
+        record = self._pending.pop()
+        if not self._pending and self._last_done:
             self.done = True
-        return chunk.body if self._raw else orjson.loads(chunk.body)
+        return record if self._raw else orjson.loads(record)
 
     def cancel(self) -> None:
         """Cancel the RPC; the agent closes its Ollama request at once."""

@@ -125,8 +125,8 @@ class NodeAgentServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Streamed endpoints: one OllamaChunk per NDJSON record, relayed as soon as
-        Ollama writes it. A non-streamed request ("stream": false) yields one chunk.
+        """Streamed endpoints: OllamaChunks of NDJSON records, relayed as soon as
+        Ollama writes them. A non-streamed request ("stream": false) yields one chunk.
         An error record after the stream started ends the call with an error
         status (INTERNAL, Ollama's message word for word as details).
         """
