@@ -39,6 +39,14 @@ class ProxyConfig:
     health_interval_s: float = 5.0
     health_timeout_s: float = 2.0
     failure_threshold: int = 3
+    # models (issue 5)
+    model_copies: int = 1  # copies a pull without target nodes places in the cluster
+    pinned_models: list[str] = field(default_factory=list)  # never removed by a plan
+    auto_optimize: bool = False  # apply optimize_model_distribution() on a timer
+    pull_timeout_s: float = 3600.0
+    max_blob_bytes: int = 64 * 1024**3  # one /api/blobs upload
+    # maintenance job intervals in seconds (olol.maintenance.DEFAULT_JOB_INTERVALS names)
+    job_intervals: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +59,8 @@ class ProxyContext:
     keys: Any = None
     stats: Any = None
     scheduler: Any = None
+    registry: Any = None  # olol.registry.ModelRegistry
+    maintenance: Any = None  # olol.maintenance.MaintenanceJobs
     clock: Callable[[], float] = time.time
     # set when the proxy shuts down: the front door stops admitting (503)
     draining: threading.Event = field(default_factory=threading.Event)

@@ -48,12 +48,14 @@ class Dispatcher:
         request_timeout_s: float = 600.0,
         publish_timeout_s: float = 30.0,
         idle_wait_s: float = 0.5,
+        registry: Any = None,
     ):
         self.queue = queue_manager
         self.scheduler = scheduler
         self.cluster = cluster_manager
         self.hub = hub
         self.stats = stats
+        self.registry = registry
         self.clock = clock
         self.n_threads = threads
         self.max_attempts = max_attempts
@@ -157,6 +159,9 @@ class Dispatcher:
             latency_ms = (self.clock() - started_ts) * 1000
             for req in a.requests:
                 self.stats.record(req["endpoint"], latency_ms, True)
+        if self.registry is not None:
+            for _ in a.requests:
+                self.registry.note_usage(a.model_key, a.node)
 
     def _listeners(self, a: Assignment) -> list[dict]:
         return [r for r in a.requests if r.get("kind") == "job" or self.hub.listening(r["id"])]

@@ -43,6 +43,7 @@ class Proxy:
         from olol.dispatcher import Dispatcher
         from olol.health import HealthMonitor
         from olol.queue import QueueManager
+        from olol.registry import ModelRegistry
         from olol.scheduler import RequestScheduler
         from olol.stats import RequestStats
         from olol.store import DatabaseManager, configure_db
@@ -68,6 +69,10 @@ class Proxy:
             self.cluster = ClusterManager(db, **kw)
             self.cluster.sync_config_nodes(config.nodes)
             self.stats = RequestStats(db, clock=clock)
+            self.registry = ModelRegistry(
+                self.cluster, db, clock=clock, copies=config.model_copies,
+                pinned=config.pinned_models, pull_timeout_s=config.pull_timeout_s,
+            )
             self.scheduler = RequestScheduler(
                 self.queue, self.cluster, strategy=config.strategy, clock=clock,
                 batch_size=config.batch_size,
@@ -77,7 +82,7 @@ class Proxy:
                 self.queue, self.scheduler, self.cluster, self.hub,
                 threads=config.dispatcher_threads, stats=self.stats, clock=clock,
                 max_attempts=config.max_attempts, retry_backoff_s=config.retry_backoff_s,
-                request_timeout_s=config.request_timeout_s,
+                request_timeout_s=config.request_timeout_s, registry=self.registry,
             )
             self.health = HealthMonitor(
                 self.cluster, db, clock=clock, interval_s=config.health_interval_s,
@@ -90,7 +95,9 @@ class Proxy:
         self.context = ProxyContext(
             config=config, db=db, queue=self.queue, hub=self.hub, cluster=self.cluster,
             keys=self.keys, stats=self.stats, scheduler=self.scheduler, clock=clock,
+            registry=self.registry,
         )
+        self.maintenance: Any = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._jobs: Any = None
@@ -108,6 +115,7 @@ class Proxy:
         import waitress
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        from olol.maintenance import MaintenanceJobs, install_proxy_jobs
         from olol.server.app import create_app
 
         host, port = split_hostport(self.config.listen, 11435)
@@ -125,8 +133,12 @@ class Proxy:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone="UTC",
         )
-        self.health.start(scheduler=self._jobs)
-        self._add_maintenance_jobs(self._jobs)
+        self.maintenance = MaintenanceJobs(self._jobs, clock=self.clock)
+        install_proxy_jobs(
+            self.maintenance, config=self.config, queue=self.queue, registry=self.registry,
+            stats=self.stats, db=self.db, health=self.health,
+        )
+        self.context.maintenance = self.maintenance
         self._jobs.start()
         self.dispatcher.start()
         app = create_app(self.context)
@@ -136,6 +148,7 @@ class Proxy:
             connection_limit=max(100, self.config.waitress_threads * 4),
             # lets the app notice a caller that went away while its request waits
             channel_request_lookahead=1,
+            max_request_body_size=max(self.config.max_body_bytes, self.config.max_blob_bytes),
             ident="olol",
         )
         real_port = self._server.effective_port
@@ -145,22 +158,6 @@ class Proxy:
         self._thread.start()
         log.info("olol proxy listening on %s (%d nodes)", self.url, len(self.cluster.list_nodes()))
         return self
-
-    def _add_maintenance_jobs(self, jobs: Any) -> None:
-        def job(name: str, fn: Callable[[], Any], seconds: float) -> None:
-            def run() -> None:
-                try:
-                    fn()
-                except Exception:  # logged and counted; never stops the scheduler
-                    log.exception("maintenance job %s failed", name)
-
-            jobs.add_job(run, "interval", seconds=seconds, id=name, name=name)
-
-        job("queue-cleanup", lambda: self.queue.clean_old_requests(self.config.retention_hours), 300)
-        job("lease-return", self.queue.return_expired_leases, 30)
-        job("stats-rollup", self.stats.roll_up, 60)
-        if self.db.durable:
-            job("store-checkpoint", self.db.checkpoint, 600)
 
     # ------------------------------------------------------------------ stop
     def stop(self, grace_s: float = 30.0) -> None:
@@ -185,6 +182,10 @@ class Proxy:
             self._close_server()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        try:
+            self.registry.close(timeout=5)
+        except Exception:  # noqa: BLE001
+            log.exception("closing the model registry failed")
         try:
             self.cluster.close()
         except Exception:  # noqa: BLE001

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from olol.rpc import node_pb2, node_pb2_grpc
 from workers.auth import TokenInterceptor
-from workers.hardware import HardwareProbe, NvmlProbe
+from workers.hardware import HardwareProbe, NvmlProbe, apply_budget
 from workers.ollama import OllamaClient
 from workers.service import NodeAgentServicer
 
@@ -53,6 +53,10 @@ class AgentConfig:
     :param insecure_bind_any: allow a non-loopback address without TLS.
     :param status_timeout: seconds each Ollama query of the status report may take.
     :param read_timeout: seconds one read from Ollama may block.
+    :param disk_budget: declared disk size in bytes (None = measure the models folder):
+        the status reports it as the disk total, minus the listed models' sizes as free.
+    :param memory_budget: declared memory in bytes (None = measure): the status reports
+        it as the memory total, minus the loaded models' sizes as available.
     """
 
     listen: str = "127.0.0.1:0"
@@ -67,6 +71,8 @@ class AgentConfig:
     insecure_bind_any: bool = False
     status_timeout: float = 2.0
     read_timeout: float = 600.0
+    disk_budget: int | None = None
+    memory_budget: int | None = None
 
     @property
     def tls(self) -> bool:
@@ -84,6 +90,10 @@ class AgentConfig:
             raise AgentConfigError(f"invalid port in --listen {self.listen!r}")
         if self.parallel < 1:
             raise AgentConfigError("--parallel must be at least 1")
+        for name in ("disk_budget", "memory_budget"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise AgentConfigError(f"--{name.replace('_', '-')} must be a positive size")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise AgentConfigError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls:
@@ -115,6 +125,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class BudgetedServicer(NodeAgentServicer):
+    """The servicer, reporting declared disk/memory budgets instead of measured figures."""
+
+    def __init__(self, *args, disk_budget: int | None = None,
+                 memory_budget: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.disk_budget, self.memory_budget = disk_budget, memory_budget
+
+    def collect_status(self) -> node_pb2.NodeStatus:
+        status = super().collect_status()
+        apply_budget(status, self.disk_budget, self.memory_budget)
+        return status
+
+
 def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
@@ -142,7 +166,7 @@ class Agent:
         self._health: health.HealthServicer | None = None
         self._status_pool: ThreadPoolExecutor | None = None
         self._rpc_pool: ThreadPoolExecutor | None = None
-        self.servicer: NodeAgentServicer | None = None
+        self.servicer: BudgetedServicer | None = None
         self.port = 0
 
     @property
@@ -163,13 +187,15 @@ class Agent:
         if self._hardware is None:
             self._hardware = HardwareProbe(cfg.models_dir, NvmlProbe())
         self._status_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="olol-agent-status")
-        self.servicer = NodeAgentServicer(
+        self.servicer = BudgetedServicer(
             self._ollama,
             self._hardware,
             parallel=cfg.parallel,
             status_pool=self._status_pool,
             status_timeout=cfg.status_timeout,
             clock=self._clock,
+            disk_budget=cfg.disk_budget,
+            memory_budget=cfg.memory_budget,
         )
         threads = cfg.rpc_threads
         self._rpc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="olol-agent-rpc")

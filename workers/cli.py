@@ -17,6 +17,18 @@ RET_CONFIG = 2
 _LOG = logging.getLogger(__name__)
 
 
+def _size(text: str) -> int:
+    from workers.hardware import parse_bytes
+
+    try:
+        value = parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     worker = subparsers.add_parser("worker", help="run the node agent in front of a local Ollama")
     worker.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to bind")
@@ -28,6 +40,12 @@ def register(subparsers: Any) -> None:
     worker.add_argument("--tls-client-ca", default=None, help="CA for client certs (mutual TLS)")
     worker.add_argument("--parallel", type=int, default=4, help="Ollama's parallel slots")
     worker.add_argument("--models-dir", default=None, help="Ollama's models folder")
+    worker.add_argument("--disk-budget", type=_size, default=None, metavar="BYTES",
+                        help="declared disk for models (K/M/G suffixes); reported instead of "
+                             "the measured disk")
+    worker.add_argument("--memory-budget", type=_size, default=None, metavar="BYTES",
+                        help="declared memory for loaded models (K/M/G suffixes); reported "
+                             "instead of the measured memory")
     worker.add_argument("--grace", type=float, default=30.0,
                         help="seconds running calls may take to finish on SIGTERM")
     worker.add_argument("--insecure-bind-any", action="store_true",
@@ -64,6 +82,8 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
             parallel=args.parallel,
             models_dir=args.models_dir,
             insecure_bind_any=args.insecure_bind_any,
+            disk_budget=getattr(args, "disk_budget", None),
+            memory_budget=getattr(args, "memory_budget", None),
         ))
         agent.start()
     except (AgentConfigError, ValueError, OSError, RuntimeError) as exc:

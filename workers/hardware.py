@@ -227,3 +227,55 @@ class HardwareProbe:
 
     def gpu(self) -> GpuSnapshot:
         return self.nvml.snapshot()
+
+
+_BYTES_MULT = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+               "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``4G`` -> 4000000000, ``512Mi`` -> 536870912, ``1000`` -> 1000 (a trailing ``B`` is ok).
+
+    :raises ValueError: not a non-negative size.
+    """
+    raw = str(text).strip().upper().removesuffix("B")
+    number = raw.rstrip("KMGTI")
+    suffix = raw[len(number):]
+    if suffix not in _BYTES_MULT:
+        raise ValueError(f"bad size {text!r} (expected e.g. 4G, 800M, 512Mi, 1000000)")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"bad size {text!r} (expected e.g. 4G, 800M, 512Mi, 1000000)") from None
+    if value < 0 or value != value:
+        raise ValueError(f"size must be >= 0, got {text!r}")
+    return int(value * _BYTES_MULT[suffix])
+
+
+DECLARED_BUDGET_NOTE = "declared budget"
+
+
+def apply_budget(status: Any, disk_budget: int | None, memory_budget: int | None) -> None:
+    """Replace measured disk/memory figures of a ``NodeStatus`` with declared budgets.
+
+    For hosts where detection is wrong (simulated nodes, shared disks): the disk is
+    ``disk_budget`` bytes minus the sizes of the models Ollama lists, the memory is
+    ``memory_budget`` bytes minus the sizes of the models it has loaded. Either budget
+    may be None (keep the measured figures).
+    """
+    if disk_budget is not None:
+        # A copy shares its source's digest (and blobs): count each digest once.
+        sizes = {m.digest or m.name: int(m.size) for m in status.ollama.models}
+        used = min(disk_budget, sum(sizes.values()))
+        disk = status.disk
+        disk.total_bytes, disk.used_bytes = disk_budget, used
+        disk.free_bytes = disk_budget - used
+        disk.percent = 100.0 * used / disk_budget if disk_budget else 0.0
+        disk.path = f"{DECLARED_BUDGET_NOTE} ({disk.path})" if disk.path else DECLARED_BUDGET_NOTE
+        disk.error = ""
+    if memory_budget is not None:
+        used = min(memory_budget, sum(int(m.size) for m in status.ollama.loaded))
+        mem = status.memory
+        mem.total_bytes, mem.used_bytes = memory_budget, used
+        mem.available_bytes = memory_budget - used
+        mem.percent = 100.0 * used / memory_budget if memory_budget else 0.0

@@ -2,7 +2,9 @@
 
 Blueprints: the native Ollama API (``ollama``), the OpenAI-compatible API under
 ``/v1`` (``openai``), asynchronous jobs under ``/olol/v1/jobs`` (``jobs``) and the
-admin API under ``/olol/v1`` (``admin``). Errors are rendered in the API's own shape:
+admin API under ``/olol/v1`` (``admin``), and model management (``models``: Ollama's
+pull, delete, copy, create, blobs and push, plus the models and maintenance admin API).
+Errors are rendered in the API's own shape:
 ``{"error": {"message", "type", ...}}`` under ``/v1``, ``{"error": "..."}`` elsewhere;
 unknown routes and wrong methods answer gin's plain-text ``404 page not found`` /
 ``405 method not allowed`` as Ollama does. Nothing a client sends produces a stack
@@ -23,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
-from olol.server import admin, jobs, ollama, openai
+from olol.server import admin, jobs, models, ollama, openai
 from olol.server.common import EXTENSION, bearer_token, is_openai_path, json_response
 
 log = logging.getLogger(__name__)
@@ -98,4 +100,6 @@ def create_app(ctx: Any) -> Flask:
     app.register_blueprint(openai.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(models.bp)
+    app.register_blueprint(models.admin_bp)
     return app

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from olol.sim.simulator import DEFAULT_MODELS, SimConfig, Simulator
-from olol.sim.spec import SpecError, parse_models_spec
+from olol.sim.spec import SpecError, parse_models_spec, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,13 @@ def _non_negative(kind: type) -> Any:
     return parse
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except (SpecError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a size like 4G, got {text!r}") from None
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sim", help="run an Ollama-API simulator (no GPU needed)",
@@ -72,6 +79,9 @@ def register(subparsers: Any) -> None:
                    help="waiting requests before 503 (default 512)")
     p.add_argument("--pull-speed", type=_non_negative(float), default=0.0, metavar="BPS",
                    help="pull/push speed in bytes per second, 0 = instant (default 0)")
+    p.add_argument("--disk-bytes", type=_size, default=None, metavar="BYTES",
+                   help="simulated disk size (K/M/G/T suffixes); pulls that do not fit fail "
+                        "(default unlimited)")
     p.set_defaults(func=run)
 
 
@@ -80,7 +90,8 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         models=parse_models_spec(args.models), ttft=args.ttft,
         tokens_per_second=args.tokens_per_second, load_time=args.load_time,
         parallel=args.parallel, max_loaded=args.max_loaded, max_queue=args.max_queue,
-        pull_bytes_per_second=args.pull_speed)
+        pull_bytes_per_second=args.pull_speed,
+        disk_bytes=getattr(args, "disk_bytes", None))
 
 
 def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:

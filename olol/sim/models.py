@@ -84,6 +84,12 @@ class ModelStore:
         with self._lock:
             return any(layer.digest == digest for e in self._models.values() for layer in e.layers)
 
+    def used_bytes(self) -> int:
+        """Bytes on the simulated disk: every distinct layer of every installed model."""
+        with self._lock:
+            sizes = {la.digest: la.size for e in self._models.values() for la in e.layers}
+        return sum(sizes.values())
+
     # -- blobs -----------------------------------------------------------------------
 
     def add_blob(self, digest: str, size: int) -> bool:

@@ -29,7 +29,9 @@ class SimConfig:
 
     ``catalog`` maps pullable names to specs (default: a few common models);
     ``response_tokens`` bounds the natural length of an answer;
-    ``pull_bytes_per_second`` paces pull/push progress (0 = instant).
+    ``pull_bytes_per_second`` paces pull/push progress (0 = instant);
+    ``disk_bytes`` is the simulated disk's size (None = unlimited): a pull whose new
+    layers would not fit fails as Ollama does on a full disk.
     """
 
     models: list[ModelSpec] = field(default_factory=lambda: parse_models_spec(DEFAULT_MODELS))
@@ -41,6 +43,7 @@ class SimConfig:
     max_queue: int = 512
     catalog: dict[str, ModelSpec] | None = None
     pull_bytes_per_second: float = 0.0
+    disk_bytes: int | None = None
     response_tokens: tuple[int, int] = (16, 48)
     max_connections: int = 256
     max_body: int = 64 * 1024 * 1024
@@ -55,6 +58,8 @@ class SimConfig:
         lo, hi = self.response_tokens
         if lo < 1 or hi < lo:
             raise ValueError("response_tokens must be (min >= 1, max >= min)")
+        if self.disk_bytes is not None and self.disk_bytes < 0:
+            raise ValueError("disk_bytes must be >= 0")
         if self.max_connections < 1 or self.max_body < 1:
             raise ValueError("max_connections and max_body must be >= 1")
 

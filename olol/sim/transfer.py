@@ -73,6 +73,18 @@ def _name(body: dict, required_msg: str = "model is required") -> str:
     return name
 
 
+def _disk_full(api: NativeApi, layers: tuple[Layer, ...]) -> str | None:
+    """Ollama's message for a full disk when the missing layers exceed the disk, else None."""
+    limit = api.sim.config.disk_bytes
+    if limit is None:
+        return None
+    missing = [la for la in layers if not api.store.has_layer(la.digest)]
+    if api.store.used_bytes() + sum(la.size for la in missing) <= limit:
+        return None
+    blob = missing[0].digest.replace(":", "-") if missing else "manifest"
+    return f"write /root/.ollama/models/blobs/{blob}-partial: no space left on device"
+
+
 def _run(progress: Progress, fn) -> None:
     try:
         fn()
@@ -103,6 +115,10 @@ def pull(api: NativeApi, ex: Exchange) -> None:
             return
         spec = spec.renamed(name)
         layers = layers_for(spec)
+        full = _disk_full(api, layers)
+        if full is not None:
+            progress.fail(full)
+            return
         for layer in layers:
             progress.transfer("pulling", layer, api.store.has_layer(layer.digest),
                               sim.config.pull_bytes_per_second)

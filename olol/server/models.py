@@ -1,0 +1,573 @@
+"""Model management through the front door, and the models/maintenance admin API.
+
+``bp`` answers Ollama's model routes for the whole cluster (OLLAMA-API.md §9):
+
+* ``POST /api/pull`` — one aggregated pull (``ModelRegistry.pull_model``) streamed as
+  Ollama's progress records plus ``node``/``nodes`` fields; ``stream:false`` answers the
+  final record (500 with the error on failure).
+* ``DELETE /api/delete`` — on every node that has the model (an explicit request: it may
+  remove the last copy); 200 with an empty body; 404 ``model 'x' not found``.
+* ``POST /api/copy`` — on every node holding the source; 200 with an empty body.
+* ``HEAD|POST /api/blobs/<digest>`` — a blob goes to one node chosen by placement; the
+  store remembers digest -> node (table ``model_blobs``) so that the ``/api/create``
+  naming it in ``files`` runs on the same node.
+* ``POST /api/create``, ``POST /api/push`` — run on one node, progress relayed verbatim.
+
+``X-OLOL-Nodes: host:port,host:port`` restricts pull and delete to those nodes.
+
+``admin_bp`` (under ``/olol/v1``): ``GET /models``, ``GET /models/<name>``,
+``POST /models/pull``, ``DELETE /models/<name>?force=1&nodes=a,b``,
+``POST /models/optimize`` (``{"apply": bool}``), ``POST /models/sync``,
+``GET /maintenance``, ``POST /maintenance/<job>/run``.
+
+Every route here needs an admin key when keys are enabled (403 otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from olol.api import errors
+from olol.api.errors import ApiError
+from olol.api.names import InvalidModelName, normalize_model_name
+from olol.api.streaming import NDJSON_CONTENT_TYPE, ndjson_line, ollama_stream_error_line
+from olol.rpc.client import NodeError
+from olol.server.common import current_key, get_ctx, json_response, read_json_body
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("models", __name__)
+admin_bp = Blueprint("models_admin", __name__, url_prefix="/olol/v1")
+
+NODES_HEADER = "X-OLOL-Nodes"
+BLOB_TABLE = "model_blobs"
+ADMIN_KEY_MESSAGE = "this endpoint needs an admin API key"
+MAX_TARGET_NODES = 256
+BLOB_CHUNK = 1024 * 1024
+_DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
+
+
+# -- shared helpers -------------------------------------------------------------------------
+
+
+def _require_admin() -> None:
+    if not get_ctx().config.keys_enabled:
+        return
+    key = current_key()
+    if key is None or not key.admin:
+        raise ApiError(403, ADMIN_KEY_MESSAGE)
+
+
+bp.before_request(_require_admin)
+admin_bp.before_request(_require_admin)
+
+
+def _registry() -> Any:
+    registry = getattr(get_ctx(), "registry", None)
+    if registry is None:
+        raise ApiError(503, "the model registry is not running")
+    return registry
+
+
+def parse_nodes(value: Any, source: str) -> list[str] | None:
+    """Node addresses from a comma-separated string or a JSON list; None when empty.
+
+    :raises ApiError: 400 for a malformed address or a node that is not a member.
+    """
+    from olol.cluster import normalize_address
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = [part for part in (p.strip() for p in value.split(",")) if part]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value if v.strip()]
+    else:
+        raise ApiError(400, f"invalid {source}: expected a list of host:port addresses")
+    if not items:
+        return None
+    if len(items) > MAX_TARGET_NODES:
+        raise ApiError(400, f"invalid {source}: more than {MAX_TARGET_NODES} nodes")
+    cluster = get_ctx().cluster
+    nodes: list[str] = []
+    for item in items:
+        try:
+            address = normalize_address(item)
+        except ValueError as exc:
+            raise ApiError(400, f"invalid {source}: {exc}") from None
+        if cluster.node(address) is None:
+            raise ApiError(400, f"invalid {source}: unknown node '{address}'")
+        if address not in nodes:
+            nodes.append(address)
+    return nodes
+
+
+def _header_nodes() -> list[str] | None:
+    return parse_nodes(request.headers.get(NODES_HEADER), f"{NODES_HEADER} header")
+
+
+def _model_field(body: dict[str, Any], missing: ApiError) -> str:
+    name = body.get("model")
+    if name is None or name == "":
+        name = body.get("name")
+    if name is None or name == "":
+        raise missing
+    if not isinstance(name, str):
+        raise errors.invalid_model_name()
+    return name
+
+
+def _valid_name(name: str, error: ApiError) -> str:
+    try:
+        return normalize_model_name(name)
+    except InvalidModelName:
+        raise error from None
+
+
+def _want_stream(body: dict[str, Any], default: bool = True) -> bool:
+    value = body.get("stream")
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ApiError(400, "json: cannot unmarshal into Go struct field .stream of type bool")
+    return value
+
+
+def _ndjson(records: Iterator[bytes]) -> Response:
+    resp = Response(records, status=200, content_type=NDJSON_CONTENT_TYPE)
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+def _refresh(ctx: Any, addresses: list[str]) -> None:
+    """Re-read the nodes' model lists after a change (best effort)."""
+    for address in addresses:
+        try:
+            ctx.cluster.refresh(address, timeout=ctx.config.health_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the next health sweep catches up
+            log.info("refresh of %s after a model change failed: %s", address, exc)
+
+
+# -- pull ----------------------------------------------------------------------------------
+
+
+def _start_pull(model: str, targets: list[str] | None, insecure: bool) -> Any:
+    try:
+        return _registry().pull_model(model, targets, insecure=insecure)
+    except ApiError:
+        raise
+    except (ValueError, LookupError) as exc:
+        raise ApiError(400, str(exc) or "cannot pull this model") from None
+    except RuntimeError as exc:  # no node can take it
+        raise ApiError(503, str(exc) or "no node can take this model") from None
+
+
+def _pull_response(op: Any, stream: bool, idle_s: float) -> Response:
+    """The operation's aggregated progress as NDJSON, or its final record."""
+    if not stream:
+        last: dict[str, Any] = {}
+        for record in op.events(timeout=idle_s):
+            last = record
+            if "error" in record:
+                raise ApiError(500, str(record["error"]))
+        if last.get("status") != "success":
+            raise ApiError(500, "pull ended without an outcome")
+        return json_response(last)
+
+    def records() -> Iterator[bytes]:
+        ended = False
+        try:
+            for record in op.events(timeout=idle_s):
+                yield ndjson_line(record)
+                if "error" in record or record.get("status") == "success":
+                    ended = True
+        except Exception as exc:  # noqa: BLE001 - the status line is already sent
+            log.warning("pull %s: progress stream failed: %s", getattr(op, "id", "?"), exc)
+            ended = True
+            yield ollama_stream_error_line(f"pull progress lost: {exc}")
+        if not ended:
+            yield ollama_stream_error_line("pull progress timed out")
+
+    return _ndjson(records())
+
+
+@bp.route("/api/pull", methods=["POST"])
+def pull() -> Response:
+    body = read_json_body("api.PullRequest")
+    model = _model_field(body, errors.invalid_model_name())
+    _valid_name(model, errors.invalid_model_name())
+    insecure = body.get("insecure") is True
+    stream = _want_stream(body)
+    op = _start_pull(model, _header_nodes(), insecure)
+    return _pull_response(op, stream, get_ctx().config.stream_idle_timeout_s)
+
+
+# -- delete, copy --------------------------------------------------------------------------
+
+
+def _holders(ctx: Any, key: str) -> list[str]:
+    return sorted(n.address for n in ctx.cluster.nodes_with_model(key))
+
+
+def _failures(results: dict[str, Any]) -> list[str]:
+    return [f"{node}: {outcome.get('error')}" for node, outcome in sorted(results.items())
+            if isinstance(outcome, dict) and outcome.get("error")]
+
+
+@bp.route("/api/delete", methods=["DELETE"])
+def delete() -> Response:
+    ctx = get_ctx()
+    body = read_json_body("api.DeleteRequest")
+    raw = body.get("model") or body.get("name") or ""
+    if not isinstance(raw, str):
+        raise errors.invalid_delete_name(str(raw))
+    key = _valid_name(raw, errors.invalid_delete_name(raw))
+    targets = _header_nodes()
+    holders = _holders(ctx, key)
+    if targets is not None:
+        holders = [a for a in holders if a in targets]
+    if not holders:
+        raise errors.model_not_found("delete", raw)
+    # an Ollama client's delete is an explicit operator request: the last copy may go
+    from olol.registry import ModelNotFoundError
+
+    try:
+        results = _registry().remove_model(raw, holders, force=True)
+    except ModelNotFoundError:
+        raise errors.model_not_found("delete", raw) from None
+    failed = _failures(results)
+    if failed:
+        raise ApiError(500, "delete failed on " + "; ".join(failed))
+    return Response(b"", status=200)
+
+
+@bp.route("/api/copy", methods=["POST"])
+def copy() -> Response:
+    ctx = get_ctx()
+    body = read_json_body("api.CopyRequest")
+    source, destination = body.get("source"), body.get("destination")
+    if not isinstance(source, str):
+        raise errors.invalid_source_name("" if source is None else str(source))
+    if not isinstance(destination, str):
+        raise errors.invalid_destination_name("" if destination is None else str(destination))
+    key = _valid_name(source, errors.invalid_source_name(source))
+    _valid_name(destination, errors.invalid_destination_name(destination))
+    holders = _holders(ctx, key)
+    if not holders:
+        raise errors.model_not_found("copy", source)
+    from olol.registry import ModelNotFoundError
+
+    try:
+        results = _registry().copy_model(source, destination, holders)
+    except ModelNotFoundError:
+        raise errors.model_not_found("copy", source) from None
+    failed = _failures(results)
+    if failed:
+        raise ApiError(500, "copy failed on " + "; ".join(failed))
+    return Response(b"", status=200)
+
+
+# -- blobs, create, push -------------------------------------------------------------------
+
+
+def _blob_table(db: Any) -> str:
+    from olol.store.schema import Field, TableSchema
+
+    if BLOB_TABLE not in getattr(db, "schemas", {}):
+        db.register_table(TableSchema(BLOB_TABLE, {
+            "digest": Field("str", required=True),
+            "node": Field("str", required=True),
+            "size": Field("int", nullable=True),
+        }))
+    return BLOB_TABLE
+
+
+def _canonical_digest(digest: str) -> str:
+    if not _DIGEST_RE.match(digest):
+        raise ApiError(400, f"invalid digest format \"{digest}\"")
+    return "sha256:" + digest[7:].lower()
+
+
+def blob_node(ctx: Any, digest: str) -> str | None:
+    """The member node a blob was uploaded to, if the store remembers one."""
+    row = ctx.db.search_one(_blob_table(ctx.db), {"digest": digest})
+    if row is None or ctx.cluster.node(row["node"]) is None:
+        return None
+    return row["node"]
+
+
+def _remember_blob(ctx: Any, digest: str, node: str, size: int | None) -> None:
+    table = _blob_table(ctx.db)
+    ctx.db.upsert(table, {"digest": digest, "node": node, "size": size}, {"digest": digest})
+
+
+def place_node(ctx: Any, size: int | None = None, exclude: tuple[str, ...] = ()) -> str:
+    """The healthy node with the most free disk that fits ``size`` bytes (ties: fewest
+    requests in flight, then address).
+
+    :raises ApiError: 503 when no healthy node can take it.
+    """
+    candidates = []
+    for node in ctx.cluster.healthy_nodes():
+        if node.address in exclude:
+            continue
+        disk = (getattr(node, "hardware", None) or {}).get("disk") or {}
+        free = disk.get("free_bytes") if isinstance(disk, dict) else None
+        free = free if isinstance(free, int) and free > 0 else None
+        if size and free is not None and free < size:
+            continue
+        in_flight = getattr(node, "in_flight", 0) or 0
+        candidates.append((-(free or 0), in_flight, node.address))
+    if not candidates:
+        raise ApiError(503, "no healthy node has room for this model")
+    return min(candidates)[2]
+
+
+def _find_blob(ctx: Any, digest: str) -> str | None:
+    """A node that has the blob: the remembered one, else the first healthy one asked."""
+    node = blob_node(ctx, digest)
+    timeout = ctx.config.health_timeout_s
+    if node is not None:
+        try:
+            if ctx.cluster.client(node).blob_exists(digest, timeout=timeout):
+                return node
+        except NodeError as exc:
+            log.info("blob check on %s failed: %s", node, exc.message)
+    for state in ctx.cluster.healthy_nodes():
+        if state.address == node:
+            continue
+        try:
+            if ctx.cluster.client(state.address).blob_exists(digest, timeout=timeout):
+                _remember_blob(ctx, digest, state.address, None)
+                return state.address
+        except NodeError as exc:
+            log.info("blob check on %s failed: %s", state.address, exc.message)
+    return None
+
+
+@bp.route("/api/blobs/<digest>", methods=["HEAD"])
+def blob_head(digest: str) -> Response:
+    ctx = get_ctx()
+    digest = _canonical_digest(digest)
+    if _find_blob(ctx, digest) is None:
+        raise errors.blob_not_found(digest)
+    return Response(b"", status=200)
+
+
+@bp.route("/api/blobs/<digest>", methods=["POST"])
+def blob_post(digest: str) -> Response:
+    ctx = get_ctx()
+    digest = _canonical_digest(digest)
+    limit = int(ctx.config.max_blob_bytes)
+    size = request.content_length
+    if size is not None and size > limit:
+        raise errors.body_too_large(limit)
+    node = blob_node(ctx, digest)
+    if node is None or ctx.cluster.node(node) is None or \
+            node not in {n.address for n in ctx.cluster.healthy_nodes()}:
+        node = place_node(ctx, size)
+    stream = request.stream
+    sent = [0]
+
+    def chunks() -> Iterator[bytes]:
+        while True:
+            piece = stream.read(BLOB_CHUNK)
+            if not piece:
+                return
+            sent[0] += len(piece)
+            if sent[0] > limit:
+                raise ValueError("blob larger than the configured limit")
+            yield piece
+
+    try:
+        status = ctx.cluster.client(node).upload_blob(
+            digest, chunks(), size or 0, timeout=ctx.config.pull_timeout_s)
+    except NodeError as exc:
+        raise ApiError(exc.http_status if 400 <= exc.http_status < 600 else 502,
+                       exc.message) from None
+    if status >= 400:
+        raise ApiError(status, f"blob upload to {node} failed")
+    _remember_blob(ctx, digest, node, size if size is not None else sent[0])
+    return Response(b"", status=status if status in (200, 201) else 201)
+
+
+def _relay(ctx: Any, node: str, call: Callable[..., Any], body: dict[str, Any],
+           stream: bool) -> Response:
+    """Run a progress-streaming node call and answer like Ollama: NDJSON records, or
+    the last record; refresh the node's model list when it ends."""
+    def fail(exc: NodeError) -> ApiError:
+        status = 500 if exc.mid_stream or not 400 <= exc.http_status < 600 else exc.http_status
+        return ApiError(status, exc.message)
+
+    progress = call(body, timeout=ctx.config.pull_timeout_s)
+    try:
+        first = next(progress, None)
+    except NodeError as exc:
+        progress.cancel()
+        raise fail(exc) from None
+    if not stream:
+        last = first or {}
+        try:
+            for record in progress:
+                last = record
+        except NodeError as exc:
+            raise fail(exc) from None
+        finally:
+            progress.cancel()
+            _refresh(ctx, [node])
+        if "error" in last:
+            raise ApiError(500, str(last["error"]))
+        return json_response(last)
+
+    def records() -> Iterator[bytes]:
+        try:
+            if first is not None:
+                yield ndjson_line(first)
+            for record in progress:
+                yield ndjson_line(record)
+        except NodeError as exc:
+            yield ollama_stream_error_line(exc.message)
+        finally:
+            progress.cancel()
+            _refresh(ctx, [node])
+
+    return _ndjson(records())
+
+
+@bp.route("/api/create", methods=["POST"])
+def create() -> Response:
+    ctx = get_ctx()
+    body = read_json_body("api.CreateRequest")
+    model = _model_field(body, errors.model_required())
+    _valid_name(model, errors.invalid_model_name())
+    stream = _want_stream(body)
+    files = body.get("files")
+    digests: list[str] = []
+    if isinstance(files, dict):
+        digests = [d for d in files.values() if isinstance(d, str) and _DIGEST_RE.match(d)]
+    node = None
+    for digest in digests:
+        found = _find_blob(ctx, "sha256:" + digest[7:].lower())
+        if found is None:
+            continue  # the node answers Ollama's own error for a missing blob
+        if node is not None and found != node:
+            raise ApiError(400, f"the blobs of this model were uploaded to different nodes "
+                                f"({node} and {found}); upload them again")
+        node = found
+    source = body.get("from")
+    if node is None and isinstance(source, str) and source:
+        try:
+            holders = _holders(ctx, normalize_model_name(source))
+        except InvalidModelName:
+            holders = []
+        node = holders[0] if holders else None
+    if node is None:
+        node = place_node(ctx)
+    return _relay(ctx, node, ctx.cluster.client(node).create, body, stream)
+
+
+@bp.route("/api/push", methods=["POST"])
+def push() -> Response:
+    ctx = get_ctx()
+    body = read_json_body("api.PushRequest")
+    model = _model_field(body, errors.model_required())
+    key = _valid_name(model, errors.invalid_model_name())
+    stream = _want_stream(body)
+    holders = _holders(ctx, key)
+    if not holders:
+        raise ApiError(404, f'model "{model}" not found')
+    node = min(holders, key=lambda a: (getattr(ctx.cluster.node(a), "in_flight", 0) or 0, a))
+    return _relay(ctx, node, ctx.cluster.client(node).push, body, stream)
+
+
+# -- admin API -----------------------------------------------------------------------------
+
+
+@admin_bp.route("/models", methods=["GET"])
+def admin_models() -> Response:
+    registry = _registry()
+    return json_response({"models": registry.get_model_status(),
+                          "pulls": registry.active_pulls()})
+
+
+@admin_bp.route("/models/<path:name>", methods=["GET"])
+def admin_model(name: str) -> Response:
+    _valid_name(name, errors.invalid_model_name())
+    found = _registry().get_model_status(name)
+    if not found:
+        raise errors.model_not_found("show", name)
+    return json_response(found[0])
+
+
+@admin_bp.route("/models/pull", methods=["POST"])
+def admin_pull() -> Response:
+    body = read_json_body()
+    model = _model_field(body, errors.model_required())
+    _valid_name(model, errors.invalid_model_name())
+    targets = parse_nodes(body.get("nodes"), "nodes")
+    stream = _want_stream(body)
+    op = _start_pull(model, targets, body.get("insecure") is True)
+    return _pull_response(op, stream, get_ctx().config.stream_idle_timeout_s)
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@admin_bp.route("/models/<path:name>", methods=["DELETE"])
+def admin_delete(name: str) -> Response:
+    from olol.registry import LastCopyError, ModelNotFoundError, PinnedModelError
+
+    _valid_name(name, errors.invalid_delete_name(name))
+    targets = parse_nodes(request.args.get("nodes"), "nodes")
+    force = _flag(request.args.get("force"))
+    try:
+        results = _registry().remove_model(name, targets, force=force)
+    except ModelNotFoundError:
+        raise errors.model_not_found("delete", name) from None
+    except (LastCopyError, PinnedModelError) as exc:
+        raise ApiError(409, str(exc)) from None
+    return json_response({"model": name, "results": results, "failed": _failures(results)})
+
+
+@admin_bp.route("/models/optimize", methods=["POST"])
+def admin_optimize() -> Response:
+    body = read_json_body() if request.content_length else {}
+    apply = body.get("apply", False)
+    if not isinstance(apply, bool):
+        raise ApiError(400, "invalid apply: must be true or false")
+    registry = _registry()
+    plan = registry.optimize_model_distribution()
+    answer: dict[str, Any] = {"plan": plan, "applied": apply}
+    if apply:
+        answer["results"] = registry.apply(plan)
+    return json_response(answer)
+
+
+@admin_bp.route("/models/sync", methods=["POST"])
+def admin_sync() -> Response:
+    return json_response(_registry().synchronize_models())
+
+
+@admin_bp.route("/maintenance", methods=["GET"])
+def admin_maintenance() -> Response:
+    jobs = getattr(get_ctx(), "maintenance", None)
+    return json_response({"jobs": jobs.status() if jobs is not None else []})
+
+
+@admin_bp.route("/maintenance/<name>/run", methods=["POST"])
+def admin_run_job(name: str) -> Response:
+    from olol.maintenance import UnknownJobError
+
+    jobs = getattr(get_ctx(), "maintenance", None)
+    if jobs is None:
+        raise ApiError(404, f"no maintenance job named '{name}'")
+    try:
+        return json_response(jobs.run_now(name))
+    except UnknownJobError:
+        raise ApiError(404, f"no maintenance job named '{name}'") from None

@@ -1,0 +1,39 @@
+"""Model management and maintenance jobs through the real proxy."""
+
+import json
+
+import ollama
+import requests
+
+from olol.cli import main
+from tests.e2e.conftest import wait_until
+
+
+def test_pull_use_copy_delete_through_the_proxy(make_cluster):
+    c = make_cluster(nodes=2)
+    client = ollama.Client(host=c.url)
+    progress = list(client.pull("qwen3:0.6b", stream=True))
+    assert progress[0].status == "pulling manifest" and progress[-1].status == "success"
+    # one copy by default, placed on one node, which lists it afterwards
+    assert sum("qwen3:0.6b" in {m.model for m in ollama.Client(host=s.url).list().models}
+               for s in c.sims) == 1
+    assert wait_until(lambda: "qwen3:0.6b" in {m.model for m in client.list().models})
+    reply = client.generate(model="qwen3:0.6b", prompt="hello", options={"num_predict": 3})
+    assert reply.done and reply.eval_count == 3
+    client.copy("qwen3:0.6b", "my-qwen:latest")
+    assert wait_until(lambda: "my-qwen:latest" in {m.model for m in client.list().models})
+    client.delete("my-qwen")
+    assert wait_until(lambda: "my-qwen:latest" not in {m.model for m in client.list().models})
+    status = requests.get(c.url + "/olol/v1/models/qwen3:0.6b", timeout=10).json()
+    assert status and json.dumps(status)
+
+
+def test_maintenance_jobs_are_listed_and_runnable(make_cluster, capsys):
+    c = make_cluster(nodes=1)
+    jobs = {j["id"]: j for j in requests.get(c.url + "/olol/v1/maintenance", timeout=10).json()["jobs"]}
+    assert {"health-poll", "queue-cleanup", "registry-sync", "stats-rollup", "store-checkpoint"} <= set(jobs)
+    assert main(["jobs", "ls", "--url", c.url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {"health-poll", "registry-sync"} <= {j["id"] for j in (listed.get("jobs", listed) if isinstance(listed, dict) else listed)}
+    assert main(["models", "ls", "--url", c.url]) == 0
+    assert "llama3.2:1b" in capsys.readouterr().out
