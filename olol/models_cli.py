@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from olol.clientconf import proxy_url
+
 DEFAULT_URL = "http://127.0.0.1:11435"
 API = "/olol/v1"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -36,7 +38,8 @@ class CliError(Exception):
 def register(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=None,
-                        help=f"proxy URL (default: $OLOL_URL, else {DEFAULT_URL})")
+                        help="proxy URL (default: $OLOL_URL, else listen in $OLOL_CONFIG or olol.toml, else "
+                        f"{DEFAULT_URL})")
     common.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for the proxy's answer (default 30)")
     common.add_argument("--json", action="store_true", help="print JSON")
@@ -82,7 +85,7 @@ class Api:
         import requests
 
         self.requests = requests
-        self.url = (args.url or os.environ.get("OLOL_URL") or DEFAULT_URL).rstrip("/")
+        self.url = proxy_url(args.url)
         self.timeout = args.timeout
         key = os.environ.get("OLOL_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -15,6 +15,8 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
+from olol.clientconf import proxy_url
+
 DEFAULT_URL = "http://127.0.0.1:11435"
 NODES_PATH = "/olol/v1/nodes"
 
@@ -34,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = nodes.add_subparsers(dest="nodes_command", metavar="ACTION", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=None,
-                        help=f"proxy URL (default: $OLOL_URL, else {DEFAULT_URL})")
+                        help="proxy URL (default: $OLOL_URL, else listen in $OLOL_CONFIG or olol.toml, else "
+                        f"{DEFAULT_URL})")
     common.add_argument("--data-dir", default=None,
                         help="edit this data folder directly instead (no proxy may be running)")
     common.add_argument("--timeout", type=float, default=10.0,
@@ -58,7 +61,7 @@ class _HttpBackend:
         import requests
 
         self._requests = requests
-        self.url = (args.url or os.environ.get("OLOL_URL") or DEFAULT_URL).rstrip("/")
+        self.url = proxy_url(args.url)
         self.timeout = args.timeout
         key = os.environ.get("OLOL_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}

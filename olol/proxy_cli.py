@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=["smart", "least-busy", "round-robin"])
     p.add_argument("--threads", type=int, help="waitress threads (concurrent HTTP requests)")
     p.add_argument("--node-token", help="bearer token for the node agents")
+    p.add_argument("--node-ca", help="CA certificate (PEM) that signed the agents' TLS certificates")
+    p.add_argument("--node-cert", help="client certificate (PEM) for mutual TLS with the agents")
+    p.add_argument("--node-key", help="client private key (PEM) for mutual TLS with the agents")
     p.set_defaults(func=cmd_proxy)
 
     u = subparsers.add_parser(
@@ -40,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.add_argument("--ollama-url", action="append", default=[],
                    help="Ollama to put behind an agent (default http://127.0.0.1:11434)")
     u.set_defaults(func=cmd_up)
+
+
+def build_parser_for_tests() -> argparse.ArgumentParser:
+    """A parser with only this module's commands (for tests of the flags)."""
+    parser = argparse.ArgumentParser(prog="olol")
+    register(parser.add_subparsers(dest="command"))
+    return parser
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> ProxyConfig:
@@ -89,6 +99,15 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         "strategy": args.strategy, "waitress_threads": args.threads,
         "node_token": args.node_token,
     })
+    if args.node_ca or args.node_cert or args.node_key:
+        from olol.rpc.client import TLSConfig
+
+        if bool(args.node_cert) != bool(args.node_key):
+            print("olol proxy: --node-cert and --node-key go together", file=sys.stderr)
+            return 2
+        config.node_tls = TLSConfig(root_cert=args.node_ca and Path(args.node_ca),
+                                    client_cert=args.node_cert and Path(args.node_cert),
+                                    client_key=args.node_key and Path(args.node_key))
     if config.data_dir is None:
         config.data_dir = default_data_dir(args.data_dir)
     elif args.data_dir:
