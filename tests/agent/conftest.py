@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from olol.rpc.client import NodeClient
 from olol.sim import SimConfig, Simulator, parse_models_spec
+from tests.support import wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
 
 MODELS = "llama3.2:1b,nomic-embed-text[embed]"
@@ -75,16 +74,6 @@ def slow_client(slow_agent):
     c = NodeClient(slow_agent.address, timeout=10.0)
     yield c
     c.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
-    """Bounded polling: True as soon as ``predicate()`` holds, False after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 # -- TLS material ---------------------------------------------------------------

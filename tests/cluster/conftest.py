@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
@@ -13,20 +11,8 @@ from olol.cluster import ClusterManager
 from olol.rpc.client import NodeClient
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from olol.store import DatabaseManager
+from tests.support import FakeClock, wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
-
-
-class FakeClock:
-    """A settable clock (seconds since the epoch)."""
-
-    def __init__(self, start: float = 1_700_000_000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_sim(models: str = "llama3.2:1b,nomic-embed-text[embed]", port: int = 0,
@@ -46,16 +32,6 @@ def make_agent(sim: Simulator, parallel: int = 4) -> Agent:
 
 def short_client(address: str) -> NodeClient:
     return NodeClient(address, timeout=5.0)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
-    """Bounded polling: True as soon as ``predicate()`` holds, False after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 class SilentServer:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from olol.context import ProxyConfig
 from olol.proxy import Proxy
 from olol.sim import SimConfig, Simulator, parse_models_spec
+from tests.support import wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
 
 MODELS = "llama3.2:1b,qwen2.5:0.5b,nomic-embed-text[embed]"
@@ -37,15 +37,6 @@ def start_nodes(n: int, models: str = MODELS, parallel: int = 4, **sim_kw):
         agents.append(Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=sim.url,
                                         parallel=parallel)).start())
     return sims, agents
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ cluster and ModelRegistry, and the front door on a real waitress server."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,19 +21,10 @@ from olol.registry import ModelRegistry
 from olol.server import create_app
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from olol.store import DatabaseManager
+from tests.support import wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
 
 GB = 1_000_000_000
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
-    """Bounded polling: True as soon as ``predicate()`` holds, False after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @dataclass

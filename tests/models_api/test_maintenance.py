@@ -18,21 +18,11 @@ from olol.maintenance import (
     job_intervals,
 )
 from tests.models_api.conftest import wait_until
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support import FakeClock  # noqa: F401
 
 
 def test_run_now_records_outcome_with_injected_clock():
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     jobs = MaintenanceJobs(None, clock)
 
     def work() -> int:
@@ -54,7 +44,7 @@ def test_run_now_records_outcome_with_injected_clock():
 
 
 def test_failing_job_is_counted_and_others_still_run():
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     jobs = MaintenanceJobs(None, clock)
     calls = {"good": 0}
 
@@ -95,7 +85,7 @@ def test_failing_job_is_counted_and_others_still_run():
 
 
 def test_unknown_job_and_bad_interval():
-    jobs = MaintenanceJobs(None, FakeClock())
+    jobs = MaintenanceJobs(None, FakeClock(1_000_000.0))
     with pytest.raises(UnknownJobError):
         jobs.run_now("nope")
     with pytest.raises(ValueError):
@@ -105,7 +95,7 @@ def test_unknown_job_and_bad_interval():
 
 
 def test_a_run_in_progress_is_not_doubled():
-    jobs = MaintenanceJobs(None, FakeClock())
+    jobs = MaintenanceJobs(None, FakeClock(1_000_000.0))
     entered, release = threading.Event(), threading.Event()
 
     def slow() -> None:
@@ -222,7 +212,7 @@ class Recorder:
 
 def test_install_proxy_jobs_runs_each_part_and_isolates_failures():
     part = Recorder(fail={"sync", "health"})
-    jobs = MaintenanceJobs(None, FakeClock())
+    jobs = MaintenanceJobs(None, FakeClock(1_000_000.0))
     names = install_proxy_jobs(jobs, config=ProxyConfig(retention_hours=12), queue=part,
                                registry=part, stats=part, db=part, health=part)
     assert names == ["health-poll", "queue-cleanup", "registry-sync", "stats-rollup",
@@ -243,7 +233,7 @@ def test_install_proxy_jobs_runs_each_part_and_isolates_failures():
 
 def test_auto_optimize_only_when_turned_on():
     part = Recorder()
-    jobs = MaintenanceJobs(None, FakeClock())
+    jobs = MaintenanceJobs(None, FakeClock(1_000_000.0))
     names = install_proxy_jobs(jobs, config=ProxyConfig(auto_optimize=True), registry=part)
     assert names == ["registry-sync", "model-optimize"]
     entry = jobs.run_now("model-optimize")
@@ -254,13 +244,13 @@ def test_auto_optimize_only_when_turned_on():
 def test_memory_store_gets_no_checkpoint_job():
     part = Recorder()
     part.durable = False
-    jobs = MaintenanceJobs(None, FakeClock())
+    jobs = MaintenanceJobs(None, FakeClock(1_000_000.0))
     assert "store-checkpoint" not in install_proxy_jobs(jobs, config=ProxyConfig(), db=part)
 
 
 def test_health_job_reports_sweep_failures():
     part = Recorder()
-    jobs = MaintenanceJobs(None, FakeClock())
+    jobs = MaintenanceJobs(None, FakeClock(1_000_000.0))
     install_proxy_jobs(jobs, config=ProxyConfig(), health=part)
     assert jobs.run_now("health-poll")["outcome"] == "ok"
     part.fail.add("health")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -13,32 +11,10 @@ from olol.registry import ModelRegistry
 from olol.rpc.client import NodeClient
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from olol.store import DatabaseManager
+from tests.support import FakeClock, wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
 
 GB = 1_000_000_000
-
-
-class FakeClock:
-    """A settable clock (seconds since the epoch)."""
-
-    def __init__(self, start: float = 1_700_000_000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
-    """Bounded polling: True as soon as ``predicate()`` holds, False after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @dataclass

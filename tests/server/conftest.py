@@ -20,6 +20,7 @@ from olol.keys import KeyStore
 from olol.server import create_app
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from olol.store import DatabaseManager
+from tests.support import wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
 
 MODELS = "llama3.2:1b,nomic-embed-text[embed]"
@@ -46,16 +47,6 @@ def agent(sim):
     a = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=sim.url)).start()
     yield a
     a.stop(0)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.02) -> bool:
-    """Bounded polling: True as soon as ``predicate()`` holds, False after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def build_ctx(nodes: list[str], *, queue_kw: dict | None = None, **config: Any) -> ProxyContext:

@@ -1,19 +1,7 @@
 import pytest
 
 from olol.store import DatabaseManager
-
-
-class FakeClock:
-    """A settable clock for timestamps (seconds since the epoch)."""
-
-    def __init__(self, start: float = 1_700_000_000.0):
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support import FakeClock  # noqa: F401
 
 
 @pytest.fixture
