@@ -27,6 +27,7 @@ class ProxyConfig:
     max_queue_depth: int = 10_000
     max_queue_depth_per_model: int = 2_000
     retention_hours: float = 24.0
+    lease_s: float = 600.0  # a claim expires unless the dispatcher renews it
     # dispatch
     dispatcher_threads: int = 32
     strategy: str = "smart"

@@ -49,6 +49,7 @@ class Dispatcher:
         publish_timeout_s: float = 30.0,
         idle_wait_s: float = 0.5,
         registry: Any = None,
+        lease_refresh_s: float = 60.0,
     ):
         self.queue = queue_manager
         self.scheduler = scheduler
@@ -56,6 +57,7 @@ class Dispatcher:
         self.hub = hub
         self.stats = stats
         self.registry = registry
+        self.lease_refresh_s = lease_refresh_s
         self.clock = clock
         self.n_threads = threads
         self.max_attempts = max_attempts
@@ -173,8 +175,14 @@ class Dispatcher:
         self._running[a.batch_id] = stream
         waiting = list(a.requests)
         started = False
+        next_refresh = time.monotonic() + self.lease_refresh_s
         try:
             for record in stream:
+                if time.monotonic() >= next_refresh:
+                    # a long generation keeps its claim: the lease must not run out
+                    for req in waiting:
+                        self.queue.extend_lease(req["id"])
+                    next_refresh = time.monotonic() + self.lease_refresh_s
                 done = bool(record.get("done")) or stream.done
                 if "error" in record and not done:
                     raise NodeError(None, str(record["error"]), 500, mid_stream=started)  # type: ignore[arg-type]

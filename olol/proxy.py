@@ -59,7 +59,7 @@ class Proxy:
             self.queue = QueueManager(
                 db, clock=clock, max_depth=config.max_queue_depth,
                 max_depth_per_model=config.max_queue_depth_per_model,
-                retention_hours=config.retention_hours,
+                retention_hours=config.retention_hours, lease_s=config.lease_s,
             )
             self.recovered = self.queue.recover()
             self.hub = ResponseHub()
@@ -83,6 +83,7 @@ class Proxy:
                 threads=config.dispatcher_threads, stats=self.stats, clock=clock,
                 max_attempts=config.max_attempts, retry_backoff_s=config.retry_backoff_s,
                 request_timeout_s=config.request_timeout_s, registry=self.registry,
+                lease_refresh_s=max(0.05, config.lease_s / 3),
             )
             self.health = HealthMonitor(
                 self.cluster, db, clock=clock, interval_s=config.health_interval_s,

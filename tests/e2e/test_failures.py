@@ -173,3 +173,24 @@ def test_graceful_shutdown_lets_running_work_finish(make_cluster):
     assert result["r"].done and result["r"].done_reason in ("stop", "length")
     assert result["r"].eval_count > 0
     assert time.monotonic() - t0 < 10
+
+
+def test_a_generation_longer_than_the_lease_keeps_its_claim(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]", lease_s=0.6,
+                     sim_kw={"response_tokens": (40, 40)})  # two seconds of generation
+    result = {}
+
+    def call():
+        result["r"] = ollama.Client(host=c.url).chat(
+            model="llama3.2:1b", messages=[{"role": "user", "content": "long"}],
+            options={"num_predict": 40}, stream=True)
+        result["chunks"] = list(result["r"])
+
+    t = threading.Thread(target=call, name="long-caller")
+    t.start()
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # the lease-return job running often meanwhile
+        assert c.proxy.queue.return_expired_leases() == 0
+        time.sleep(0.1)
+    t.join(timeout=30)
+    assert result["chunks"][-1].done and result["chunks"][-1].eval_count == 40
