@@ -12,13 +12,13 @@ Deliberate differences from Ollama, all in the direction of a clear 4xx:
 * a ``format`` that is neither ``"json"`` nor an object is rejected here (400) instead of
   failing later in the runner;
 * a message without a ``role`` is rejected (Ollama would render it with an empty role).
+
+Body and shared-field decoding live in :mod:`olol.api.decoding`, the grouping keys in
+:mod:`olol.api.grouping`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,167 +26,47 @@ from typing import Any
 import orjson
 
 from olol.api import errors, gojson
+from olol.api.decoding import (
+    OPTION_KINDS,
+    RUNNER_OPTIONS,
+    keep_alive_seconds,
+    parse_json_body,
+    runner_options_key,
+    validate_options,
+)
+from olol.api.grouping import batch_key, coalesce_key, is_deterministic
 from olol.api.names import InvalidModelName, normalize_model_name
 
-# --- body parsing ------------------------------------------------------------------------
-
-
-def parse_json_body(
-    raw: bytes, max_bytes: int, *, go_type: str = "map[string]interface {}"
-) -> dict[str, Any]:
-    """Decode a request body the way Ollama's gin binding does, bounded by ``max_bytes``.
-
-    :raises ApiError: 400 ``missing request body`` for an empty (or all-whitespace) body;
-        413 over the limit; 400 with Go's ``encoding/json`` message for broken JSON; 400
-        ``json: cannot unmarshal <kind> into Go value of type map[string]interface {}``
-        when the JSON is valid but not an object (pass ``go_type``, e.g.
-        ``api.ChatRequest``, to name the struct as Ollama's message does). Text after the first JSON value is
-        ignored, as Go's decoder ignores it.
-    """
-    if raw is None:
-        raise errors.missing_request_body()
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8")
-    if len(raw) > max_bytes:
-        raise errors.body_too_large(max_bytes)
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        value = _slow_decode(raw)
-    if not isinstance(value, dict):
-        raise errors.ApiError(
-            400,
-            f"json: cannot unmarshal {gojson.json_kind(value)} into Go value of type {go_type}",
-        )
-    return value
-
-
-def _slow_decode(raw: bytes) -> Any:
-    try:
-        end = gojson.scan_first_value(raw)
-    except EOFError:
-        raise errors.missing_request_body() from None
-    except gojson.GoJSONSyntaxError as exc:
-        raise errors.ApiError(400, str(exc)) from None
-    first = raw[:end]
-    try:
-        return orjson.loads(first)
-    except orjson.JSONDecodeError:
-        # Syntactically fine for Go but not for orjson: invalid UTF-8 (Go substitutes
-        # U+FFFD) or integers beyond 64 bits.
-        return json.loads(first.decode("utf-8", errors="replace"))
-
-
-def keep_alive_seconds(value: Any) -> float | None:
-    """``keep_alive`` as seconds: ``None`` when absent, ``math.inf`` when negative (never
-    unload), else the duration. Numbers are seconds, strings Go durations.
-
-    :raises ApiError: 400 with Ollama's message for a bad value.
-    """
-    if value is None:
-        return None
-    try:
-        gojson.check_duration(value)
-    except gojson.GoDecodeError as exc:
-        raise errors.ApiError(400, str(exc)) from None
-    seconds = gojson.parse_go_duration(value) if isinstance(value, str) else float(int(value))
-    return math.inf if seconds < 0 else seconds
-
-
-# --- options -----------------------------------------------------------------------------
-
-#: Known ``options`` keys and the kind ``Options.FromMap`` requires (OLLAMA-API.md §6).
-OPTION_KINDS: dict[str, str] = {
-    "num_keep": "integer",
-    "seed": "integer",
-    "num_predict": "integer",
-    "top_k": "integer",
-    "top_p": "float32",
-    "min_p": "float32",
-    "typical_p": "float32",
-    "repeat_last_n": "integer",
-    "temperature": "float32",
-    "repeat_penalty": "float32",
-    "presence_penalty": "float32",
-    "frequency_penalty": "float32",
-    "stop": "array",
-    "num_ctx": "integer",
-    "num_batch": "integer",
-    "num_gpu": "integer",
-    "main_gpu": "integer",
-    "use_mmap": "boolean",
-    "num_thread": "integer",
-    "draft_num_predict": "integer",
-}
-
-#: Options fixed when a runner loads; a request differing in them forces a reload.
-RUNNER_OPTIONS = (
-    "num_ctx",
-    "num_batch",
-    "num_gpu",
-    "main_gpu",
-    "use_mmap",
-    "num_thread",
-    "draft_num_predict",
-)
-
-
-def validate_options(options: Any) -> None:
-    """Check the known keys of ``options`` as ``Options.FromMap`` does; unknown keys and
-    null values are ignored.
-
-    :raises ApiError: 400 ``option "k" must be of type integer|float32|boolean|array`` or
-        ``option "stop" must be of an array of strings``.
-    """
-    if not isinstance(options, dict):
-        return
-    for key, value in options.items():
-        kind = OPTION_KINDS.get(key)
-        if kind is None or value is None:
-            continue
-        ok = {
-            "integer": gojson.is_number,
-            "float32": gojson.is_number,
-            "boolean": lambda v: isinstance(v, bool),
-            "array": lambda v: isinstance(v, list),
-        }[kind](value)
-        if not ok:
-            raise errors.ApiError(400, f'option "{key}" must be of type {kind}')
-        if kind == "array" and not all(isinstance(item, str) for item in value):
-            raise errors.ApiError(400, f'option "{key}" must be of an array of strings')
-
-
-def runner_options_key(body: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The load-time options of a request, as a sorted hashable tuple.
-
-    Requests with equal keys can share one loaded runner; different keys make Ollama
-    reload the model (``needsReload``). Integer options are truncated as Go does;
-    ``num_gpu: -1`` (automatic) is the same as absent.
-    """
-    options = gojson.field_value(body, "options") if isinstance(body, Mapping) else None
-    if not isinstance(options, dict):
-        return ()
-    items = []
-    for key in RUNNER_OPTIONS:
-        value = options.get(key)
-        if value is None:
-            continue
-        if OPTION_KINDS[key] == "integer" and gojson.is_number(value):
-            value = int(value)
-        if key == "num_gpu" and value == -1:
-            continue
-        items.append((key, value))
-    return tuple(items)
-
+__all__ = [
+    "OPTION_KINDS",
+    "RUNNER_OPTIONS",
+    "STREAM_DEFAULT_TRUE",
+    "VALIDATORS",
+    "ValidatedRequest",
+    "batch_key",
+    "coalesce_key",
+    "embed_inputs",
+    "is_deterministic",
+    "keep_alive_seconds",
+    "parse_json_body",
+    "runner_options_key",
+    "validate_chat",
+    "validate_copy",
+    "validate_create",
+    "validate_delete",
+    "validate_embed",
+    "validate_embeddings",
+    "validate_generate",
+    "validate_options",
+    "validate_pull",
+    "validate_push",
+    "validate_show",
+]
 
 # --- endpoints ---------------------------------------------------------------------------
 
 #: Endpoints whose ``stream`` defaults to true when absent.
 STREAM_DEFAULT_TRUE = frozenset({"generate", "chat", "pull", "push", "create"})
-
-_DETERMINISTIC_ALWAYS = frozenset({"embed", "embeddings"})
-# Fields that change neither the output nor its framing; left out of the coalesce key.
-_COALESCE_IGNORED = frozenset({"model", "stream", "keep_alive"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -426,87 +306,3 @@ VALIDATORS = {
     "copy": validate_copy,
     "delete": validate_delete,
 }
-
-
-# --- grouping keys -----------------------------------------------------------------------
-
-
-def _canonical(value: Any) -> Any:
-    """Make equal-meaning JSON equal: ``0.0`` and ``0`` are the same number to Ollama."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def _digest(obj: Any) -> str:
-    encoded = orjson.dumps(_canonical(obj), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(encoded).hexdigest()
-
-
-def is_deterministic(validated: ValidatedRequest) -> bool:
-    """Whether identical requests give identical answers: embeddings always; generation
-    when ``options.seed`` is a fixed seed (≥ 0; -1 means random) or ``temperature`` is 0.
-    """
-    if validated.endpoint in _DETERMINISTIC_ALWAYS:
-        return True
-    if validated.endpoint not in ("generate", "chat"):
-        return False
-    options = validated.options
-    seed = options.get("seed")
-    if gojson.is_number(seed) and seed >= 0:
-        return True
-    temperature = options.get("temperature")
-    return gojson.is_number(temperature) and temperature == 0
-
-
-def coalesce_key(validated: ValidatedRequest) -> str | None:
-    """A stable key shared by requests that may be answered by one execution, or ``None``.
-
-    The key hashes the endpoint, the normalized model, the ``stream`` flag and every other
-    field of the body except ``keep_alive`` (it changes no output), canonicalised
-    (key order and ``0`` vs ``0.0`` do not matter). Choices:
-
-    * ``stream`` is part of the key, so a streamed and a non-streamed request never share
-      one: the owner of the execution serves chunks exactly in the framing it receives.
-    * ``model`` is compared normalized (``llama3`` = ``llama3:latest``); the caller must
-      rewrite the ``model`` field of the answer to each client's own string, since Ollama
-      echoes the request's model verbatim.
-    * load/unload requests (empty prompt/messages) are control operations: ``None``.
-    """
-    if not is_deterministic(validated) or validated.is_load_or_unload:
-        return None
-    rest = {
-        key: value for key, value in validated.body.items() if key.lower() not in _COALESCE_IGNORED
-    }
-    return _digest([validated.endpoint, validated.normalized_model, validated.stream, rest])
-
-
-def batch_key(validated: ValidatedRequest) -> str | None:
-    """A key grouping requests one node can serve together without reloading the model.
-
-    Generation (generate and chat share a runner): normalized model + runner options.
-    Embeddings: additionally ``truncate``, ``dimensions`` and the non-runner options, so
-    that every ``/api/embed`` request with the same key can be merged into one call whose
-    ``input`` is the concatenation. Model management endpoints: ``None``.
-    """
-    if validated.endpoint in ("generate", "chat"):
-        return _digest(["infer", validated.normalized_model, validated.runner_key])
-    if validated.endpoint == "embed":
-        body = validated.body
-        return _digest(
-            [
-                "embed",
-                validated.normalized_model,
-                validated.runner_key,
-                gojson.field_value(body, "truncate"),
-                gojson.field_value(body, "dimensions"),
-                validated.options,
-            ]
-        )
-    if validated.endpoint == "embeddings":
-        return _digest(["embeddings", validated.normalized_model, validated.runner_key])
-    return None

@@ -1,4 +1,4 @@
-"""Model management through the front door, and the models/maintenance admin API.
+"""Model management through the front door: Ollama's model routes for the whole cluster.
 
 ``bp`` answers Ollama's model routes for the whole cluster (OLLAMA-API.md §9):
 
@@ -15,10 +15,9 @@
 
 ``X-OLOL-Nodes: host:port,host:port`` restricts pull and delete to those nodes.
 
-``admin_bp`` (under ``/olol/v1``): ``GET /models``, ``GET /models/<name>``,
-``POST /models/pull``, ``DELETE /models/<name>?force=1&nodes=a,b``,
-``POST /models/optimize`` (``{"apply": bool}``), ``POST /models/sync``,
-``GET /maintenance``, ``POST /maintenance/<job>/run``.
+The models/maintenance admin API (``admin_bp``) lives in ``olol.server.models_admin``, the
+helpers both blueprints share in ``olol.server.models_common``; ``admin_bp`` and
+``parse_nodes`` are re-exported here.
 
 Every route here needs an admin key when keys are enabled (403 otherwise).
 """
@@ -35,113 +34,45 @@ from flask import Blueprint, Response, request
 from olol.api import errors
 from olol.api.errors import ApiError
 from olol.api.names import InvalidModelName, normalize_model_name
-from olol.api.streaming import NDJSON_CONTENT_TYPE, ndjson_line, ollama_stream_error_line
+from olol.api.streaming import ndjson_line, ollama_stream_error_line
 from olol.rpc.client import NodeError
-from olol.server.common import current_key, get_ctx, json_response, read_json_body
+from olol.server.common import get_ctx, json_response, read_json_body
+from olol.server.models_admin import admin_bp
+from olol.server.models_common import (
+    ADMIN_KEY_MESSAGE,
+    MAX_TARGET_NODES,
+    _failures,
+    _model_field,
+    _ndjson,
+    _pull_response,
+    _registry,
+    _require_admin,
+    _start_pull,
+    _valid_name,
+    _want_stream,
+    parse_nodes,
+)
+
+__all__ = [
+    "ADMIN_KEY_MESSAGE", "BLOB_CHUNK", "BLOB_TABLE", "MAX_TARGET_NODES", "NODES_HEADER",
+    "admin_bp", "blob_head", "blob_node", "blob_post", "bp", "copy", "create", "delete",
+    "parse_nodes", "place_node", "pull", "push",
+]
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("models", __name__)
-admin_bp = Blueprint("models_admin", __name__, url_prefix="/olol/v1")
 
 NODES_HEADER = "X-OLOL-Nodes"
 BLOB_TABLE = "model_blobs"
-ADMIN_KEY_MESSAGE = "this endpoint needs an admin API key"
-MAX_TARGET_NODES = 256
 BLOB_CHUNK = 1024 * 1024
 _DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 
-
-# -- shared helpers -------------------------------------------------------------------------
-
-
-def _require_admin() -> None:
-    if not get_ctx().config.keys_enabled:
-        return
-    key = current_key()
-    if key is None or not key.admin:
-        raise ApiError(403, ADMIN_KEY_MESSAGE)
-
-
 bp.before_request(_require_admin)
-admin_bp.before_request(_require_admin)
-
-
-def _registry() -> Any:
-    registry = getattr(get_ctx(), "registry", None)
-    if registry is None:
-        raise ApiError(503, "the model registry is not running")
-    return registry
-
-
-def parse_nodes(value: Any, source: str) -> list[str] | None:
-    """Node addresses from a comma-separated string or a JSON list; None when empty.
-
-    :raises ApiError: 400 for a malformed address or a node that is not a member.
-    """
-    from olol.cluster import normalize_address
-
-    if value is None:
-        return None
-    if isinstance(value, str):
-        items = [part for part in (p.strip() for p in value.split(",")) if part]
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = [v.strip() for v in value if v.strip()]
-    else:
-        raise ApiError(400, f"invalid {source}: expected a list of host:port addresses")
-    if not items:
-        return None
-    if len(items) > MAX_TARGET_NODES:
-        raise ApiError(400, f"invalid {source}: more than {MAX_TARGET_NODES} nodes")
-    cluster = get_ctx().cluster
-    nodes: list[str] = []
-    for item in items:
-        try:
-            address = normalize_address(item)
-        except ValueError as exc:
-            raise ApiError(400, f"invalid {source}: {exc}") from None
-        if cluster.node(address) is None:
-            raise ApiError(400, f"invalid {source}: unknown node '{address}'")
-        if address not in nodes:
-            nodes.append(address)
-    return nodes
 
 
 def _header_nodes() -> list[str] | None:
     return parse_nodes(request.headers.get(NODES_HEADER), f"{NODES_HEADER} header")
-
-
-def _model_field(body: dict[str, Any], missing: ApiError) -> str:
-    name = body.get("model")
-    if name is None or name == "":
-        name = body.get("name")
-    if name is None or name == "":
-        raise missing
-    if not isinstance(name, str):
-        raise errors.invalid_model_name()
-    return name
-
-
-def _valid_name(name: str, error: ApiError) -> str:
-    try:
-        return normalize_model_name(name)
-    except InvalidModelName:
-        raise error from None
-
-
-def _want_stream(body: dict[str, Any], default: bool = True) -> bool:
-    value = body.get("stream")
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ApiError(400, "json: cannot unmarshal into Go struct field .stream of type bool")
-    return value
-
-
-def _ndjson(records: Iterator[bytes]) -> Response:
-    resp = Response(records, status=200, content_type=NDJSON_CONTENT_TYPE)
-    resp.headers["X-Accel-Buffering"] = "no"
-    return resp
 
 
 def _refresh(ctx: Any, addresses: list[str]) -> None:
@@ -154,46 +85,6 @@ def _refresh(ctx: Any, addresses: list[str]) -> None:
 
 
 # -- pull ----------------------------------------------------------------------------------
-
-
-def _start_pull(model: str, targets: list[str] | None, insecure: bool) -> Any:
-    try:
-        return _registry().pull_model(model, targets, insecure=insecure)
-    except ApiError:
-        raise
-    except (ValueError, LookupError) as exc:
-        raise ApiError(400, str(exc) or "cannot pull this model") from None
-    except RuntimeError as exc:  # no node can take it
-        raise ApiError(503, str(exc) or "no node can take this model") from None
-
-
-def _pull_response(op: Any, stream: bool, idle_s: float) -> Response:
-    """The operation's aggregated progress as NDJSON, or its final record."""
-    if not stream:
-        last: dict[str, Any] = {}
-        for record in op.events(timeout=idle_s):
-            last = record
-            if "error" in record:
-                raise ApiError(500, str(record["error"]))
-        if last.get("status") != "success":
-            raise ApiError(500, "pull ended without an outcome")
-        return json_response(last)
-
-    def records() -> Iterator[bytes]:
-        ended = False
-        try:
-            for record in op.events(timeout=idle_s):
-                yield ndjson_line(record)
-                if "error" in record or record.get("status") == "success":
-                    ended = True
-        except Exception as exc:  # noqa: BLE001 - the status line is already sent
-            log.warning("pull %s: progress stream failed: %s", getattr(op, "id", "?"), exc)
-            ended = True
-            yield ollama_stream_error_line(f"pull progress lost: {exc}")
-        if not ended:
-            yield ollama_stream_error_line("pull progress timed out")
-
-    return _ndjson(records())
 
 
 @bp.route("/api/pull", methods=["POST"])
@@ -212,11 +103,6 @@ def pull() -> Response:
 
 def _holders(ctx: Any, key: str) -> list[str]:
     return sorted(n.address for n in ctx.cluster.nodes_with_model(key))
-
-
-def _failures(results: dict[str, Any]) -> list[str]:
-    return [f"{node}: {outcome.get('error')}" for node, outcome in sorted(results.items())
-            if isinstance(outcome, dict) and outcome.get("error")]
 
 
 @bp.route("/api/delete", methods=["DELETE"])
@@ -483,91 +369,3 @@ def push() -> Response:
         raise ApiError(404, f'model "{model}" not found')
     node = min(holders, key=lambda a: (getattr(ctx.cluster.node(a), "in_flight", 0) or 0, a))
     return _relay(ctx, node, ctx.cluster.client(node).push, body, stream)
-
-
-# -- admin API -----------------------------------------------------------------------------
-
-
-@admin_bp.route("/models", methods=["GET"])
-def admin_models() -> Response:
-    registry = _registry()
-    return json_response({"models": registry.get_model_status(),
-                          "pulls": registry.active_pulls()})
-
-
-@admin_bp.route("/models/<path:name>", methods=["GET"])
-def admin_model(name: str) -> Response:
-    _valid_name(name, errors.invalid_model_name())
-    found = _registry().get_model_status(name)
-    if not found:
-        raise errors.model_not_found("show", name)
-    return json_response(found[0])
-
-
-@admin_bp.route("/models/pull", methods=["POST"])
-def admin_pull() -> Response:
-    body = read_json_body()
-    model = _model_field(body, errors.model_required())
-    _valid_name(model, errors.invalid_model_name())
-    targets = parse_nodes(body.get("nodes"), "nodes")
-    stream = _want_stream(body)
-    op = _start_pull(model, targets, body.get("insecure") is True)
-    return _pull_response(op, stream, get_ctx().config.stream_idle_timeout_s)
-
-
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-@admin_bp.route("/models/<path:name>", methods=["DELETE"])
-def admin_delete(name: str) -> Response:
-    from olol.registry import LastCopyError, ModelNotFoundError, PinnedModelError
-
-    _valid_name(name, errors.invalid_delete_name(name))
-    targets = parse_nodes(request.args.get("nodes"), "nodes")
-    force = _flag(request.args.get("force"))
-    try:
-        results = _registry().remove_model(name, targets, force=force)
-    except ModelNotFoundError:
-        raise errors.model_not_found("delete", name) from None
-    except (LastCopyError, PinnedModelError) as exc:
-        raise ApiError(409, str(exc)) from None
-    return json_response({"model": name, "results": results, "failed": _failures(results)})
-
-
-@admin_bp.route("/models/optimize", methods=["POST"])
-def admin_optimize() -> Response:
-    body = read_json_body() if request.content_length else {}
-    apply = body.get("apply", False)
-    if not isinstance(apply, bool):
-        raise ApiError(400, "invalid apply: must be true or false")
-    registry = _registry()
-    plan = registry.optimize_model_distribution()
-    answer: dict[str, Any] = {"plan": plan, "applied": apply}
-    if apply:
-        answer["results"] = registry.apply(plan)
-    return json_response(answer)
-
-
-@admin_bp.route("/models/sync", methods=["POST"])
-def admin_sync() -> Response:
-    return json_response(_registry().synchronize_models())
-
-
-@admin_bp.route("/maintenance", methods=["GET"])
-def admin_maintenance() -> Response:
-    jobs = getattr(get_ctx(), "maintenance", None)
-    return json_response({"jobs": jobs.status() if jobs is not None else []})
-
-
-@admin_bp.route("/maintenance/<name>/run", methods=["POST"])
-def admin_run_job(name: str) -> Response:
-    from olol.maintenance import UnknownJobError
-
-    jobs = getattr(get_ctx(), "maintenance", None)
-    if jobs is None:
-        raise ApiError(404, f"no maintenance job named '{name}'")
-    try:
-        return json_response(jobs.run_now(name))
-    except UnknownJobError:
-        raise ApiError(404, f"no maintenance job named '{name}'") from None

@@ -1,0 +1,100 @@
+"""The HTTP side of ``olol models`` and ``olol jobs``: a small client of a running proxy's
+admin API (``/olol/v1``) and the error type the commands report with.
+
+The proxy URL comes from ``--url``, else ``$OLOL_URL`` (see ``olol.clientconf``); the
+admin key from ``$OLOL_API_KEY``. A failure becomes a ``CliError`` carrying the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from olol.clientconf import proxy_url
+
+DEFAULT_URL = "http://127.0.0.1:11435"
+API = "/olol/v1"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MAX_LINE_BYTES = 1024 * 1024
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Api:
+    """The proxy's admin API over ``requests``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import requests
+
+        self.requests = requests
+        self.url = proxy_url(args.url)
+        self.timeout = args.timeout
+        key = os.environ.get("OLOL_API_KEY")
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _error(self, method: str, path: str, resp: Any) -> CliError:
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        message = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(message, str):
+            message = resp.text[:200] or resp.reason
+        if resp.status_code == 404 and not isinstance(data, dict):
+            message = f"the proxy at {self.url} has no models admin API"
+        return CliError(message)
+
+    def call(self, method: str, path: str, body: dict | None = None,
+             params: dict | None = None, ok: tuple[int, ...] = ()) -> tuple[int, Any]:
+        try:
+            resp = self.requests.request(method, self.url + API + path, json=body,
+                                         params=params, headers=self.headers,
+                                         timeout=self.timeout)
+        except self.requests.RequestException as exc:
+            raise CliError(f"cannot reach the olol proxy at {self.url}: {exc}") from None
+        if resp.status_code >= 400 and resp.status_code not in ok:
+            raise self._error(method, path, resp)
+        try:
+            return resp.status_code, resp.json()
+        except ValueError:
+            raise CliError(f"{method} {path}: the proxy answered no JSON") from None
+
+    def stream(self, path: str, body: dict, idle_s: float) -> Iterator[dict]:
+        try:
+            resp = self.requests.post(self.url + API + path, json=body, headers=self.headers,
+                                      stream=True, timeout=(self.timeout, idle_s))
+        except self.requests.RequestException as exc:
+            raise CliError(f"cannot reach the olol proxy at {self.url}: {exc}") from None
+        with resp:
+            if resp.status_code >= 400:
+                raise self._error("POST", path, resp)
+            try:
+                for line in resp.iter_lines(chunk_size=None):
+                    if not line:
+                        continue
+                    if len(line) > MAX_LINE_BYTES:
+                        raise CliError("the proxy sent an oversized progress record")
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        raise CliError(f"bad progress record: {line[:80]!r}") from None
+                    if isinstance(record, dict):
+                        yield record
+            except self.requests.RequestException as exc:
+                raise CliError(f"the progress stream broke: {exc}") from None
+
+
+def _run(args: argparse.Namespace, action: Callable[[Api], int]) -> int:
+    try:
+        return action(Api(args))
+    except CliError as exc:
+        print(f"olol {args.command}: {exc}", file=sys.stderr)
+        return exc.status
