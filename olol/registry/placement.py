@@ -1,0 +1,193 @@
+"""Cluster-wide pulls for the registry: where a copy goes and the threads that pull it.
+
+:class:`PullPlacement` picks target nodes (every live holder plus the best-fitting
+nodes up to ``copies``, probing the pull for the model's size when it is unknown),
+then runs one named thread per target node, bounded by the registry's semaphore, and
+a coordinator thread that records the outcome in the ``models`` table. The progress
+stream itself is :class:`olol.registry.pulls.PullOperation`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from olol.cluster import UnknownNodeError
+from olol.node_state import describe_error
+from olol.registry.base import TABLE, RegistryBusyError, _capacity, _key, _load
+from olol.registry.plan import PlanNode, fits
+from olol.registry.pulls import PullOperation
+from olol.registry.sync import TableSync
+
+log = logging.getLogger(__name__)
+
+
+class PullPlacement(TableSync):
+    """The registry's pull operations (see :class:`olol.registry.ModelRegistry`)."""
+
+    # -- pull ------------------------------------------------------------------------
+
+    def _known_size(self, key: str) -> int | None:
+        for state in self.cluster.list_nodes():
+            entry = state.available_models.get(key)
+            if entry and entry.get("size"):
+                return int(entry["size"])
+        row = self.db.search_one(TABLE, {"name": key})
+        return int(row["size"]) if row and row.get("size") else None
+
+    def _plan_node(self, state: Any) -> PlanNode:
+        free, total, mem = _capacity(state)
+        return PlanNode(state.address, True, free, total, mem, _load(state))
+
+    def _placement(self, key: str, size: int | None) -> tuple[list[str], list[PlanNode]]:
+        """(nodes that already have it, candidates ranked for a new copy)."""
+        usable = self.cluster.healthy_nodes()
+        holders = [s.address for s in usable if key in s.available_models]
+        nodes = [self._plan_node(s) for s in usable if s.address not in holders]
+        if size is None:
+            ranked = [n for n in nodes if (n.disk_free or 0) > 0]
+            ranked.sort(key=lambda n: (-(n.disk_free or 0), round(n.load, 2), n.address))
+        else:
+            ranked = [n for n in nodes if fits(n, size, n.disk_free, 0.0)]
+            ranked.sort(key=lambda n: (round(n.load, 2), -(n.disk_free or 0), n.address))
+        return holders, ranked
+
+    def pull_model(self, model_name: str, target_nodes: Iterable[str] | None = None, *,
+                   insecure: bool = False) -> PullOperation:
+        """Pull a model on ``target_nodes`` or, without targets, where it fits.
+
+        Without targets: every live node that has it (an update) plus the best-fitting
+        nodes up to ``copies``. A pull of a model already being pulled on the same (or
+        a superset of the) nodes returns the running operation. A pull nowhere possible
+        returns an operation that has already ended with an error record.
+
+        :raises InvalidModelName: bad name. :raises UnknownNodeError: a target is not a
+            member. :raises RegistryBusyError: too many operations running.
+        """
+        key = _key(model_name)
+        targets = None
+        if target_nodes is not None:
+            targets = list(dict.fromkeys(str(a).strip() for a in target_nodes))
+            for address in targets:
+                if self.cluster.node(address) is None:
+                    raise UnknownNodeError(address)
+        with self._lock:
+            for op in self._ops.values():
+                if op.model == key and not op.done and (
+                        targets is None or set(targets) <= set(op.nodes)):
+                    return op
+            if sum(1 for op in self._ops.values() if not op.done) >= self._max_operations:
+                raise RegistryBusyError("too many model pulls in progress")
+        probe: tuple[str, Any, list[dict]] | None = None
+        size = self._known_size(key)
+        if targets is None:
+            holders, ranked = self._placement(key, size)
+            need = max(0, self.copies - len(holders))
+            if need and size is None and ranked:
+                probe = self._probe(ranked[0].address, model_name, insecure)
+                size = probe[3] if probe else None
+                if probe is not None and size is not None and not fits(
+                        ranked[0], size, ranked[0].disk_free, 0.0):
+                    probe[1].cancel()
+                    probe = None
+                    ranked = []
+                elif size is not None:
+                    _, ranked = self._placement(key, size)
+                probe = probe[:3] if probe else None
+            targets = holders + [n.address for n in ranked[:need]]
+        op = PullOperation(key, model_name, targets, clock=self.clock)
+        with self._lock:
+            self._ops = {k: o for k, o in self._ops.items() if not o.done}
+            self._ops[op.id] = op
+        op.start_record(size)
+        if not targets:
+            if probe is not None:
+                probe[1].cancel()
+            op.finish(f"no node has room for model {model_name}"
+                      + (f" ({size} bytes)" if size else ""))
+            return op
+        for address in targets:
+            stream, first = (probe[1], probe[2]) if probe and probe[0] == address else (None, [])
+            t = threading.Thread(target=self._pull_node, args=(op, address, stream, first,
+                                                               insecure),
+                                 name=f"olol-pull-{op.id[:8]}-{address}", daemon=True)
+            op._threads.append(t)
+        coordinator = threading.Thread(target=self._coordinate, args=(op,),
+                                       name=f"olol-pull-{op.id[:8]}", daemon=True)
+        for t in op._threads:
+            t.start()
+        coordinator.start()
+        return op
+
+    def _probe(self, address: str, name: str, insecure: bool):
+        """Open the pull on the best node and read until the first layer total arrives."""
+        try:
+            stream = self.cluster.client(address).pull(
+                {"model": name, "stream": True, "insecure": insecure},
+                timeout=self.pull_timeout_s)
+            first: list[dict] = []
+            deadline = time.monotonic() + self.probe_timeout_s
+            for record in stream:
+                first.append(record)
+                if record.get("total") or "error" in record or time.monotonic() > deadline:
+                    total = int(record.get("total") or 0) or None
+                    return address, stream, first, total
+            return address, stream, first, None
+        except Exception as exc:  # noqa: BLE001 - the node thread will report it
+            log.debug("probe pull on %s failed: %s", address, describe_error(exc))
+            return None
+
+    def _pull_node(self, op: PullOperation, address: str, stream: Any, first: list[dict],
+                   insecure: bool) -> None:
+        error: str | None = "pull cancelled"
+        acquired = False
+        try:
+            while not op.stop_event.is_set() and not self._stop.is_set():
+                if self._slots.acquire(timeout=0.5):
+                    acquired = True
+                    break
+            if not acquired:
+                if stream is not None:
+                    stream.cancel()
+                return
+            if stream is None:
+                stream = self.cluster.client(address).pull(
+                    {"model": op.name, "stream": True, "insecure": insecure},
+                    timeout=self.pull_timeout_s)
+            op.register_stream(address, stream)
+            error = "pull stream ended before success"
+            for record in _chain(first, stream):
+                if "error" in record:
+                    error = str(record["error"])
+                    break
+                op.publish(address, record)
+                if record.get("status") == "success":
+                    error = None
+        except Exception as exc:  # noqa: BLE001 - a node failure is that node's outcome
+            error = getattr(exc, "message", None) or describe_error(exc)
+        finally:
+            if acquired:
+                self._slots.release()
+            op.node_finished(address, error)
+
+    def _coordinate(self, op: PullOperation) -> None:
+        deadline = time.monotonic() + self.pull_timeout_s + 30.0
+        while not op.join(1.0):
+            if time.monotonic() > deadline or self._stop.is_set():
+                op.cancel()
+                op.join(5.0)
+                break
+        outcome = op.outcome()
+        try:
+            # Record the model only where the node now lists it.
+            self._rebuild(self._poll_many(sorted(outcome)))
+        except Exception:  # noqa: BLE001 - the table is rebuilt again by the sync job
+            log.exception("registry update after pull %s failed", op.id)
+        op.finish()
+
+def _chain(first: list[dict], stream: Any):
+    yield from first
+    yield from stream
