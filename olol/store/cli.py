@@ -58,7 +58,11 @@ def check_data_dir(data_dir: Path) -> tuple[bool, list[str]]:
             lines.append(f"snapshot {snap.name}: BAD: {exc}")
     else:
         lines.append("snapshot: none yet")
-    for _gen, path in jr.list_journals(data_dir):
+    try:
+        journals = jr.list_journals(data_dir)
+    except jr.StoreError as exc:
+        return False, lines + [f"BAD: {exc}"]
+    for _gen, path in journals:
         try:
             records, good, size = jr.scan_journal(path)
         except jr.StoreCorruptError as exc:

@@ -113,6 +113,9 @@ class Recovered:
 
 def apply_ops(tables: dict[str, dict[int, dict]], ops: list, next_ids: dict[str, int]) -> None:
     for op in ops:
+        if (not isinstance(op, list) or len(op) < 2 or not isinstance(op[1], str)
+                or (op[0] == "p" and (len(op) < 4 or not isinstance(op[3], dict)))):
+            raise StoreCorruptError(f"malformed journal operation {str(op)[:80]!r}")
         kind, table = op[0], op[1]
         rows = tables.setdefault(table, {})
         if kind == "p":
@@ -151,12 +154,24 @@ def read_snapshot(path: Path) -> tuple[dict[str, dict[int, dict]], dict]:
         )
     meta_rows = data.pop(META_TABLE, {})
     meta = next(iter(meta_rows.values()), {}) if meta_rows else {}
+    if not isinstance(meta, dict):
+        raise StoreCorruptError(f"{path}: {META_TABLE} is not an object; refusing to open")
+    try:
+        meta["generation"] = int(meta.get("generation", 0))
+        meta["next_ids"] = {str(k): int(v) for k, v in dict(meta.get("next_ids") or {}).items()}
+    except (TypeError, ValueError) as exc:
+        raise StoreCorruptError(f"{path}: {META_TABLE} is damaged ({exc}); refusing to open") from exc
     tables: dict[str, dict[int, dict]] = {}
     for name, rows in data.items():
         try:
             tables[name] = {int(k): v for k, v in rows.items()}
         except ValueError as exc:
             raise StoreCorruptError(f"{path}: table {name!r} has a non-numeric id") from exc
+        bad = next((k for k, v in tables[name].items() if not isinstance(v, dict)), None)
+        if bad is not None:
+            raise StoreCorruptError(
+                f"{path}: document {bad} of table {name!r} is not an object; refusing to open"
+            )
     return tables, meta
 
 
@@ -166,7 +181,10 @@ def scan_journal(path: Path) -> tuple[list[list], int, int]:
     Raises StoreCorruptError when a bad line is followed by good ones (damage
     that is not a torn tail).
     """
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StoreCorruptError(f"cannot read journal {path}: {exc}; refusing to open") from exc
     records: list[list] = []
     pos = 0
     while pos < len(data):
@@ -189,7 +207,11 @@ def scan_journal(path: Path) -> tuple[list[list], int, int]:
 
 def list_journals(data_dir: Path) -> list[tuple[int, Path]]:
     found = []
-    for entry in data_dir.iterdir():
+    try:
+        entries = list(data_dir.iterdir())
+    except OSError as exc:
+        raise StoreError(f"cannot list data folder {data_dir}: {exc}") from exc
+    for entry in entries:
         m = _JOURNAL_RE.match(entry.name)
         if m:
             found.append((int(m.group(1)), entry))

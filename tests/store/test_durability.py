@@ -241,7 +241,11 @@ def run_crash_rounds(tmp_path, kills, seed):
         ok, lines = check_data_dir(tmp_path)
         assert ok, lines
         with DatabaseManager(tmp_path, background_checkpoints=False) as db:
-            state = {d["key"]: d["value"]["v"] for d in db.all("config") if d["key"] != "schema_version"}
+            docs = [d for d in db.all("config") if d["key"] != "schema_version"]
+        # the content is the one written with that version, never a mix
+        for d in docs:
+            assert d["value"]["pad"] == ("x" if d["value"]["v"] == 1 else "y") * 300, d["key"]
+        state = {d["key"]: d["value"]["v"] for d in docs}
         for key, v in acked.items():
             if key in deleted or key in deleting:
                 continue
@@ -281,3 +285,36 @@ def test_db_cli_check_compact_dump(tmp_path, capsys):
     with DatabaseManager(tmp_path):
         assert main(["db", "compact", "--data-dir", str(tmp_path)]) == 1
         assert "in use" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "snapshot,match",
+    [
+        (b'{"__olol_meta__": {"1": {"generation": "x"}}}', "damaged"),
+        (b'{"__olol_meta__": {"1": 5}}', "not an object"),
+        (b'{"servers": {"1": 5}}', "document 1 of table 'servers' is not an object"),
+    ],
+)
+def test_damaged_snapshot_contents_are_refused_clearly(tmp_path, snapshot, match, capsys):
+    from olol.cli import main
+
+    (tmp_path / jr.SNAPSHOT).write_bytes(snapshot)
+    with pytest.raises(StoreCorruptError, match=match):
+        DatabaseManager(tmp_path)
+    assert main(["db", "check", "--data-dir", str(tmp_path)]) == 1
+    assert "store has problems" in capsys.readouterr().out
+    assert main(["db", "dump", "--data-dir", str(tmp_path)]) == 1
+    assert match in capsys.readouterr().err
+    assert (tmp_path / jr.SNAPSHOT).read_bytes() == snapshot
+
+
+def test_an_unreadable_journal_is_a_clear_error(tmp_path, capsys):
+    from olol.cli import main
+
+    with DatabaseManager(tmp_path) as db:
+        fill(db)
+    (tmp_path / jr.journal_name(99)).mkdir()  # a folder where a journal file should be
+    with pytest.raises(StoreCorruptError, match="cannot read journal"):
+        DatabaseManager(tmp_path)
+    assert main(["db", "check", "--data-dir", str(tmp_path)]) == 1
+    assert "cannot read journal" in capsys.readouterr().out
