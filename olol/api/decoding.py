@@ -42,7 +42,10 @@ def parse_json_body(
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        value = _slow_decode(raw)
+        try:
+            value = _slow_decode(raw)
+        except RecursionError:
+            raise errors.ApiError(400, "exceeded max depth") from None
     if not isinstance(value, dict):
         raise errors.ApiError(
             400,
@@ -64,7 +67,17 @@ def _slow_decode(raw: bytes) -> Any:
     except orjson.JSONDecodeError:
         # Syntactically fine for Go but not for orjson: invalid UTF-8 (Go substitutes
         # U+FFFD) or integers beyond 64 bits.
-        return json.loads(first.decode("utf-8", errors="replace"))
+        # Integers beyond 64 bits become floats, as Go decodes numbers into interface{}
+        # (and as the store and orjson can carry them).
+        return json.loads(first.decode("utf-8", errors="replace"), parse_int=_go_int)
+
+
+_INT64 = 2**63
+
+
+def _go_int(text: str) -> int | float:
+    value = int(text)
+    return value if -_INT64 <= value < _INT64 else float(value)
 
 
 def keep_alive_seconds(value: Any) -> float | None:
@@ -141,6 +154,8 @@ def validate_options(options: Any) -> None:
             "array": lambda v: isinstance(v, list),
         }[kind](value)
         if not ok:
+            raise errors.ApiError(400, f'option "{key}" must be of type {kind}')
+        if kind == "integer" and not -_INT64 <= value < _INT64:
             raise errors.ApiError(400, f'option "{key}" must be of type {kind}')
         if kind == "array" and not all(isinstance(item, str) for item in value):
             raise errors.ApiError(400, f'option "{key}" must be of an array of strings')

@@ -547,3 +547,25 @@ def test_runner_options_key():
     assert runner_options_key(
         {"options": {"use_mmap": False, "main_gpu": 1, "num_batch": 256, "draft_num_predict": 2}}
     ) == (("num_batch", 256), ("main_gpu", 1), ("use_mmap", False), ("draft_num_predict", 2))
+
+
+def test_integers_beyond_64_bits_are_refused_in_typed_options_and_kept_as_floats_elsewhere():
+    from olol.api.errors import ApiError
+    from olol.api.validation import parse_json_body, validate_chat
+
+    raw = b'{"model":"m","messages":[],"options":{"seed":123456789012345678901234567890}}'
+    with pytest.raises(ApiError) as err:
+        validate_chat(parse_json_body(raw, 1 << 20))
+    assert err.value.status == 400 and 'option "seed"' in err.value.message
+    body = parse_json_body(b'{"model":"m","extra":123456789012345678901234567890}', 1 << 20)
+    assert body["extra"] == pytest.approx(1.2345678901234568e29)
+
+
+def test_absurdly_deep_json_is_a_400_not_a_crash():
+    from olol.api.errors import ApiError
+    from olol.api.validation import parse_json_body
+
+    raw = b'{"model":"m","format":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with pytest.raises(ApiError) as err:
+        parse_json_body(raw, 1 << 20)
+    assert err.value.status == 400 and err.value.message == "exceeded max depth"
