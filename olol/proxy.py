@@ -17,6 +17,8 @@ from typing import Any
 
 from olol.context import ProxyConfig, ProxyContext
 from olol.hub import ResponseHub
+from olol.store.database import configured_db as get_db_default
+from olol.store.database import reset_default_db
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ def split_hostport(listen: str, default_port: int) -> tuple[str, int]:
 
 def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def exposure_warning(host: str, keys_enabled: bool) -> str | None:
+    """The warning printed on every start when the proxy is reachable beyond this
+    machine without API keys (like Ollama, it listens on loopback by default)."""
+    if is_loopback(host) or keys_enabled:
+        return None
+    return (f"listening on {host} with API keys disabled: anyone who can reach this port "
+            "can use the cluster and its models (enable keys with --keys)")
 
 
 class Proxy:
@@ -113,18 +124,28 @@ class Proxy:
 
     # ------------------------------------------------------------------ start
     def start(self) -> Proxy:
+
+
+        host, port = split_hostport(self.config.listen, 11435)
+        warning = exposure_warning(host, self.config.keys_enabled)
+        if warning:
+            log.warning("%s", warning)
+        try:
+            self._start(host, port)
+        except BaseException:
+            log.error("olol proxy failed to start; stopping what had started")
+            self.stop(grace_s=0)
+            raise
+        log.info("olol proxy listening on %s (%d nodes)", self.url, len(self.cluster.list_nodes()))
+        return self
+
+    def _start(self, host: str, port: int) -> None:
         import waitress
         from apscheduler.schedulers.background import BackgroundScheduler
 
         from olol.maintenance import MaintenanceJobs, install_proxy_jobs
         from olol.server.app import create_app
 
-        host, port = split_hostport(self.config.listen, 11435)
-        if not is_loopback(host) and not self.config.keys_enabled:
-            log.warning(
-                "listening on %s with API keys disabled: anyone who can reach this port "
-                "can use the cluster (enable keys with --keys)", self.config.listen,
-            )
         # first health sweep before serving, so /api/tags and placement know the nodes
         try:
             self.health.poll_all()
@@ -157,8 +178,6 @@ class Proxy:
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{real_port}"
         self._thread = threading.Thread(target=self._server.run, name="olol-http", daemon=True)
         self._thread.start()
-        log.info("olol proxy listening on %s (%d nodes)", self.url, len(self.cluster.list_nodes()))
-        return self
 
     # ------------------------------------------------------------------ stop
     def stop(self, grace_s: float = 30.0) -> None:
@@ -192,6 +211,8 @@ class Proxy:
         except Exception:  # noqa: BLE001
             pass
         self.db.close()
+        if get_db_default() is self.db:
+            reset_default_db()
 
     def _close_server(self) -> None:
         server = self._server

@@ -64,10 +64,39 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> ProxyConfig:
         unknown = set(values) - known
         if unknown:
             raise SystemExit(f"olol: unknown config keys in {path}: {', '.join(sorted(unknown))}")
+    problems = [p for k, v in values.items() if (p := _type_problem(k, v))]
+    if problems:
+        raise SystemExit(f"olol: bad config in {path}: " + "; ".join(problems))
     values.update({k: v for k, v in overrides.items() if v not in (None, [], False)})
     if "data_dir" in values and values["data_dir"] is not None:
         values["data_dir"] = Path(values["data_dir"])
     return ProxyConfig(**values)
+
+
+def _type_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` does not fit ProxyConfig's field ``key`` (judged by its default)."""
+    spec = next(f for f in fields(ProxyConfig) if f.name == key)
+    default = spec.default_factory() if callable(spec.default_factory) else spec.default
+    if default is None:  # optional paths and secrets
+        ok = isinstance(value, str)
+        want = "a string"
+    elif isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = "a number"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        want = "a list of strings"
+    elif isinstance(default, dict):
+        ok, want = isinstance(value, dict), "a table"
+    else:
+        return None
+    return None if ok else f"{key} must be {want}, got {value!r}"
 
 
 def _serve(proxy: Any, extra_stop: list[Any] = ()) -> int:

@@ -57,6 +57,8 @@ def parse_nodes(value: Any, source: str) -> list[str] | None:
     else:
         raise ApiError(400, f"invalid {source}: expected a list of host:port addresses")
     if not items:
+        if isinstance(value, str) and value.strip():  # e.g. ",,,": given, but names nothing
+            raise ApiError(400, f"invalid {source}: no node address in {value.strip()!r}")
         return None
     if len(items) > MAX_TARGET_NODES:
         raise ApiError(400, f"invalid {source}: more than {MAX_TARGET_NODES} nodes")

@@ -558,6 +558,12 @@ def get_db() -> DatabaseManager:
         return _default
 
 
+def configured_db() -> DatabaseManager | None:
+    """The default installed with :func:`configure_db`, if any (never opens one)."""
+    with _default_lock:
+        return _default
+
+
 def reset_default_db() -> None:
     """Forget the process default (it is not closed); for tests and shutdown."""
     global _default

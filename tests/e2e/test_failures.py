@@ -194,3 +194,39 @@ def test_a_generation_longer_than_the_lease_keeps_its_claim(make_cluster):
         time.sleep(0.1)
     t.join(timeout=30)
     assert result["chunks"][-1].done and result["chunks"][-1].eval_count == 40
+
+
+def test_while_draining_new_requests_get_503_and_running_ones_finish(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=40]", sim_kw={"response_tokens": (30, 30)})
+    result = {}
+
+    def call():
+        result["r"] = ollama.Client(host=c.url).chat(
+            model="llama3.2:1b", messages=[{"role": "user", "content": "x"}])
+
+    t = threading.Thread(target=call, name="caller")
+    t.start()
+    assert wait_until(lambda: c.sims[0].stats()["active_generations"] == 1)
+    stopper = threading.Thread(target=c.proxy.stop, kwargs={"grace_s": 10}, name="stopper")
+    stopper.start()
+    assert wait_until(lambda: c.proxy.context.draining.is_set())
+    r = requests.post(c.url + "/api/chat", json={"model": "llama3.2:1b", "messages": [
+        {"role": "user", "content": "late"}], "stream": False}, timeout=10)
+    assert r.status_code == 503 and "server busy" in r.json()["error"]
+    t.join(timeout=20)
+    stopper.join(timeout=20)
+    assert result["r"].done and result["r"].eval_count == 30
+    assert c.sims[0].stats()["generations_started"] == 1  # the late request never ran
+
+
+def test_records_are_flushed_to_the_client_as_they_are_generated(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]", sim_kw={"response_tokens": (30, 30)})
+    with requests.post(c.url + "/api/chat", json={"model": "llama3.2:1b", "messages": [
+            {"role": "user", "content": "x"}]}, stream=True, timeout=30) as r:
+        lines = r.iter_lines()
+        first = json.loads(next(lines))
+        # the first record reached us while the node is still generating the rest
+        assert not first["done"]
+        assert c.sims[0].stats()["active_generations"] == 1
+        rest = [json.loads(x) for x in lines if x]
+    assert rest[-1]["done"] and len(rest) + 1 == 31

@@ -25,7 +25,11 @@ def test_pull_use_copy_delete_through_the_proxy(make_cluster):
     client.delete("my-qwen")
     assert wait_until(lambda: "my-qwen:latest" not in {m.model for m in client.list().models})
     status = requests.get(c.url + "/olol/v1/models/qwen3:0.6b", timeout=10).json()
-    assert status and json.dumps(status)
+    holder = [s for s in c.sims
+              if "qwen3:0.6b" in {m.model for m in ollama.Client(host=s.url).list().models}]
+    holder_agent = c.agents[c.sims.index(holder[0])].address
+    assert status["name"] == "qwen3:0.6b" and holder_agent in json.dumps(status)
+    assert status.get("usage_count", 0) >= 1 or status.get("last_used")
 
 
 def test_maintenance_jobs_are_listed_and_runnable(make_cluster, capsys):
@@ -34,6 +38,11 @@ def test_maintenance_jobs_are_listed_and_runnable(make_cluster, capsys):
     assert {"health-poll", "queue-cleanup", "registry-sync", "stats-rollup", "store-checkpoint"} <= set(jobs)
     assert main(["jobs", "ls", "--url", c.url, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {"health-poll", "registry-sync"} <= {j["id"] for j in (listed.get("jobs", listed) if isinstance(listed, dict) else listed)}
+    assert {"health-poll", "registry-sync"} <= {j["id"] for j in listed}
+    ran = requests.post(c.url + "/olol/v1/maintenance/registry-sync/run", timeout=30)
+    assert ran.status_code == 200
+    again = {j["id"]: j for j in requests.get(c.url + "/olol/v1/maintenance", timeout=10)
+             .json()["jobs"]}
+    assert again["registry-sync"]["runs"] >= 1 and again["registry-sync"]["outcome"] == "ok"
     assert main(["models", "ls", "--url", c.url]) == 0
     assert "llama3.2:1b" in capsys.readouterr().out

@@ -103,7 +103,7 @@ def test_pull_targets_nodes_from_header(two_nodes):
 
 def test_bad_nodes_header_and_bad_names(two_nodes):
     url = two_nodes.url
-    for header in ("nonsense", "127.0.0.1:1"):
+    for header in ("nonsense", "127.0.0.1:1", ",,,"):
         resp = requests.post(url + "/api/pull", json={"model": "qwen3:0.6b"},
                              headers={"X-OLOL-Nodes": header}, timeout=10)
         assert resp.status_code == 400
