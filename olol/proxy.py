@@ -124,8 +124,7 @@ class Proxy:
 
     # ------------------------------------------------------------------ start
     def start(self) -> Proxy:
-
-
+        """Bind and serve; the health sweep, jobs and dispatcher start first."""
         host, port = split_hostport(self.config.listen, 11435)
         warning = exposure_warning(host, self.config.keys_enabled)
         if warning:
