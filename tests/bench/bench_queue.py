@@ -1,4 +1,4 @@
-"""Queue hot-path timings (not a test): ``.venv/bin/python -m tests.queue.bench_queue``.
+"""Queue hot-path timings: ``python -m tests.bench queue``.
 
 Measures, on a durable store in a temp folder, the latency of enqueue, of a claim
 (dequeue of one) and of a completion, single-threaded, then enqueue throughput
@@ -23,7 +23,10 @@ def _ms(samples: list[float]) -> str:
     return f"p50 {statistics.median(s) * 1e3:.3f} ms  p95 {s[int(len(s) * 0.95)] * 1e3:.3f} ms"
 
 
-def main(n: int = 2_000, backlog: int = 5_000) -> None:
+def main(quick: bool = False, n: int = 2_000, backlog: int = 5_000) -> str:
+    if quick:
+        n, backlog = 500, 1_000
+    out = [f"## Queue hot path (durable store, {backlog:,} requests already queued)", ""]
     with tempfile.TemporaryDirectory() as tmp:
         db = DatabaseManager(Path(tmp) / "data", background_checkpoints=False)
         q = QueueManager(db, max_depth=100_000, max_depth_per_model=100_000)
@@ -42,9 +45,9 @@ def main(n: int = 2_000, backlog: int = 5_000) -> None:
             enq.append(t1 - t0)
             claim.append(t2 - t1)
             done.append(t3 - t2)
-        print(f"enqueue   {_ms(enq)}")
-        print(f"dequeue   {_ms(claim)}")
-        print(f"complete  {_ms(done)}")
+        out.append(f"- enqueue: {_ms(enq)}")
+        out.append(f"- dequeue (claim one): {_ms(claim)}")
+        out.append(f"- complete: {_ms(done)}")
 
         per = 250
         threads = [threading.Thread(target=lambda: [q.enqueue(dict(req)) for _ in range(per)],
@@ -55,13 +58,16 @@ def main(n: int = 2_000, backlog: int = 5_000) -> None:
         for t in threads:
             t.join(timeout=120)
         dt = time.perf_counter() - t0
-        print(f"enqueue x16 threads: {16 * per / dt:,.0f} req/s")
+        out.append(f"- enqueue from 16 threads: {16 * per / dt:,.0f} req/s")
         t0 = time.perf_counter()
         for _ in range(200):
             q.get_queue_stats()
-        print(f"get_queue_stats with {q.depth():,} queued: "
-              f"{(time.perf_counter() - t0) / 200 * 1e3:.2f} ms")
+        out.append(f"- get_queue_stats with {q.depth():,} queued: "
+                   f"{(time.perf_counter() - t0) / 200 * 1e3:.2f} ms")
         db.close()
+    text = "\n".join(out)
+    print(text)
+    return text
 
 
 if __name__ == "__main__":
