@@ -163,3 +163,33 @@ def test_unknown_fields_pass_through_byte_for_byte():
         server.shutdown()
         server.server_close()
         t.join(5)
+
+
+CHAT = {
+    "model": "llama3.2:1b", "messages": [{"role": "user", "content": "hello", "images": []}],
+    "options": {"seed": 7, "num_predict": 9}, "keep_alive": 300, "think": False,
+}
+
+
+def test_chat_not_streamed_same_answer_as_direct(sim, client):
+    body = dict(CHAT, stream=False)
+    relayed = list(client.chat(body))
+    direct = direct_lines(sim, "/api/chat", body)
+    assert len(relayed) == 1 and stable(relayed[0]) == stable(direct[0])
+    assert relayed[0]["done_reason"] == "length" and relayed[0]["eval_count"] == 9
+
+
+def test_create_and_push_relay_progress_like_direct(sim, client):
+    create = {"model": "relay-made:latest", "from": "llama3.2:1b", "system": "terse"}
+    def steps(records):  # layer digests depend on the new model's name
+        return [r["status"].split(" sha256:")[0] for r in records]
+
+    relayed = steps(client.create(dict(create, stream=True)))
+    direct = steps(direct_lines(sim, "/api/create", dict(
+        create, model="direct-made:latest", stream=True)))
+    assert relayed == direct and relayed[-1] == "success"
+    assert {"relay-made:latest", "direct-made:latest"} <= {m["model"] for m in client.tags()["models"]}
+    pushed = [r["status"] for r in client.push({"model": "relay-made:latest", "stream": True})]
+    assert pushed[-1] == "success"
+    client.delete({"model": "relay-made:latest"})
+    client.delete({"model": "direct-made:latest"})
