@@ -165,9 +165,6 @@ class Dispatcher:
             for _ in a.requests:
                 self.registry.note_usage(a.model_key, a.node)
 
-    def _listeners(self, a: Assignment) -> list[dict]:
-        return [r for r in a.requests if r.get("kind") == "job" or self.hub.listening(r["id"])]
-
     def _run_stream(self, client: Any, a: Assignment) -> None:
         head = a.requests[0]
         call = client.chat if head["endpoint"] == "chat" else client.generate

@@ -261,11 +261,16 @@ class DatabaseManager:
                 self._next_ids[table] = entry[2]
 
     @contextmanager
-    def transaction(self) -> Iterator[DatabaseManager]:
+    def transaction(self, *, wait: bool = True) -> Iterator[DatabaseManager]:
         """Group writes: all or none become durable, with one journal line.
 
         The calling thread holds the store's lock for the whole block; keep it short.
         An exception inside the block rolls every change back.
+
+        ``wait=False`` returns once the line is queued for the journal, before its
+        sync: the next write that waits (or close) makes it durable, and a crash
+        before that loses it together with every later write (the journal only
+        survives as a prefix). For changes whose loss recovery handles anyway.
         """
         with self._lock:
             self._check_open()
@@ -282,7 +287,8 @@ class DatabaseManager:
             ops, undo = self._txn, self._undo
             self._txn, self._undo = None, []
             seq = self._append(ops, undo)
-        self._wait(seq)
+        if wait:
+            self._wait(seq)
 
     # ------------------------------------------------------------------ writes
     def insert(self, table: str, doc: Mapping[str, Any]) -> int:

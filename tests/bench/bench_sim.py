@@ -1,7 +1,7 @@
 """Micro-benchmark: simulator per-request overhead (instant model, keep-alive client).
 
-Run: ``.venv/bin/python -m tests.bench.bench_sim [requests] [threads]``. Prints numbers only;
-never asserts on timing.
+Run: ``python -m tests.bench sim`` (or ``python -m tests.bench.bench_sim [requests]
+[threads]``). Reports numbers only; never asserts on timing.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ def _worker(url: str, n: int, stream: bool, errors: list[int]) -> None:
                 errors.append(r.status_code)
 
 
-def main(total: int = 2000, threads: int = 4) -> None:
+def main(quick: bool = False, total: int = 2000, threads: int = 4) -> str:
+    if quick:
+        total = 500
     config = SimConfig(models=parse_models_spec("m"), parallel=threads, max_queue=4096)
+    lines = ["## Simulator overhead (instant model, keep-alive clients, 16 tokens per answer)", ""]
     with Simulator(config) as sim:
         for stream in (False, True):
             errors: list[int] = []
@@ -39,9 +42,13 @@ def main(total: int = 2000, threads: int = 4) -> None:
             for w in workers:
                 w.join(timeout=300)
             elapsed = time.perf_counter() - start
-            print(f"stream={stream}: {per * threads} requests, {threads} clients, "
-                  f"{per * threads / elapsed:.0f} req/s, errors={len(errors)}")
+            lines.append(f"- {'streamed' if stream else 'non-streamed'}: {per * threads} requests "
+                         f"from {threads} clients, {per * threads / elapsed:,.0f} req/s, "
+                         f"errors {len(errors)}")
+    text = "\n".join(lines)
+    print(text)
+    return text
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    main(False, *(int(a) for a in sys.argv[1:3]))

@@ -236,3 +236,12 @@ def test_concurrent_readers_never_see_torn_state(db):
         t.join(timeout=30)
     assert problems == []
     assert db.count("servers") == 201
+
+
+def test_transaction_without_wait_is_visible_at_once_and_durable_after_the_next_wait(db):
+    with db.transaction(wait=False):
+        doc_id = db.insert("servers", server("a:1"))
+    assert db.get("servers", doc_id)["address"] == "a:1"
+    db.insert("servers", server("b:1"))  # a waited write covers everything before it
+    if db.durable:
+        assert db._journal._durable == db._journal._seq
