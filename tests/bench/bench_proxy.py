@@ -50,10 +50,12 @@ def ttft(session, base, body):
     t0 = time.perf_counter()
     with session.post(base + "/api/chat", json=body, stream=True, timeout=60) as r:
         r.raise_for_status()
-        lines = r.iter_lines()
-        next(lines)
+        # chunk_size=None hands over each piece as it arrives (iter_lines would
+        # wait for 512 bytes)
+        pieces = r.iter_content(chunk_size=None)
+        next(pieces)
         first = time.perf_counter() - t0
-        for _ in lines:
+        for _ in pieces:
             pass
     return first
 
