@@ -72,6 +72,11 @@ class Dispatcher:
         self._active = 0
         self._active_lock = threading.Condition()
         self._running: dict[str, Any] = {}  # batch_id -> NodeStream (for shutdown cancel)
+        self._batch_of: dict[str, tuple[str, list[str]]] = {}  # request id -> (batch, its ids)
+        self._cancelled: set[str] = set()  # batches stopped because their callers cancelled
+        self._running_lock = threading.Lock()
+        if hasattr(queue_manager, "add_cancel_listener"):
+            queue_manager.add_cancel_listener(self._on_cancel)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> Dispatcher:
@@ -152,6 +157,11 @@ class Dispatcher:
                 self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
             return
         except NodeError as exc:
+            with self._running_lock:
+                stopped = a.batch_id in self._cancelled
+                self._cancelled.discard(a.batch_id)
+            if stopped:  # we cancelled the call: every caller had cancelled
+                return
             self._node_failed(a, exc)
             return
         self.cluster.record_success(a.node)
@@ -169,7 +179,11 @@ class Dispatcher:
         head = a.requests[0]
         call = client.chat if head["endpoint"] == "chat" else client.generate
         stream = call(head["body"], timeout=self.request_timeout_s)
-        self._running[a.batch_id] = stream
+        ids = [r["id"] for r in a.requests]
+        with self._running_lock:
+            self._running[a.batch_id] = stream
+            for rid in ids:
+                self._batch_of[rid] = (a.batch_id, ids)
         waiting = list(a.requests)
         started = False
         next_refresh = time.monotonic() + self.lease_refresh_s
@@ -212,7 +226,25 @@ class Dispatcher:
             a.requests[:] = waiting
             raise
         finally:
-            self._running.pop(a.batch_id, None)
+            with self._running_lock:
+                self._running.pop(a.batch_id, None)
+                for rid in ids:
+                    self._batch_of.pop(rid, None)
+
+    def _on_cancel(self, request_id: str) -> None:
+        """A request was cancelled (jobs API): when nobody is left waiting for its
+        batch, stop the node call so the node stops generating."""
+        with self._running_lock:
+            found = self._batch_of.get(request_id)
+            if found is None:
+                return
+            batch_id, ids = found
+            stream = self._running.get(batch_id)
+        if stream is None or not all(self.queue.is_cancelled(rid) for rid in ids):
+            return
+        with self._running_lock:
+            self._cancelled.add(batch_id)
+        stream.cancel()
 
     def _run_embed_merge(self, client: Any, a: Assignment) -> None:
         head = a.requests[0]

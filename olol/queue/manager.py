@@ -14,6 +14,7 @@ index under the lock, so no two callers can ever claim the same request.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -46,6 +47,8 @@ from olol.store.schema import QUEUE_STATUSES
 
 MAX_BATCH = 1_000
 MAX_DELAY_S = 86_400.0
+
+log = logging.getLogger(__name__)
 
 Patch = Callable[[dict, float], dict | None]
 
@@ -91,6 +94,7 @@ class QueueManager(QueueMaintenance):
         self._s = QueueState(self.ageing_s, int(finish_log_size))
         self._generation = 0  # bumped by every event wait_for_work reports
         self._seen = threading.local()  # per thread: the generation it last returned at
+        self._cancel_listeners: list[Callable[[str], None]] = []
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -354,11 +358,22 @@ class QueueManager(QueueMaintenance):
         ) is not None
 
     def cancel(self, request_id: str) -> bool:
-        """Pending or processing -> cancelled. A processing request keeps running on its
-        node until the dispatcher sees :meth:`is_cancelled` and stops it."""
-        return self._transition(
+        """Pending or processing -> cancelled. Listeners (the dispatcher) hear of it, so
+        a request already running on a node is stopped there."""
+        done = self._transition(
             request_id, ACTIVE, lambda doc, now: finish_patch("cancelled", now, "cancelled")
         ) is not None
+        if done:
+            for listener in list(self._cancel_listeners):
+                try:
+                    listener(request_id)
+                except Exception:  # a listener must not undo the cancellation
+                    log.exception("cancel listener failed for %s", request_id)
+        return done
+
+    def add_cancel_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(request_id)`` after every successful :meth:`cancel`."""
+        self._cancel_listeners.append(listener)
 
     def is_cancelled(self, request_id: str) -> bool:
         with self._lock:

@@ -139,3 +139,18 @@ def test_jobs_api_lifecycle(make_cluster):
     listed = requests.get(c.url + "/olol/v1/jobs", timeout=10).json()["jobs"]
     assert {j["id"]: j["status"] for j in listed} == {first: "completed", second: "cancelled"}
     assert requests.get(c.url + "/olol/v1/jobs/nope", timeout=10).status_code == 404
+
+
+def test_cancelling_a_running_job_stops_the_generation_on_its_node(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]", sim_kw={"response_tokens": (200, 200)})
+    sim = c.sims[0]
+    job_id = submit_job(c.url, chat("a long answer"))
+    assert wait_until(lambda: sim.stats()["active_generations"] == 1)
+    r = requests.delete(f"{c.url}/olol/v1/jobs/{job_id}", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert wait_until(lambda: sim.stats()["generations_cancelled"] == 1, timeout=10)
+    assert sim.stats()["active_generations"] == 0
+    assert job(c.url, job_id)["status"] == "cancelled"
+    # the node is not blamed for it: the next request runs there at once
+    after = submit_job(c.url, chat("next", num_predict=3))
+    assert wait_until(lambda: job(c.url, after)["status"] == "completed", timeout=10)

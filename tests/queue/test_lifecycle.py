@@ -303,3 +303,13 @@ def test_store_failure_leaves_the_queue_consistent(q, db):
     with pytest.raises(StoreClosedError):
         q.enqueue(make_request())
     assert q.depth() == 1  # the failed admission holds no slot
+
+
+def test_cancel_listeners_hear_every_successful_cancel(q):
+    heard = []
+    q.add_cancel_listener(heard.append)
+    q.add_cancel_listener(lambda rid: 1 / 0)  # a failing listener does not undo it
+    rid, _ = q.enqueue(make_request())
+    assert q.cancel(rid) is True
+    assert q.cancel(rid) is False  # already finished: nobody is told twice
+    assert heard == [rid] and q.is_cancelled(rid)
