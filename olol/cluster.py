@@ -27,6 +27,7 @@ from olol.node_state import (
     _key,
     _snapshot,
     apply_status,
+    by_key,
     describe_error,
     merge_ps,
     merge_tags,
@@ -255,6 +256,29 @@ class ClusterManager:
 
     def ps_union(self) -> list[dict]:
         """``/api/ps`` entries merged over healthy nodes, one per model (latest expiry)."""
+        return merge_ps(self._serving_nodes())
+
+    def live_ps(self, timeout: float = 1.0) -> list[dict]:
+        """Like :meth:`ps_union`, but asks every serving node now (all at once, each
+        bounded by ``timeout``); a node that does not answer in time keeps its entries
+        from the last poll."""
+        pending = []
+        for node in self._serving_nodes():
+            try:
+                pending.append((node.address, self.client(node.address).ps_future(timeout)))
+            except Exception as exc:  # noqa: BLE001 - fall back to the last poll
+                log.debug("ps of %s not started: %s", node.address, exc)
+        for address, future in pending:
+            try:
+                reply = future.result()
+            except Exception as exc:  # noqa: BLE001 - fall back to the last poll
+                log.debug("ps of %s failed: %s", address, exc)
+                continue
+            loaded = by_key(reply.get("models") if isinstance(reply, dict) else None, ps_entry)
+            with self._lock:
+                state = self._nodes.get(address)
+                if state is not None:
+                    state.loaded_models = loaded
         return merge_ps(self._serving_nodes())
 
     # -- updates from the dispatcher and the health monitor ---------------------------

@@ -129,7 +129,8 @@ def ps_entry(raw: dict) -> dict:
     }
 
 
-def _by_key(items: Any, make: Callable[[dict], dict]) -> dict[str, dict]:
+def by_key(items: Any, make: Callable[[dict], dict]) -> dict[str, dict]:
+    """Entries of a tags/ps list keyed by normalized model name."""
     out: dict[str, dict] = {}
     for raw in items if isinstance(items, list) else []:
         if isinstance(raw, dict) and (key := _key(raw.get("name") or raw.get("model"))):
@@ -144,8 +145,8 @@ def apply_status(state: NodeState, status: dict) -> None:
     cpu = status.get("cpu") or {}
     memory = status.get("memory") or {}
     gpus = (status.get("gpu") or {}).get("gpus") or []
-    state.available_models = _by_key(ollama.get("models"), tag_entry)
-    state.loaded_models = _by_key(ollama.get("loaded"), ps_entry)
+    state.available_models = by_key(ollama.get("models"), tag_entry)
+    state.loaded_models = by_key(ollama.get("loaded"), ps_entry)
     state.parallel = max(1, int(agent.get("parallel") or 1))
     state.in_flight = int(agent.get("in_flight_total") or 0)
     if cpu.get("total_percent") is not None:

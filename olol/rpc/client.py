@@ -301,6 +301,24 @@ class NodeClient:
     def ps(self, timeout: float | None = None) -> dict:
         return self._relay("Ps", None, timeout)
 
+    def ps_future(self, timeout: float | None = None) -> Any:
+        """Start ``/api/ps`` without waiting; ``.result()`` gives the dict or raises
+        :class:`NodeError`. Lets a caller ask many nodes at once without threads."""
+        future = self._stub.Ps.future(
+            node_pb2.OllamaRequest(), timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
+        )
+
+        class _Result:
+            @staticmethod
+            def result() -> dict:
+                try:
+                    return _decode(future.result().body)
+                except grpc.RpcError as exc:
+                    raise node_error(exc) from None
+
+        return _Result()
+
     def version(self, timeout: float | None = None) -> dict:
         return self._relay("Version", None, timeout)
 

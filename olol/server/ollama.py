@@ -66,7 +66,7 @@ def tags() -> Response:
 
 @bp.route("/api/ps", methods=["GET"])
 def ps() -> Response:
-    return json_response({"models": get_ctx().cluster.ps_union()})
+    return json_response({"models": get_ctx().cluster.live_ps(timeout=1.0)})
 
 
 @bp.route("/api/show", methods=["POST"])

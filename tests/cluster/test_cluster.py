@@ -262,3 +262,30 @@ def test_short_client_factory_builds_working_clients(agent_a):
         assert client.status(timeout=5)["agent"]["parallel"] == 4
     finally:
         client.close()
+
+
+def test_live_ps_asks_the_nodes_now_and_falls_back_to_the_last_poll(cluster):
+    from tests.cluster.conftest import make_agent, make_sim
+
+    fresh_sim, gone_sim = make_sim("llama3.2:1b"), make_sim("qwen2.5:0.5b")
+    fresh, gone = make_agent(fresh_sim), make_agent(gone_sim)
+    try:
+        for agent in (fresh, gone):
+            cluster.add_node(agent.address)
+        with NodeClient(gone.address, timeout=10) as direct:
+            list(direct.generate({"model": "qwen2.5:0.5b", "prompt": "x", "stream": False}))
+        cluster.refresh(fresh.address, timeout=5)
+        cluster.refresh(gone.address, timeout=5)
+        assert [m["name"] for m in cluster.ps_union()] == ["qwen2.5:0.5b"]
+        # the model is loaded after the last poll, and one node goes away
+        with NodeClient(fresh.address, timeout=10) as direct:
+            list(direct.generate({"model": "llama3.2:1b", "prompt": "x", "stream": False}))
+        gone.stop(0)
+        live = {m["name"]: m for m in cluster.live_ps(timeout=1.0)}
+        assert set(live) == {"llama3.2:1b", "qwen2.5:0.5b"}  # new one seen, gone one kept
+        assert live["llama3.2:1b"]["expires_at"] and live["llama3.2:1b"]["size"] > 0
+    finally:
+        fresh.stop(0)
+        gone.stop(0)
+        fresh_sim.stop()
+        gone_sim.stop()
