@@ -38,6 +38,30 @@ def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
+def close_waitress(server: Any, thread: threading.Thread | None, timeout: float = 5.0) -> None:
+    """Stop a waitress server running ``server.run`` on ``thread``: finish or drop its
+    tasks, then close every channel on the server loop's own thread (closing them from
+    here would race the loop's select)."""
+    try:
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
+    except Exception:  # noqa: BLE001 - best effort while tearing down
+        pass
+
+    def close_all() -> None:
+        for channel in list(server._map.values()):
+            try:
+                channel.handle_close()
+            except Exception:  # noqa: BLE001 - best effort while tearing down
+                pass
+
+    try:
+        server.trigger.pull_trigger(close_all)
+    except OSError:  # the trigger is already closed: the loop is going away by itself
+        pass
+    if thread is not None:
+        thread.join(timeout=timeout)
+
+
 def exposure_warning(host: str, keys_enabled: bool) -> str | None:
     """The warning printed on every start when the proxy is reachable beyond this
     machine without API keys (like Ollama, it listens on loopback by default)."""
@@ -199,8 +223,6 @@ class Proxy:
                 pass
         if self._server is not None:
             self._close_server()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
         try:
             self.registry.close(timeout=5)
         except Exception:  # noqa: BLE001
@@ -214,20 +236,7 @@ class Proxy:
             reset_default_db()
 
     def _close_server(self) -> None:
-        server = self._server
-        try:
-            server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
-        except Exception:  # noqa: BLE001
-            pass
-
-        def close_all() -> None:  # runs on the server loop's own thread
-            for channel in list(server._map.values()):
-                try:
-                    channel.handle_close()
-                except Exception:  # noqa: BLE001 - best effort while tearing down
-                    pass
-
-        server.trigger.pull_trigger(close_all)
+        close_waitress(self._server, self._thread)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)

@@ -17,6 +17,7 @@ from olol.context import ProxyConfig, ProxyContext
 from olol.hub import ResponseHub
 from olol.keys import KeyStore
 from olol.maintenance import MaintenanceJobs
+from olol.proxy import close_waitress
 from olol.registry import ModelRegistry
 from olol.server import create_app
 from olol.sim import SimConfig, Simulator, parse_models_spec
@@ -78,17 +79,7 @@ def serve(ctx: ProxyContext, threads: int = 8) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
-
-        def close_all() -> None:  # on the loop thread: no race with select()
-            for channel in list(server._map.values()):
-                try:
-                    channel.handle_close()
-                except Exception:  # noqa: BLE001 - best effort while tearing down
-                    pass
-
-        server.trigger.pull_trigger(close_all)
-        thread.join(timeout=5)
+        close_waitress(server, thread, timeout=2)
 
 
 @contextmanager
