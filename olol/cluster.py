@@ -279,7 +279,7 @@ class ClusterManager:
                 state = self._nodes.get(address)
                 if state is not None:
                     state.loaded_models = loaded
-        return merge_ps(self._serving_nodes())
+        return self.ps_union()
 
     # -- updates from the dispatcher and the health monitor ---------------------------
 

@@ -75,8 +75,7 @@ class Dispatcher:
         self._batch_of: dict[str, tuple[str, list[str]]] = {}  # request id -> (batch, its ids)
         self._cancelled: set[str] = set()  # batches stopped because their callers cancelled
         self._running_lock = threading.Lock()
-        if hasattr(queue_manager, "add_cancel_listener"):
-            queue_manager.add_cancel_listener(self._on_cancel)
+        queue_manager.add_cancel_listener(self._on_cancel)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> Dispatcher:
@@ -85,9 +84,6 @@ class Dispatcher:
             t.start()
             self._threads.append(t)
         return self
-
-    def stop_claiming(self) -> None:
-        self._claiming.clear()
 
     def stop(self, grace_s: float = 30.0) -> bool:
         """Stop claiming, let running work finish within grace_s; True if all finished."""
@@ -165,8 +161,7 @@ class Dispatcher:
             self._node_failed(a, exc)
             return
         self.cluster.record_success(a.node)
-        if hasattr(self.cluster, "note_loaded"):
-            self.cluster.note_loaded(a.node, a.model_key)
+        self.cluster.note_loaded(a.node, a.model_key)
         if self.stats is not None:
             latency_ms = (self.clock() - started_ts) * 1000
             for req in a.requests:

@@ -28,16 +28,11 @@ class HubFullError(RuntimeError):
     """Too many open channels."""
 
 
-class ChannelClosed(Exception):
-    """The consumer went away."""
-
-
 class ResponseChannel:
     def __init__(self, request_id: str, buffer: int):
         self.request_id = request_id
         self._q: queue.Queue[Event] = queue.Queue(maxsize=buffer)
         self._closed = threading.Event()
-        self._finished = False
 
     @property
     def closed(self) -> bool:
@@ -64,7 +59,6 @@ class ResponseChannel:
                 ) from None
             yield event
             if event.kind in (DONE, ERROR):
-                self._finished = True
                 return
 
     def poll(self) -> Event | None:

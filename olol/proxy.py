@@ -216,11 +216,10 @@ class Proxy:
                 self._jobs.shutdown(wait=False)
             except Exception:  # noqa: BLE001
                 pass
-        if hasattr(self.health, "stop"):
-            try:
-                self.health.stop()
-            except Exception:  # noqa: BLE001
-                pass
+        try:
+            self.health.stop()
+        except Exception:  # noqa: BLE001 - never started when start() failed early
+            pass
         if self._server is not None:
             self._close_server()
         try:

@@ -45,13 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.set_defaults(func=cmd_up)
 
 
-def build_parser_for_tests() -> argparse.ArgumentParser:
-    """A parser with only this module's commands (for tests of the flags)."""
-    parser = argparse.ArgumentParser(prog="olol")
-    register(parser.add_subparsers(dest="command"))
-    return parser
-
-
 def load_config(path: str | None, overrides: dict[str, Any]) -> ProxyConfig:
     values: dict[str, Any] = {}
     if path:

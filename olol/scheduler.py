@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ class Assignment:
     model_key: str
     batch_id: str
     mode: str = "single"  # single | coalesced | embed_merge
-    extra: dict = field(default_factory=dict)
 
 
 class NoNodeForModel(Exception):
@@ -87,7 +86,6 @@ class RequestScheduler:
         self._capacity: dict[str, int] = {}
         self._sessions: dict[str, str] = {}
         self._rr = itertools.count()
-        self.loads_started = 0
 
     # ------------------------------------------------------------ node views
     def _sync_loaded(self, node: Any) -> OrderedDict[str, float]:
@@ -125,8 +123,6 @@ class RequestScheduler:
 
     def _note_dispatch(self, addr: str, model_key: str) -> None:
         believed = self._loaded.setdefault(addr, OrderedDict())
-        if model_key not in believed:
-            self.loads_started += 1
         believed.pop(model_key, None)
         believed[model_key] = self.clock()
         self._trim(addr)
@@ -148,17 +144,20 @@ class RequestScheduler:
     # ------------------------------------------------------------ placement
     def assign_server(self, request_batch: list[dict], *, demand: Counter | None = None) -> str | None:
         """The node for a batch (all one model), or None to wait. Raises NoNodeForModel."""
+        healthy = self._healthy()
         with self._lock:
-            return self._assign(request_batch, demand or Counter())
+            return self._assign(request_batch, demand or Counter(), healthy)
 
-    def _assign(self, batch: list[dict], demand: Counter) -> str | None:
+    def _healthy(self) -> dict[str, Any]:
+        return {n.address: n for n in self.cluster_manager.healthy_nodes()}
+
+    def _assign(self, batch: list[dict], demand: Counter, healthy: dict[str, Any]) -> str | None:
         first = batch[0]
         model_key = first["model_key"]
-        all_nodes = self.cluster_manager.list_nodes()
-        healthy = {n.address: n for n in self.cluster_manager.healthy_nodes()}
         nodes = [n for n in healthy.values() if model_key in (n.available_models or {})]
         if not nodes:
-            if not any(model_key in (n.available_models or {}) for n in all_nodes):
+            if not any(model_key in (n.available_models or {})
+                       for n in self.cluster_manager.list_nodes()):
                 raise NoNodeForModel(model_key)
             return None  # the model lives only on nodes that are down now: wait
         for n in nodes:
@@ -227,6 +226,7 @@ class RequestScheduler:
             return None
         unplaceable: list[dict] = []
         plan = None
+        healthy = self._healthy()  # one look at the cluster per pass
         with self._lock:
             demand: Counter = Counter(r["model_key"] for r in window)
             for (_, m), n in self._inflight.items():
@@ -238,7 +238,7 @@ class RequestScheduler:
                     continue
                 tried.add(group_key)
                 try:
-                    node = self._assign([req], demand)
+                    node = self._assign([req], demand, healthy)
                 except NoNodeForModel:
                     unplaceable.append(req)
                     continue
@@ -317,7 +317,3 @@ class RequestScheduler:
                 if addr == server_address:
                     del self._sessions[session]
         self.queue_manager.notify()
-
-    def inflight(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._node_inflight)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
+
+DEFAULT_MODELS = "llama3.2:1b,nomic-embed-text[embed]"
 
 
 class FakeClock:
@@ -27,3 +30,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float
             return True
         time.sleep(step)
     return predicate()
+
+
+def make_sim(models: Any = DEFAULT_MODELS, port: int = 0, **overrides: Any):
+    """A started simulator on loopback with no delays. ``models`` is a spec string or
+    parsed specs; ``overrides`` set other SimConfig fields."""
+    from olol.sim import SimConfig, Simulator, parse_models_spec
+
+    cfg: dict[str, Any] = dict(
+        models=parse_models_spec(models) if isinstance(models, str) else models, ttft=0.0, tokens_per_second=0.0, load_time=0.0,
+        parallel=4, max_loaded=3, max_queue=512,
+    )
+    cfg.update(overrides)
+    return Simulator(SimConfig(**cfg), host="127.0.0.1", port=port).start()

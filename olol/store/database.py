@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -237,8 +236,7 @@ class DatabaseManager:
     def _append(self, ops: list[bytes], undo: list[tuple]) -> int:
         if not ops or self._journal is None:
             return 0
-        payload = b'{"x":[' + b",".join(ops) + b"]}"
-        line = b"%08x " % zlib.crc32(payload) + payload + b"\n"
+        line = jr.frame(b'{"x":[' + b",".join(ops) + b"]}")
         try:
             return self._journal.append(line)
         except BaseException:

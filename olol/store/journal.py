@@ -70,8 +70,8 @@ def journal_name(gen: int) -> str:
     return f"journal.{gen:08d}.jsonl"
 
 
-def encode_line(ops: list) -> bytes:
-    payload = orjson.dumps({"x": ops})
+def frame(payload: bytes) -> bytes:
+    """One journal line: the payload's CRC-32 as 8 hex digits, a space, the payload."""
     return b"%08x " % zlib.crc32(payload) + payload + b"\n"
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from olol.rpc.client import NodeClient
-from olol.sim import SimConfig, Simulator, parse_models_spec
+from olol.sim import Simulator
+from tests import support
 from tests.support import wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
 
@@ -17,12 +18,7 @@ MODELS = "llama3.2:1b,nomic-embed-text[embed]"
 
 
 def make_sim(**overrides) -> Simulator:
-    cfg = dict(
-        models=parse_models_spec(MODELS), ttft=0.0, tokens_per_second=0.0, load_time=0.0,
-        parallel=4, max_loaded=3, max_queue=512,
-    )
-    cfg.update(overrides)
-    return Simulator(SimConfig(**cfg), host="127.0.0.1", port=0).start()
+    return support.make_sim(**{"models": MODELS, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import time
 
 import requests
 
-from tests.bench.common import fmt, pct, table
+from tests.bench.common import bars_table, fmt, pct, table
 from tests.bench.procs import start_proxy, start_sim, start_worker
 
 MODELS4 = ["llama3.2:1b", "qwen2.5:0.5b", "gemma3:1b", "mistral:latest"]
@@ -245,9 +245,7 @@ def main(quick: bool = False) -> str:
         ("mixed: smart >= 4x round-robin", f"{ratio:.1f}x", ratio >= 4),
         ("mixed: model loads <= 2x models (8)", f"{smart['loads']}", smart["loads"] <= 8),
     ]
-    lines.append("### Bars")
-    lines.append("")
-    lines.append(table(["bar", "measured", "met"], [[c, v, "yes" if ok else "**NO**"] for c, v, ok in checks]))
+    lines.append(bars_table(checks))
     text = "\n".join(lines)
     print(text)
     return text

@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 
-from tests.bench.common import fmt, fsync_rate, median, table
+from tests.bench.common import bars_table, fmt, fsync_rate, median, table
 
 PROMPT = ("Explain the difference between a process and a thread. " * 12)[:650]
 
@@ -289,9 +289,7 @@ def main(quick: bool = False) -> str:
          f"{extra['checkpoint_total_ms']:.0f} ms)",
          extra["checkpoint_blocked_ms"] < 150 and extra["max_write_latency_during_checkpoint_ms"] < 150)
     )
-    lines.append("### Bars")
-    lines.append("")
-    lines.append(table(["bar", "measured", "met"], [[c, v, "yes" if ok else "**NO**"] for c, v, ok in checks]))
+    lines.append(bars_table(checks))
     text = "\n".join(lines)
     print(text)
     return text

@@ -49,3 +49,9 @@ def fmt(x, digits=0):
     if isinstance(x, str):
         return x
     return f"{x:,.{digits}f}"
+
+
+def bars_table(checks) -> str:
+    """The "### Bars" section: (bar, measured, met) rows."""
+    rows = [[bar, value, "yes" if ok else "**NO**"] for bar, value, ok in checks]
+    return "### Bars\n\n" + table(["bar", "measured", "met"], rows)

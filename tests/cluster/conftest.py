@@ -9,20 +9,16 @@ import pytest
 
 from olol.cluster import ClusterManager
 from olol.rpc.client import NodeClient
-from olol.sim import SimConfig, Simulator, parse_models_spec
+from olol.sim import Simulator
 from olol.store import DatabaseManager
+from tests import support
 from tests.support import FakeClock, wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
 
 
 def make_sim(models: str = "llama3.2:1b,nomic-embed-text[embed]", port: int = 0,
              **overrides) -> Simulator:
-    cfg = dict(
-        models=parse_models_spec(models), ttft=0.0, tokens_per_second=0.0, load_time=0.0,
-        parallel=4, max_loaded=3, max_queue=64,
-    )
-    cfg.update(overrides)
-    return Simulator(SimConfig(**cfg), host="127.0.0.1", port=port).start()
+    return support.make_sim(models, port=port, **{"max_queue": 64, **overrides})
 
 
 def make_agent(sim: Simulator, parallel: int = 4) -> Agent:

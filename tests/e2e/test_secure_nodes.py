@@ -2,9 +2,9 @@
 
 import ollama
 
+from olol.cli import build_parser
 from olol.context import ProxyConfig
 from olol.proxy import Proxy
-from olol.proxy_cli import build_parser_for_tests
 from olol.rpc.client import TLSConfig
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from tests.agent.conftest import make_pki
@@ -34,7 +34,7 @@ def test_proxy_to_agent_over_mutual_tls_with_a_token(tmp_path):
 
 
 def test_proxy_cli_refuses_a_client_cert_without_its_key(tmp_path, capsys):
-    args = build_parser_for_tests().parse_args([
+    args = build_parser().parse_args([
         "proxy", "--data-dir", str(tmp_path), "--node-ca", "ca.pem", "--node-cert", "c.pem"])
     assert args.func(args) == 2
     assert "--node-cert and --node-key go together" in capsys.readouterr().err

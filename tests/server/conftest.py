@@ -19,8 +19,9 @@ from olol.hub import DONE, ResponseHub
 from olol.keys import KeyStore
 from olol.proxy import close_waitress
 from olol.server import create_app
-from olol.sim import SimConfig, Simulator, parse_models_spec
+from olol.sim import Simulator
 from olol.store import DatabaseManager
+from tests import support
 from tests.support import wait_until  # noqa: F401
 from workers.agent import Agent, AgentConfig
 
@@ -28,12 +29,7 @@ MODELS = "llama3.2:1b,nomic-embed-text[embed]"
 
 
 def make_sim(**overrides: Any) -> Simulator:
-    cfg = dict(
-        models=parse_models_spec(MODELS), ttft=0.0, tokens_per_second=0.0, load_time=0.0,
-        parallel=4, max_loaded=3, max_queue=512,
-    )
-    cfg.update(overrides)
-    return Simulator(SimConfig(**cfg), host="127.0.0.1", port=0).start()
+    return support.make_sim(**{"models": MODELS, **overrides})
 
 
 @pytest.fixture(scope="session")
