@@ -6,6 +6,12 @@ it arrives. A node failure before the first record sends the work back to
 the queue (bounded retries with backoff) and marks the node suspect; after
 the first record the request fails with an error event (the front door ends
 the stream with an error line). Every state change is written to the store.
+
+A streamed request with one synchronous caller is not relayed record by record:
+after its first record the dispatcher hands the node stream to the caller's
+HTTP thread as a :class:`~olol.relay.StreamRelay` (which then owns the slot and
+the accounting) and goes back to the queue. A watchdog thread ends relayed
+streams that stall for longer than ``stream_idle_timeout_s``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from typing import Any
 
 import grpc
 
-from olol.hub import CHUNK, DONE, ERROR
+from olol.hub import CHUNK, DONE, ERROR, RELAY
+from olol.relay import StreamRelay
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment, RequestScheduler
 
@@ -50,6 +57,8 @@ class Dispatcher:
         idle_wait_s: float = 0.5,
         registry: Any = None,
         lease_refresh_s: float = 60.0,
+        stream_idle_timeout_s: float = 300.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.queue = queue_manager
         self.scheduler = scheduler
@@ -65,6 +74,9 @@ class Dispatcher:
         self.request_timeout_s = request_timeout_s
         self.publish_timeout_s = publish_timeout_s
         self.idle_wait_s = idle_wait_s
+        self.stream_idle_timeout_s = stream_idle_timeout_s
+        self.monotonic = monotonic
+        self._relays: dict[str, StreamRelay] = {}  # request id -> relay being read
         self._stop = threading.Event()
         self._claiming = threading.Event()
         self._claiming.set()
@@ -83,6 +95,9 @@ class Dispatcher:
             t = threading.Thread(target=self._loop, name=f"olol-dispatch-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        t = threading.Thread(target=self._watch, name="olol-dispatch-watch", daemon=True)
+        t.start()
+        self._threads.append(t)
         return self
 
     def stop(self, grace_s: float = 30.0) -> bool:
@@ -121,20 +136,40 @@ class Dispatcher:
                 continue
             with self._active_lock:
                 self._active += 1
+            handed_off = False
             try:
-                self.run(assignment)
+                handed_off = self.run(assignment)
             except Exception:
                 log.exception("batch %s on %s failed unexpectedly", assignment.batch_id, assignment.node)
                 for req in assignment.requests:
                     self._fail(req, 500, "internal error while dispatching", started=False)
             finally:
-                self.scheduler.release(assignment)
-                with self._active_lock:
-                    self._active -= 1
-                    self._active_lock.notify_all()
+                if not handed_off:  # else the relay releases when its stream ends
+                    self._release(assignment)
+
+    def _release(self, assignment: Assignment) -> None:
+        self.scheduler.release(assignment)
+        with self._active_lock:
+            self._active -= 1
+            self._active_lock.notify_all()
+
+    def _watch(self) -> None:
+        """End relayed streams that have sent nothing for ``stream_idle_timeout_s``."""
+        period = max(0.01, min(1.0, self.stream_idle_timeout_s / 4))
+        while not self._stop.wait(period):
+            now = self.monotonic()
+            with self._running_lock:
+                relays = list(self._relays.values())
+            for relay in relays:
+                if not relay.settled and now - relay.last_record > self.stream_idle_timeout_s:
+                    log.warning("request %s: no record for %.0f s, ending its stream",
+                                relay.request_id, now - relay.last_record)
+                    relay.stall()
 
     # ---------------------------------------------------------------- running
-    def run(self, a: Assignment) -> None:
+    def run(self, a: Assignment) -> bool:
+        """Run a claimed batch; True when its stream was handed to the caller's thread
+        (which then releases the assignment), False when it finished here."""
         head = a.requests[0]
         started_ts = self.clock()
         client = self.cluster.client(a.node)
@@ -146,20 +181,26 @@ class Dispatcher:
                 resp = call(head["body"], timeout=self.request_timeout_s)
                 for req in a.requests:
                     self._finish(req, resp)
+            elif self._can_relay(a):
+                return self._start_relay(client, a, started_ts)
             else:
                 self._run_stream(client, a)
         except _AllGone:
             for req in a.requests:
                 self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
-            return
+            return False
         except NodeError as exc:
             with self._running_lock:
                 stopped = a.batch_id in self._cancelled
                 self._cancelled.discard(a.batch_id)
             if stopped:  # we cancelled the call: every caller had cancelled
-                return
+                return False
             self._node_failed(a, exc)
-            return
+            return False
+        self._succeeded(a, started_ts)
+        return False
+
+    def _succeeded(self, a: Assignment, started_ts: float) -> None:
         self.cluster.record_success(a.node)
         self.cluster.note_loaded(a.node, a.model_key)
         if self.stats is not None:
@@ -169,6 +210,87 @@ class Dispatcher:
         if self.registry is not None:
             for _ in a.requests:
                 self.registry.note_usage(a.model_key, a.node)
+
+    # ---------------------------------------------------------------- relaying
+    def _can_relay(self, a: Assignment) -> bool:
+        """One synchronous streamed caller: its HTTP thread can read the node stream."""
+        if len(a.requests) != 1 or a.mode != "single":
+            return False
+        req = a.requests[0]
+        return (req.get("kind") != "job" and bool(req.get("stream"))
+                and req["endpoint"] in ("chat", "generate"))
+
+    def _start_relay(self, client: Any, a: Assignment, started_ts: float) -> bool:
+        """Read the first record here (so failures before it are retried as usual),
+        then hand the stream to the caller's thread."""
+        req = a.requests[0]
+        rid = req["id"]
+        call = client.chat if req["endpoint"] == "chat" else client.generate
+        stream = call(req["body"], timeout=self.request_timeout_s, raw=True)
+        with self._running_lock:
+            self._running[a.batch_id] = stream
+            self._batch_of[rid] = (a.batch_id, [rid])
+        try:
+            try:
+                body, done = stream.next_message()
+            except StopIteration:
+                raise NodeError(None, "the node closed the stream before it finished", 502) from None  # type: ignore[arg-type]
+        except BaseException:
+            self._forget(a)
+            raise
+        next_refresh = [self.monotonic() + self.lease_refresh_s]
+
+        def keep_lease() -> None:
+            now = self.monotonic()
+            if now >= next_refresh[0]:
+                next_refresh[0] = now + self.lease_refresh_s
+                self.queue.extend_lease(rid)
+
+        def settle(outcome: str, info: Any) -> None:
+            self._settle_relay(a, started_ts, outcome, info)
+
+        relay = StreamRelay(rid, stream, body, done, settle=settle, on_record=keep_lease,
+                            monotonic=self.monotonic)
+        with self._running_lock:
+            self._relays[rid] = relay
+        if self.queue.is_cancelled(rid):  # cancelled while the first record came
+            relay.abandon("cancelled")
+        elif not self.hub.publish(rid, RELAY, relay, timeout=self.publish_timeout_s):
+            relay.abandon("the client went away")
+        return True
+
+    def _forget(self, a: Assignment) -> None:
+        with self._running_lock:
+            self._running.pop(a.batch_id, None)
+            for req in a.requests:
+                self._batch_of.pop(req["id"], None)
+                self._relays.pop(req["id"], None)
+
+    def _settle_relay(self, a: Assignment, started_ts: float, outcome: str, info: Any) -> None:
+        """The end of a relayed stream, in whichever thread saw it: record the outcome
+        and release the slot (exactly once, :class:`StreamRelay` guarantees it)."""
+        req = a.requests[0]
+        try:
+            self._forget(a)
+            if outcome == "completed":
+                self.queue.update_request_status(req["id"], "completed")
+                self._succeeded(a, started_ts)
+            elif outcome == "failed" and not self.queue.is_cancelled(req["id"]):
+                exc: NodeError = info
+                self.queue.update_request_status(
+                    req["id"], "failed", error=exc.message, error_status=exc.http_status)
+                if self.stats is not None:
+                    self.stats.record(req["endpoint"], 0.0, False)
+                stopping = not self._claiming.is_set()
+                node_fault = exc.code is None or exc.retryable or exc.code in _NODE_GONE
+                if node_fault and not stopping:
+                    self.scheduler.handle_server_failure(a.node, exc.message)
+            elif outcome == "cancelled":
+                self.queue.update_request_status(req["id"], "cancelled", error=str(info))
+        except Exception:
+            log.exception("settling request %s failed", req["id"])
+        finally:
+            self._release(a)
 
     def _run_stream(self, client: Any, a: Assignment) -> None:
         head = a.requests[0]
@@ -230,7 +352,12 @@ class Dispatcher:
         """A request was cancelled (jobs API): when nobody is left waiting for its
         batch, stop the node call so the node stops generating."""
         with self._running_lock:
+            relay = self._relays.get(request_id)
             found = self._batch_of.get(request_id)
+        if relay is not None:
+            relay.abandon("cancelled")
+            return
+        with self._running_lock:
             if found is None:
                 return
             batch_id, ids = found

@@ -5,6 +5,13 @@ request, then reads events as the dispatcher publishes them; nothing polls
 the store for chunks. Each channel has a bounded buffer: a dispatcher that
 outruns a slow client waits (bounded), and a client that went away closes the
 channel, which tells the dispatcher to cancel the node call.
+
+A streamed answer from one node to one caller is not carried record by record:
+once its first record has arrived, the dispatcher publishes one ``relay`` event
+whose data is the node stream itself (an object with ``abandon()``), and the
+thread that serves the HTTP response reads the rest of the stream directly. A
+relay that nobody took (the channel closed first) is abandoned when the channel
+closes, so its node call and slot are released.
 """
 
 from __future__ import annotations
@@ -15,13 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-CHUNK, DONE, ERROR = "chunk", "done", "error"
+CHUNK, DONE, ERROR, RELAY = "chunk", "done", "error", "relay"
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "chunk" (a record, not the last), "done" (final record), "error"
-    data: Any  # dict record, or {"status": int, "error": str, "started": bool}
+    kind: str  # "chunk" (a record, not the last), "done" (final record), "error", "relay"
+    data: Any  # dict record, {"status": int, "error": str, "started": bool}, or a relay
 
 
 class HubFullError(RuntimeError):
@@ -58,7 +65,7 @@ class ResponseChannel:
                     f"no answer for request {self.request_id} within {idle_timeout:g} s"
                 ) from None
             yield event
-            if event.kind in (DONE, ERROR):
+            if event.kind in (DONE, ERROR, RELAY):
                 return
 
     def poll(self) -> Event | None:
@@ -69,7 +76,15 @@ class ResponseChannel:
             return None
 
     def close(self) -> None:
+        """Mark the channel closed and abandon any relay still waiting in it."""
         self._closed.set()
+        while True:
+            try:
+                event = self._q.get_nowait()
+            except queue.Empty:
+                return
+            if event.kind == RELAY:
+                event.data.abandon("the client went away")
 
 
 class ResponseHub:

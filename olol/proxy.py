@@ -119,6 +119,7 @@ class Proxy:
                 max_attempts=config.max_attempts, retry_backoff_s=config.retry_backoff_s,
                 request_timeout_s=config.request_timeout_s, registry=self.registry,
                 lease_refresh_s=max(0.05, config.lease_s / 3),
+                stream_idle_timeout_s=config.stream_idle_timeout_s,
             )
             self.health = HealthMonitor(
                 self.cluster, db, clock=clock, interval_s=config.health_interval_s,

@@ -30,3 +30,34 @@ def ndjson_line(obj: Any) -> bytes:
 def ollama_stream_error_line(message: str) -> bytes:
     """The record Ollama writes when a stream fails after its first record."""
     return ndjson_line(ollama_error_body(message))
+
+
+def respeller(model: str):
+    """A function that rewrites one node message (NDJSON records joined by ``\\n``) so
+    every record's ``model`` is the caller's spelling, and adds the final newline.
+
+    Records that already start with ``{"model":"<model>",`` (Ollama writes ``model``
+    first) pass through as bytes; only the others are decoded.
+    """
+    prefix = b'{"model":' + orjson.dumps(model) + b","
+
+    def fix(line: bytes) -> bytes:
+        if line.startswith(prefix):
+            return line
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return line
+        if isinstance(record, dict) and "model" in record and record["model"] != model:
+            record["model"] = model
+            return orjson.dumps(record)
+        return line
+
+    def render(body: bytes, done: bool = False) -> bytes:
+        if not body:
+            return b""
+        if b"\n" not in body:
+            return (body if body.startswith(prefix) else fix(body)) + b"\n"
+        return b"".join(fix(line) + b"\n" for line in body.split(b"\n") if line)
+
+    return render

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.experimental
 import orjson
 from google.protobuf.json_format import MessageToDict
 
@@ -158,6 +159,23 @@ class NodeStream:
     def __iter__(self) -> NodeStream:
         return self
 
+    def next_message(self) -> tuple[bytes, bool]:
+        """The next gRPC message as it came: ``(records, done)``, where ``records`` is
+        one or more NDJSON records joined by ``\n`` (no trailing newline) and
+        ``done`` says the last of them is the final record. No record is decoded.
+
+        :raises StopIteration: the call ended normally.
+        :raises NodeError: the call failed.
+        """
+        if self._pending:
+            raise RuntimeError("next_message() after a partial read of a message")
+        try:
+            chunk = next(self._call)
+        except grpc.RpcError as exc:
+            raise node_error(exc) from None
+        self.done = chunk.done
+        return chunk.body, chunk.done
+
     def __next__(self) -> Any:
         if not self._pending:
             try:
@@ -213,6 +231,9 @@ class NodeClient:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 0),
             ("grpc.enable_retries", 1),
+            # A streamed call is read by the thread that consumes it (no channel
+            # spin thread and no hand-off between threads for every message).
+            (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
             ("grpc.service_config", json.dumps({
                 "methodConfig": [{
                     "name": [{"service": "olol.node.v1.NodeAgent", "method": m}

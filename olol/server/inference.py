@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from flask import request
 
 from olol.api import errors
 from olol.api.errors import ApiError
 from olol.api.validation import ValidatedRequest
-from olol.hub import CHUNK, DONE, ERROR, Event, HubFullError
+from olol.hub import CHUNK, DONE, ERROR, RELAY, Event, HubFullError
 from olol.queue import QueueFullError
+from olol.rpc.client import NodeError
 from olol.server.common import (
     POSITION_HEADER,
     REQUEST_ID_HEADER,
@@ -162,6 +164,9 @@ class Submission:
         try:
             event = self.first_event()
             while True:
+                if event.kind == RELAY:
+                    delivered = True
+                    return fold_relay(event.data, folder)
                 if event.kind == ERROR:
                     delivered = True
                     raise error_from_event(event.data)
@@ -235,6 +240,35 @@ def with_model(record: Any, model: str) -> Any:
     return record
 
 
+def fold_relay(relay: Any, folder: ChunkFolder) -> Any:
+    """Read a relayed stream to its end and fold it into one answer."""
+    final: Any = None
+    try:
+        for body, done in relay.messages():
+            lines = [line for line in body.split(b"\n") if line]
+            for i, line in enumerate(lines):
+                record = orjson.loads(line)
+                if done and i == len(lines) - 1:
+                    final = record
+                else:
+                    folder.add(record)
+    except NodeError as exc:
+        raise ApiError(exc.http_status, exc.message) from None
+    except BaseException:
+        relay.abandon("the request failed while reading its answer")
+        raise
+    return folder.final(final if final is not None else {})
+
+
+def records_of(body: bytes, done: bool) -> Iterator[Event]:
+    """The records of one relayed message as events (the last is ``done`` when the
+    message ended the stream)."""
+    lines = [line for line in body.split(b"\n") if line]
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        yield Event(DONE if done and i == last else CHUNK, orjson.loads(line))
+
+
 class ChunkFolder:
     """Folds streamed native records into one non-streamed answer."""
 
@@ -288,6 +322,11 @@ class EventStream:
     successful done (e.g. nothing for NDJSON; the SSE renderer adds ``[DONE]`` itself).
     ``close()`` (called by the WSGI server, also when the client disconnected) releases
     the channel and cancels the request if it did not complete.
+
+    When the first event is a relay, this thread reads the node stream itself;
+    ``render_raw(records, done)``, when given, turns one node message (NDJSON records
+    joined by ``\n``) into bytes without decoding what needs no change; otherwise
+    each record is decoded and passed to ``render``.
     """
 
     def __init__(
@@ -296,15 +335,37 @@ class EventStream:
         first: Event,
         render: Callable[[Event], bytes],
         render_error: Callable[[str, int], bytes],
+        render_raw: Callable[[bytes, bool], bytes] | None = None,
     ) -> None:
         self.submission = submission
         self.first = first
         self.render = render
         self.render_error = render_error
+        self.render_raw = render_raw
         self._completed = False
+        self._relay: Any = first.data if first.kind == RELAY else None
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._relay is not None:
+            return self._run_relay()
         return self._run()
+
+    def _run_relay(self) -> Iterator[bytes]:
+        relay = self._relay
+        render_raw = self.render_raw
+        try:
+            for body, done in relay.messages():
+                if render_raw is not None:
+                    data = render_raw(body, done)
+                else:
+                    data = b"".join(self.render(event) for event in records_of(body, done))
+                if done:
+                    self._completed = True
+                if data:
+                    yield data
+        except NodeError as exc:
+            self._completed = True
+            yield self.render_error(exc.message, exc.http_status)
 
     def _run(self) -> Iterator[bytes]:
         # Each write goes out at once; records that have already arrived while the
@@ -339,6 +400,8 @@ class EventStream:
                 return
 
     def close(self) -> None:
+        if self._relay is not None and not self._completed:
+            self._relay.abandon("the client went away")
         self.submission.finish(cancel=not self._completed)
 
 
@@ -359,7 +422,7 @@ def first_event_or_error(submission: Submission) -> Event:
     if event.kind == ERROR:
         submission.finish(cancel=False)
         raise error_from_event(event.data)
-    if event.kind not in (CHUNK, DONE):
+    if event.kind not in (CHUNK, DONE, RELAY):
         submission.finish(cancel=True)
         raise ApiError(500, "internal error")
     return event

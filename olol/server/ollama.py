@@ -13,6 +13,7 @@ from olol.api.streaming import (
     NDJSON_CONTENT_TYPE,
     ndjson_line,
     ollama_stream_error_line,
+    respeller,
 )
 from olol.api.validation import VALIDATORS
 from olol.hub import Event
@@ -112,7 +113,7 @@ def _inference(endpoint: str) -> Response:
     def render_error(message: str, status: int) -> bytes:
         return ollama_stream_error_line(message)
 
-    body_iter = EventStream(sub, first, render, render_error)
+    body_iter = EventStream(sub, first, render, render_error, render_raw=respeller(model))
     resp = Response(body_iter, status=200, content_type=NDJSON_CONTENT_TYPE)
     for name, value in sub.headers.items():
         resp.headers[name] = value

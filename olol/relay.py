@@ -1,0 +1,150 @@
+"""``StreamRelay``: a node stream handed from the dispatcher to the HTTP thread.
+
+A streamed answer for one synchronous caller would otherwise cross three threads
+for every record (dispatcher → response channel → HTTP thread). Instead, once
+the dispatcher has placed the request and the node's first record has arrived
+(so every retry decision is behind it), the dispatcher publishes a relay and
+goes back to the queue; the thread that serves the HTTP response reads the
+rest of the node stream itself and writes the records out as bytes.
+
+The relay owns what the dispatcher took for the request (the node slot, the
+running-call entry, the lease) and settles it exactly once, whatever happens:
+the stream ends (``completed``), the node fails mid-stream (``failed``), the
+client goes away or nobody ever takes the relay (``cancelled``), the stream
+stalls (``failed``, 504) or the proxy shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from olol.rpc.client import NodeError
+
+log = logging.getLogger(__name__)
+
+STALLED_MESSAGE = "timed out waiting for the next record"
+
+
+class StreamRelay:
+    """The rest of one node stream, read by whoever consumes it.
+
+    :param stream: the :class:`~olol.rpc.client.NodeStream` (raw messages).
+    :param first: the first message's records, already read by the dispatcher.
+    :param first_done: whether the first message ended the stream.
+    :param settle: called once with ``(outcome, info)`` where outcome is
+        ``"completed"`` (info: the final record as a dict), ``"failed"`` (info:
+        the :class:`NodeError`) or ``"cancelled"`` (info: the reason).
+    :param on_record: called with no argument after each message (lease upkeep).
+    :param monotonic: clock for the stall watchdog.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        stream: Any,
+        first: bytes,
+        first_done: bool,
+        *,
+        settle: Callable[[str, Any], None],
+        on_record: Callable[[], None],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.request_id = request_id
+        self._stream = stream
+        self._first: tuple[bytes, bool] | None = (first, first_done)
+        self._settle_cb = settle
+        self._on_record = on_record
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._settled = False
+        self._stalled = False
+        self.last_record = monotonic()
+
+    # ------------------------------------------------------------------ reading
+    def messages(self) -> Iterator[tuple[bytes, bool]]:
+        """Yield ``(records, done)`` per node message: one or more NDJSON records
+        joined by ``\\n``, ``done`` on the last. Settles the relay when the stream
+        ends; raises :class:`NodeError` (already settled as failed) when the node
+        fails or the stream stalls."""
+        if self._first is None:
+            raise RuntimeError("a relay can be read only once")
+        body, done = self._first
+        self._first = None
+        while True:
+            if done:
+                self._complete(body)
+                yield body, True
+                return
+            yield body, False
+            try:
+                body, done = self._stream.next_message()
+            except StopIteration:
+                exc = NodeError(None, "the node closed the stream before it finished", 502,  # type: ignore[arg-type]
+                                mid_stream=True)
+                self._fail(exc)
+                raise exc from None
+            except NodeError as exc:
+                if self._stalled:
+                    exc = NodeError(exc.code, STALLED_MESSAGE, 504, mid_stream=True)
+                exc.mid_stream = True
+                self._fail(exc)
+                raise exc from None
+            self.last_record = self._monotonic()
+            self._on_record()
+
+    # ------------------------------------------------------------------ settling
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def _complete(self, body: bytes) -> None:
+        if not self._claim():
+            return
+        last = body.rsplit(b"\n", 1)[-1]
+        try:
+            final = orjson.loads(last)
+        except orjson.JSONDecodeError:
+            final = {}
+        self._settle_cb("completed", final if isinstance(final, dict) else {})
+
+    def _fail(self, exc: NodeError) -> None:
+        if self._claim():
+            self._settle_cb("failed", exc)
+
+    def abandon(self, reason: str) -> None:
+        """Nobody will read the rest (the client went away, or never took the relay):
+        cancel the node call and release what the request held. Idempotent."""
+        if not self._claim():
+            return
+        try:
+            self._stream.cancel()
+        except Exception:  # noqa: BLE001 - the call may already be over
+            log.debug("cancelling the stream of %s failed", self.request_id, exc_info=True)
+        self._settle_cb("cancelled", reason)
+
+    def stall(self) -> None:
+        """The watchdog saw no record for too long: end the stream with a 504."""
+        self._stalled = True
+        try:
+            self._stream.cancel()
+        except Exception:  # noqa: BLE001
+            log.debug("cancelling the stalled stream of %s failed", self.request_id, exc_info=True)
+
+    def cancel(self) -> None:
+        """Stop the node call (shutdown); the reader sees a failure."""
+        try:
+            self._stream.cancel()
+        except Exception:  # noqa: BLE001
+            log.debug("cancelling the stream of %s failed", self.request_id, exc_info=True)
