@@ -110,6 +110,116 @@ def classify_line(line: bytes) -> tuple[bool, str | None]:
     return data.get("done") is True, None
 
 
+class ChunkedLines:
+    """Decodes an HTTP/1.1 chunked body fed in arbitrary pieces into NDJSON records.
+
+    :meth:`feed` returns the complete, non-blank records (without their newline)
+    that the piece completed. ``finished`` becomes true after the last chunk and
+    its trailer; ``tail`` is then any last record that had no newline.
+
+    :raises ValueError: a malformed chunk header, or a record longer than ``max_line``.
+    """
+
+    _SIZE, _DATA, _CRLF, _TRAILER, _DONE = range(5)
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self._raw = bytearray()
+        self._body = bytearray()
+        self._state = self._SIZE
+        self._left = 0
+        self.extra = False  # bytes after the end of the body
+        self.tail = b""
+
+    @property
+    def finished(self) -> bool:
+        return self._state == self._DONE
+
+    def feed(self, data: bytes) -> list[bytes]:
+        raw = self._raw
+        if self._state == self._DATA and not raw and len(data) <= self._left:
+            self._body += data  # the common case: the piece is all record data
+            self._left -= len(data)
+            if not self._left:
+                self._state = self._CRLF
+        else:
+            raw += data
+            self._parse()
+        return self._lines()
+
+    def _parse(self) -> None:
+        raw = self._raw
+        while raw:
+            state = self._state
+            if state == self._SIZE:
+                end = raw.find(b"\r\n")
+                if end < 0:
+                    if len(raw) > 1024:
+                        raise ValueError("chunk size line too long")
+                    return
+                field = bytes(raw[:end]).split(b";", 1)[0].strip()
+                try:
+                    size = int(field, 16)
+                except ValueError:
+                    raise ValueError(f"bad chunk size {field[:20]!r}") from None
+                if size < 0:
+                    raise ValueError("negative chunk size")
+                del raw[:end + 2]
+                if size == 0:
+                    self._state = self._TRAILER
+                else:
+                    self._left = size
+                    self._state = self._DATA
+            elif state == self._DATA:
+                take = min(self._left, len(raw))
+                self._body += raw[:take]
+                del raw[:take]
+                self._left -= take
+                if not self._left:
+                    self._state = self._CRLF
+            elif state == self._CRLF:
+                if len(raw) < 2:
+                    return
+                if raw[:2] != b"\r\n":
+                    raise ValueError("missing CRLF after a chunk")
+                del raw[:2]
+                self._state = self._SIZE
+            elif state == self._TRAILER:
+                end = raw.find(b"\r\n")
+                if end < 0:
+                    return
+                del raw[:end + 2]
+                if end == 0:  # the empty line that ends the trailer
+                    self._state = self._DONE
+            else:
+                self.extra = True
+                raw.clear()
+
+    def _lines(self) -> list[bytes]:
+        body = self._body
+        cut = body.rfind(b"\n")
+        if cut < 0:
+            if len(body) > self.max_line:
+                raise ValueError(f"record longer than {self.max_line} bytes")
+            if self._state == self._DONE:
+                self.tail = bytes(body).strip()
+                body.clear()
+            return []
+        lines = bytes(body[:cut]).split(b"\n")
+        del body[:cut + 1]
+        if self._state == self._DONE:
+            self.tail = bytes(body).strip()
+            body.clear()
+        out = []
+        for line in lines:
+            if len(line) > self.max_line:
+                raise ValueError(f"record longer than {self.max_line} bytes")
+            line = line.rstrip(b"\r")
+            if line.strip():
+                out.append(line)
+        return out
+
+
 class OllamaCall:
     """One HTTP exchange with Ollama; :meth:`abort` may be called from any thread."""
 
@@ -263,6 +373,47 @@ class OllamaCall:
                     break
                 batch.append(nxt)
             yield batch
+
+    def arrived(self, read_size: int = 65536) -> Iterator[list[bytes]]:
+        """The records of a streamed answer, grouped as they arrived: each list holds
+        the complete records that one read from the socket delivered (one record on
+        a paced stream, several when Ollama got ahead). Nothing waits for more.
+
+        Chunked answers (what Ollama sends) are decoded here directly from the
+        socket's buffer, without a Python-level ``readline`` per record; other
+        framings fall back to :meth:`batches`.
+        """
+        resp = self._response
+        assert resp is not None
+        if not resp.chunked or resp.fp is None:
+            yield from self.batches()
+            return
+        fp = resp.fp
+        decoder = ChunkedLines(MAX_LINE_BYTES)
+        try:
+            while not decoder.finished:
+                data = fp.read1(read_size)
+                if not data:
+                    if self._aborted:
+                        break
+                    raise OllamaUnavailable("ollama closed the stream before its end")
+                lines = decoder.feed(data)
+                if lines:
+                    yield lines
+        except ValueError as exc:  # bad framing or an overlong record
+            self.close(reusable=False)
+            raise OllamaUnavailable(f"ollama sent a malformed stream: {exc}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self.close(reusable=False)
+            raise OllamaUnavailable(self._describe(exc)) from exc
+        if self._aborted:
+            self.close(reusable=False)
+            raise OllamaUnavailable("request cancelled")
+        if decoder.tail:
+            yield [decoder.tail]  # a last record without its newline
+        clean = not decoder.extra
+        resp.close()  # the body was read to its end: the connection may be reused
+        self.close(reusable=clean)
 
     def _record_buffered(self) -> bool:
         """True when a whole further record is already in our buffer (never blocks)."""

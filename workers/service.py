@@ -184,7 +184,7 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
             if call is None:
                 return
             try:
-                for batch in call.batches():
+                for batch in call.arrived():
                     good = []
                     done = False
                     for line in batch:
