@@ -1,0 +1,80 @@
+"""Streams read by the HTTP thread itself (StreamRelay), through a live proxy, agent and
+simulator: every way a stream ends gives back its slot, channel and running entry, and
+leaves the right record in the queue."""
+
+from __future__ import annotations
+
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import ollama
+import requests
+
+from tests.e2e.conftest import wait_until
+
+CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "Tell me a story."}]}
+
+
+def idle(proxy) -> bool:
+    """Nothing held: no relay, no running call, no active batch, no slot, no channel."""
+    d = proxy.dispatcher
+    return (not d._relays and not d._running and d._active == 0
+            and not proxy.scheduler._inflight and len(proxy.hub) == 0)
+
+
+def test_concurrent_streams_complete_and_release_everything(make_cluster):
+    c = make_cluster(nodes=2, models="llama3.2:1b[tps=400]", parallel=2)
+
+    def one(i: int) -> tuple[str, list[dict]]:
+        r = requests.post(c.url + "/api/chat", json={**CHAT, "options": {"num_predict": 20,
+                          "seed": i}}, stream=True, timeout=30)
+        assert r.status_code == 200
+        return r.headers["X-OLOL-Request-Id"], [json.loads(x) for x in r.iter_lines() if x]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(12)))
+    for request_id, lines in results:
+        assert lines[-1]["done"] is True and sum(1 for x in lines if x["done"]) == 1
+        assert len(lines) > 2 and all(x["model"] == "llama3.2:1b" for x in lines)
+        assert c.proxy.queue.get(request_id)["status"] == "completed"
+    assert wait_until(lambda: idle(c.proxy), timeout=5)
+    # the official client sees the same stream
+    parts = list(ollama.Client(host=c.url).chat(**CHAT, stream=True, options={"num_predict": 5}))
+    assert parts[-1].done and not any(p.done for p in parts[:-1])
+
+
+def test_a_client_leaving_mid_stream_stops_the_generation_on_the_node(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=40]")
+    payload = json.dumps({**CHAT, "options": {"num_predict": 400}}).encode()
+    host, port = c.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        seen = b""
+        while seen.count(b'"done":false') < 3:
+            data = sock.recv(65536)
+            assert data, "the proxy closed the connection"
+            seen += data
+        head = seen.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")[1:]
+        headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in head)}
+        request_id = headers["x-olol-request-id"]
+        assert c.proxy.dispatcher._relays  # the stream is being read by the HTTP thread
+    assert wait_until(lambda: c.sims[0].stats()["generations_cancelled"] == 1, timeout=10)
+    assert wait_until(lambda: idle(c.proxy), timeout=10)
+    assert c.proxy.queue.get(request_id)["status"] == "cancelled"
+
+
+def test_a_node_failure_mid_stream_fails_the_record_and_releases_the_slot(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=200]")
+    c.sims[0].faults.drop_next_stream(1, after_chunks=3)
+    r = requests.post(c.url + "/api/chat", json={**CHAT, "options": {"num_predict": 40}},
+                      stream=True, timeout=30)
+    lines = [json.loads(x) for x in r.iter_lines() if x]
+    assert "error" in lines[-1] and not any(x.get("done") for x in lines)
+    assert wait_until(lambda: idle(c.proxy), timeout=10)
+    assert c.proxy.queue.get(r.headers["X-OLOL-Request-Id"])["status"] == "failed"
+    # the node answers again after its next health poll, and serves the next stream
+    assert wait_until(lambda: c.proxy.cluster.healthy_nodes(), timeout=10)
+    parts = list(ollama.Client(host=c.url).chat(**CHAT, stream=True, options={"num_predict": 5}))
+    assert parts[-1].done
