@@ -304,7 +304,7 @@ class RequestScheduler:
         """The node call of an assignment ended (any outcome)."""
         with self._lock:
             self._reserve(assignment.node, assignment.model_key, -1)
-        self.queue_manager.notify()
+        self.queue_manager.notify(everyone=False)  # one slot: one thread may use it
 
     def handle_server_failure(self, server_address: str, reason: str = "") -> None:
         """A node failed a call: avoid it until it answers a health poll again."""

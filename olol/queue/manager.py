@@ -92,8 +92,9 @@ class QueueManager(QueueMaintenance):
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._s = QueueState(self.ageing_s, int(finish_log_size))
-        self._generation = 0  # bumped by every event wait_for_work reports
+        self._generation = 0  # bumped by events every waiting thread must see
         self._seen = threading.local()  # per thread: the generation it last returned at
+        self._news = False  # an event happened that no thread has looked at since
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._rebuild()
 
@@ -238,9 +239,11 @@ class QueueManager(QueueMaintenance):
                     if e.status == "pending" and not self._s.index.is_ready(e):
                         self._s.index.add(e, now)
             raise
-        with self._lock:
+        with self._cond:
             for doc in claimed:
                 self._s.apply(self._s.entries[doc["id"]], doc, now)
+            if claimed and self._s.index.ready_count > 0:
+                self._signal()  # more to claim: pass the wake-up on to another thread
         return claimed
 
     def peek(self, limit: int = 100, model: str | None = None) -> list[dict]:
@@ -425,11 +428,18 @@ class QueueManager(QueueMaintenance):
 
     # ------------------------------------------------------------------ waking
     def _signal(self, everyone: bool = False) -> None:
-        """Something a dispatcher may act on happened (caller holds the lock)."""
-        self._generation += 1
+        """Something a dispatcher may act on happened (caller holds the lock).
+
+        One event (a request enqueued, a slot freed) wakes one thread: a thread
+        that claims work wakes the next while more is claimable (:meth:`dequeue`),
+        so a burst still spreads over the pool, but one event never makes every
+        idle thread scan the queue. ``everyone`` (new nodes, due requests,
+        shutdown) wakes them all."""
         if everyone:
+            self._generation += 1
             self._cond.notify_all()
         else:
+            self._news = True
             self._cond.notify()
 
     def _promote(self, now: float) -> None:
@@ -459,7 +469,7 @@ class QueueManager(QueueMaintenance):
             if seen is None:
                 changed = self._s.index.ready_count > 0
             else:
-                changed = seen != self._generation
+                changed = seen != self._generation or self._news
             if not changed:
                 wait = timeout
                 due = self._s.index.next_due()
@@ -467,13 +477,15 @@ class QueueManager(QueueMaintenance):
                     wait = max(0.0, min(wait, due - now))
                 self._cond.wait(wait)
                 self._promote(self.clock())
+            self._news = False  # this thread looks at the queue after every event so far
             self._seen.generation = self._generation
             return self._s.index.ready_count > 0
 
-    def notify(self) -> None:
-        """Wake every thread in :meth:`wait_for_work` (new nodes, shutdown, ...)."""
+    def notify(self, everyone: bool = True) -> None:
+        """Wake every thread in :meth:`wait_for_work` (new nodes, shutdown, ...), or
+        one thread (``everyone=False``: a node slot was freed)."""
         with self._cond:
-            self._signal(everyone=True)
+            self._signal(everyone=everyone)
 
 
 __all__ = ["QueueFullError", "QueueManager"]
