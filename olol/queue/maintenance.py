@@ -35,9 +35,11 @@ class QueueMaintenance:
         """Start-up repair: call once, before the front door and dispatchers run.
 
         Sync requests that were pending or processing had an HTTP caller that is
-        gone: they become ``interrupted`` (never silently re-run). Jobs that were
-        processing go back to ``pending`` (at-least-once); pending jobs stay.
-        Then the RAM indexes are rebuilt from the store.
+        gone: they become ``interrupted`` (never silently re-run); one whose
+        admission never reached the disk (it does not wait for its journal sync) is
+        simply absent. Jobs that were processing go back to ``pending``
+        (at-least-once); pending jobs stay. Then the RAM indexes are rebuilt from
+        the store.
         """
         now = self.clock()
         interrupted = requeued = 0

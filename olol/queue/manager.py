@@ -109,7 +109,12 @@ class QueueManager(QueueMaintenance):
 
     # ------------------------------------------------------------------ admission
     def enqueue(self, request: dict) -> tuple[str, int]:
-        """Admit a request; it is durable when this returns.
+        """Admit a request.
+
+        A job (``kind="job"``) is durable when this returns. A sync request is
+        journaled but does not wait for the sync: it becomes durable with the next
+        write that waits (its completion at the latest), and a crash before that
+        loses it, which nobody notices (its caller's connection dies with the proxy).
 
         :returns: ``(id, position)``: position is the 1-based place in dispatch order
             among the claimable pending requests of all models at admission.
@@ -133,7 +138,13 @@ class QueueManager(QueueMaintenance):
             self._s.entries[rid] = e  # reserves the id and the capacity
             self._s.count(e, "pending", +1)
         try:
-            doc_id = self.db.insert(TABLE, record)
+            # A sync request does not wait for its journal sync: its caller waits on
+            # an open connection that dies with the proxy, and recovery marks it
+            # interrupted anyway. If the proxy dies before the line is on disk the
+            # record simply never existed; the journal survives only as a prefix, so
+            # no later synced line (its claim, its completion, a job) can be on disk
+            # without it. A job's id is handed back for fetching later: it waits.
+            doc_id = self.db.insert(TABLE, record, wait=record["kind"] == "job")
         except BaseException:
             with self._lock:
                 self._s.entries.pop(rid, None)

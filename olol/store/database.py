@@ -266,9 +266,12 @@ class DatabaseManager:
         An exception inside the block rolls every change back.
 
         ``wait=False`` returns once the line is queued for the journal, before its
-        sync: the next write that waits (or close) makes it durable, and a crash
-        before that loses it together with every later write (the journal only
-        survives as a prefix). For changes whose loss recovery handles anyway.
+        sync: the next write that waits (or a checkpoint, or close) makes it durable,
+        and a crash before that loses it together with every later unsynced write
+        (lines reach the file in order and every sync covers all earlier lines, so
+        what survives is always a prefix of the journal: no waited write is ever on
+        disk without every line queued before it). For changes whose loss recovery
+        handles anyway; the change is visible to readers at once.
         """
         with self._lock:
             self._check_open()
@@ -289,10 +292,20 @@ class DatabaseManager:
             self._wait(seq)
 
     # ------------------------------------------------------------------ writes
-    def insert(self, table: str, doc: Mapping[str, Any]) -> int:
-        return self.insert_many(table, [doc])[0]
+    def insert(self, table: str, doc: Mapping[str, Any], *, wait: bool = True) -> int:
+        return self.insert_many(table, [doc], wait=wait)[0]
 
-    def insert_many(self, table: str, docs: Iterable[Mapping[str, Any]]) -> list[int]:
+    def insert_many(
+        self, table: str, docs: Iterable[Mapping[str, Any]], *, wait: bool = True
+    ) -> list[int]:
+        """Insert documents; returns their ids, once durable.
+
+        ``wait=False`` returns once the line is queued for the journal, before its
+        sync, with the same contract as ``transaction(wait=False)``: visible at once,
+        durable with the next write that waits (or a checkpoint, or close), lost in a
+        crash before that together with every later unsynced write. Inside a
+        transaction the transaction decides.
+        """
         schema = self._schema(table)
         docs = list(docs)
         now = iso_utc(self.clock())
@@ -320,7 +333,8 @@ class DatabaseManager:
                 ids.append(doc_id)
             self._next_ids[table] = first + len(encoded)
             seq = self._commit(ops, undo)
-        self._wait(seq)
+        if wait:
+            self._wait(seq)
         return ids
 
     def update(self, table: str, fields: Fields, where: Where) -> list[int]:

@@ -21,6 +21,14 @@ waiter becomes the leader, writes everything buffered and syncs; the others
 find their record durable when it is done (leader/follower group commit, no
 timer window).
 
+A writer may also choose not to wait (``wait=False`` in the store): its line is
+buffered in order and reaches the file with the next flush, which any waiting
+writer, a rotation (checkpoint) or close performs. Lines are written only by a
+flush, in the order they were appended, and every flush syncs what it wrote, so
+the durable journal is always a prefix of the appended lines: a line that
+survives a crash implies that every line appended before it survived too, and a
+lost unsynced line implies every later line is lost as well.
+
 Recovery = load the snapshot, replay the journals of its generation and later
 in order. A torn or corrupt last line (a crash mid-write) is cut off; anything
 that is not a tail is a hard error, and a snapshot that does not parse makes
@@ -316,7 +324,11 @@ class Journal:
             raise StoreIOError(f"the journal failed earlier ({self._error}); restart olol")
 
     def append(self, line: bytes) -> int:
-        """Buffer one record; call under the store's write lock to keep order."""
+        """Buffer one record; call under the store's write lock to keep order.
+
+        Returns its sequence number; :meth:`wait` on it to make it durable, or leave
+        it for the next flush (which writes every buffered record, in order).
+        """
         with self._buf_lock:
             self._check()
             self._buf.append(line)

@@ -146,7 +146,9 @@ def test_sigkill_with_jobs_queued_and_running_then_restart(tmp_path):
         proc = None
         with DatabaseManager(data) as db:
             sync_rows = db.search("inference_queue", lambda d: d.get("kind") == "sync")
-        assert len(sync_rows) == 1 and sync_rows[0]["status"] == "interrupted"
+        # interrupted, or absent: a sync admission does not wait for its journal sync,
+        # and the kill may come before any later write syncs it (docs/store.md)
+        assert len(sync_rows) <= 1 and all(r["status"] == "interrupted" for r in sync_rows)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -245,3 +245,17 @@ def test_transaction_without_wait_is_visible_at_once_and_durable_after_the_next_
     db.insert("servers", server("b:1"))  # a waited write covers everything before it
     if db.durable:
         assert db._journal._durable == db._journal._seq
+
+
+def test_insert_without_wait_is_visible_at_once_and_durable_after_the_next_wait(db):
+    ids = db.insert_many("servers", [server("a:1"), server("b:1")], wait=False)
+    doc_id = db.insert("servers", server("c:1"), wait=False)
+    assert [db.get("servers", i)["address"] for i in (*ids, doc_id)] == ["a:1", "b:1", "c:1"]
+    if db.durable:
+        assert db._journal._durable < db._journal._seq  # queued, not synced yet
+    db.update("servers", {"load": 0.5}, doc_id)  # a waited write covers everything before it
+    if db.durable:
+        assert db._journal._durable == db._journal._seq
+    with db.transaction(wait=False):  # inside a transaction, the transaction decides
+        db.insert("servers", server("d:1"), wait=True)
+    assert db.count("servers") == 4
