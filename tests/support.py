@@ -32,6 +32,31 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float
     return predicate()
 
 
+def record_sim_calls(sim: Any, route: str = "embed", api: str = "native") -> list[dict | None]:
+    """Record every call a started simulator's handler ``api.route`` receives
+    (``"native"``/``"embed"`` is ``POST /api/embed``) and return the list of their
+    JSON bodies, appended as calls arrive (``None`` for a body that is not JSON).
+
+    Only that route is recorded: health polls and other traffic are not, unlike
+    ``requests_total``. A call held by ``faults.hang_next`` is recorded once it is
+    released, when the handler runs.
+    """
+    owner = getattr(sim, api)
+    original = getattr(owner, route)
+    bodies: list[dict | None] = []
+
+    def recording(ex: Any, *args: Any) -> Any:
+        try:
+            body = ex.json()  # the exchange keeps the body: the handler reads it again
+        except Exception:  # noqa: BLE001 - the handler answers the error itself
+            body = None
+        bodies.append(body)
+        return original(ex, *args)
+
+    setattr(owner, route, recording)
+    return bodies
+
+
 def make_sim(models: Any = DEFAULT_MODELS, port: int = 0, **overrides: Any):
     """A started simulator on loopback with no delays. ``models`` is a spec string or
     parsed specs; ``overrides`` set other SimConfig fields."""

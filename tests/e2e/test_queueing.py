@@ -5,7 +5,7 @@ import threading
 import ollama
 import requests
 
-from tests.e2e.conftest import wait_until
+from tests.support import record_sim_calls, wait_until
 
 SLOW = "llama3.2:1b[tps=200],nomic-embed-text[embed]"
 
@@ -21,6 +21,16 @@ def submit_job(url, body, endpoint="chat", priority=None):
 
 def job(url, job_id):
     return requests.get(f"{url}/olol/v1/jobs/{job_id}", timeout=10).json()
+
+
+def all_claimable(c, model, n):
+    """``n`` requests for ``model`` wait in the queue where a dispatcher can claim them.
+
+    ``queue.depth()`` is not that: it counts a request from its admission, before
+    its store insert returns and it enters the pending index; released early, the
+    node would serve the requests claimable by then and the late ones in a
+    second call."""
+    return len(c.proxy.queue.peek_summaries(model=model)) >= n
 
 
 def chat(prompt, **options):
@@ -67,7 +77,7 @@ def test_identical_seeded_requests_share_one_inference(make_cluster):
     threads = [threading.Thread(target=ask, name=f"ask-{i}") for i in range(5)]
     for t in threads:
         t.start()
-    assert wait_until(lambda: c.proxy.queue.depth() >= 6)  # 5 waiting + the blocker
+    assert wait_until(lambda: all_claimable(c, "llama3.2:1b", 5))
     sim.faults.release()
     for t in threads + [blocker]:
         t.join(timeout=30)
@@ -81,31 +91,38 @@ def test_identical_seeded_requests_share_one_inference(make_cluster):
 def test_embedding_requests_for_one_model_are_merged(make_cluster):
     c = make_cluster(nodes=1, models=SLOW, parallel=1)
     sim = c.sims[0]
+    # POST /api/embed only: requests_total would count health polls too
+    embed_calls = record_sim_calls(sim, "embed")
     sim.faults.hang_next(1)
     blocker = threading.Thread(
         target=lambda: ollama.Client(host=c.url).embed(model="nomic-embed-text", input="block"),
         name="blocker")
     blocker.start()
     assert wait_until(lambda: sim.faults.hanging() == 1)
-    before = sim.stats()["requests_total"]
+    inputs = {i: [f"text {i}", f"more {i}"] for i in range(6)}
     results = {}
 
     def embed(i):
-        results[i] = ollama.Client(host=c.url).embed(model="nomic-embed-text", input=[f"text {i}", f"more {i}"])
+        results[i] = ollama.Client(host=c.url).embed(model="nomic-embed-text", input=inputs[i])
 
     threads = [threading.Thread(target=embed, args=(i,), name=f"embed-{i}") for i in range(6)]
     for t in threads:
         t.start()
-    assert wait_until(lambda: c.proxy.queue.depth() >= 7)
+    assert wait_until(lambda: all_claimable(c, "nomic-embed-text", 6))
     sim.faults.release()
     for t in threads + [blocker]:
         t.join(timeout=30)
     assert len(results) == 6
+    # the node saw two /api/embed calls: the blocker's, then one carrying all six
+    # requests, each request's inputs next to each other
+    assert len(embed_calls) == 2, embed_calls
+    assert embed_calls[0]["input"] == "block"
+    merged = embed_calls[1]["input"]
+    pairs = [tuple(merged[k:k + 2]) for k in range(0, len(merged), 2)]
+    assert sorted(pairs) == sorted(tuple(v) for v in inputs.values())
     direct = ollama.Client(host=sim.url)
     for i, r in results.items():
-        assert r.embeddings == direct.embed(model="nomic-embed-text", input=[f"text {i}", f"more {i}"]).embeddings
-    # six requests, one /api/embed call (plus the direct checks above, six more)
-    assert sim.stats()["requests_total"] - before == 1 + 6
+        assert r.embeddings == direct.embed(model="nomic-embed-text", input=inputs[i]).embeddings
 
 
 def test_full_queue_answers_503_with_retry_after_and_loses_nothing(make_cluster):
