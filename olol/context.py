@@ -60,6 +60,7 @@ class ProxyContext:
     keys: Any = None
     stats: Any = None
     scheduler: Any = None
+    dispatcher: Any = None  # olol.dispatcher.Dispatcher: runs a request inline when it can
     registry: Any = None  # olol.registry.ModelRegistry
     maintenance: Any = None  # olol.maintenance.MaintenanceJobs
     clock: Callable[[], float] = time.time

@@ -12,6 +12,11 @@ after its first record the dispatcher hands the node stream to the caller's
 HTTP thread as a :class:`~olol.relay.StreamRelay` (which then owns the slot and
 the accounting) and goes back to the queue. A watchdog thread ends relayed
 streams that stall for longer than ``stream_idle_timeout_s``.
+
+A front-door thread whose request is first in the queue and can be placed at
+once runs it itself (:meth:`run_inline`) instead of waking a dispatcher thread
+and waiting for it: two thread hand-offs fewer per request. While it waits on
+the node, the watchdog checks that its client is still connected.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ class Dispatcher:
         self.stream_idle_timeout_s = stream_idle_timeout_s
         self.monotonic = monotonic
         self._relays: dict[str, StreamRelay] = {}  # request id -> relay being read
+        self._inline: dict[str, Callable[[], bool]] = {}  # request id -> "client gone?"
         self._stop = threading.Event()
         self._claiming = threading.Event()
         self._claiming.set()
@@ -134,18 +140,49 @@ class Dispatcher:
             if assignment is None:
                 self.queue.wait_for_work(timeout=self.idle_wait_s)
                 continue
-            with self._active_lock:
-                self._active += 1
-            handed_off = False
-            try:
-                handed_off = self.run(assignment)
-            except Exception:
-                log.exception("batch %s on %s failed unexpectedly", assignment.batch_id, assignment.node)
-                for req in assignment.requests:
-                    self._fail(req, 500, "internal error while dispatching", started=False)
-            finally:
-                if not handed_off:  # else the relay releases when its stream ends
-                    self._release(assignment)
+            self._run_claimed(assignment)
+
+    def _run_claimed(self, assignment: Assignment) -> None:
+        with self._active_lock:
+            self._active += 1
+        handed_off = False
+        try:
+            handed_off = self.run(assignment)
+        except Exception:
+            log.exception("batch %s on %s failed unexpectedly", assignment.batch_id, assignment.node)
+            for req in assignment.requests:
+                self._fail(req, 500, "internal error while dispatching", started=False)
+        finally:
+            if not handed_off:  # else the relay releases when its stream ends
+                self._release(assignment)
+
+    def run_inline(self, request_id: str, disconnected: Callable[[], bool]) -> bool:
+        """Run a just-enqueued request in the calling (front-door) thread when it is
+        first in the queue and a node can take it now. Its outcome reaches the
+        caller's channel as usual (already there when this returns, or a relay).
+
+        :returns: True when the request was claimed here; False when it was left
+            to the dispatcher threads (the caller must then wake one).
+        """
+        if not self._claiming.is_set() or self._stop.is_set():
+            return False
+        if not self.queue.is_next(request_id):
+            return False
+        try:
+            assignment = self.scheduler.schedule_next_batch(only=request_id)
+        except Exception:
+            log.exception("scheduling request %s failed", request_id)
+            return False
+        if assignment is None:
+            return False
+        with self._running_lock:
+            self._inline[request_id] = disconnected
+        try:
+            self._run_claimed(assignment)
+        finally:
+            with self._running_lock:
+                self._inline.pop(request_id, None)
+        return True
 
     def _release(self, assignment: Assignment) -> None:
         self.scheduler.release(assignment)
@@ -160,6 +197,15 @@ class Dispatcher:
             now = self.monotonic()
             with self._running_lock:
                 relays = list(self._relays.values())
+                inline = list(self._inline.items())
+            for request_id, disconnected in inline:
+                try:
+                    gone = disconnected()
+                except Exception:  # noqa: BLE001 - a probe must not stop the watchdog
+                    gone = False
+                if gone:
+                    log.info("request %s: the client went away while its node worked", request_id)
+                    self.queue.cancel(request_id)  # stops the node call (_on_cancel)
             for relay in relays:
                 if not relay.settled and now - relay.last_record > self.stream_idle_timeout_s:
                     log.warning("request %s: no record for %.0f s, ending its stream",

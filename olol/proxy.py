@@ -132,7 +132,7 @@ class Proxy:
         self.context = ProxyContext(
             config=config, db=db, queue=self.queue, hub=self.hub, cluster=self.cluster,
             keys=self.keys, stats=self.stats, scheduler=self.scheduler, clock=clock,
-            registry=self.registry,
+            registry=self.registry, dispatcher=self.dispatcher,
         )
         self.maintenance: Any = None
         self._server: Any = None

@@ -214,8 +214,11 @@ class RequestScheduler:
         return (full, lru, self._headroom_key(node))
 
     # ------------------------------------------------------------ batches
-    def schedule_next_batch(self) -> Assignment | None:
+    def schedule_next_batch(self, only: str | None = None) -> Assignment | None:
         """Claim the next batch some node can take now, or None.
+
+        ``only`` restricts the choice to batches led by that request id (a front
+        door thread running its own request); nothing else is claimed then.
 
         The decision is made under the scheduler's lock and reserves the node's
         slot; the durable claim in the queue happens outside it, so one claim's
@@ -233,6 +236,8 @@ class RequestScheduler:
                 demand[m] += n
             tried: set[tuple[str, str | None]] = set()
             for req in window:
+                if only is not None and req["id"] != only:
+                    continue
                 group_key = (req["model_key"], req.get("batch_key"))
                 if group_key in tried:
                     continue

@@ -108,8 +108,12 @@ class QueueManager(QueueMaintenance):
             self._s.load(docs, now, floor_value)
 
     # ------------------------------------------------------------------ admission
-    def enqueue(self, request: dict) -> tuple[str, int]:
+    def enqueue(self, request: dict, *, wake: bool = True) -> tuple[str, int]:
         """Admit a request.
+
+        ``wake=False`` wakes no dispatcher thread: the caller means to claim the
+        request itself (:meth:`is_next`) and must call ``notify(everyone=False)``
+        if it does not.
 
         A job (``kind="job"``) is durable when this returns. A sync request is
         journaled but does not wait for the sync: it becomes durable with the next
@@ -154,7 +158,8 @@ class QueueManager(QueueMaintenance):
             e.doc_id = doc_id
             if e.status == "pending" and e.rev == 0:
                 pos = self._s.index.add(e, now)
-                self._signal()
+                if wake:
+                    self._signal()
             else:
                 pos = None
             return rid, (pos if pos is not None else len(self._s.index)) + 1
@@ -257,6 +262,12 @@ class QueueManager(QueueMaintenance):
                 self._signal()  # more to claim: pass the wake-up on to another thread
         return claimed
 
+    def is_next(self, request_id: str) -> bool:
+        """True when the request is claimable and first in dispatch order."""
+        with self._lock:
+            e = self._s.entries.get(request_id)
+            return e is not None and self._s.index.ready_position(e) == 0
+
     def peek(self, limit: int = 100, model: str | None = None) -> list[dict]:
         """Claimable pending requests in dispatch order, without claiming them."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -321,8 +332,10 @@ class QueueManager(QueueMaintenance):
         new.update(patch)
         with self._cond:
             self._s.apply(e, new, now)
-            if new["status"] == "pending" or doc.get("status") == "processing":
-                self._signal()  # work to claim, or a node slot just freed
+            if new["status"] == "pending" or (
+                doc.get("status") == "processing" and self._s.index.ready_count > 0
+            ):
+                self._signal()  # work to claim, or a node slot freed while work waits
         return new
 
     def update_request_status(
@@ -494,9 +507,12 @@ class QueueManager(QueueMaintenance):
 
     def notify(self, everyone: bool = True) -> None:
         """Wake every thread in :meth:`wait_for_work` (new nodes, shutdown, ...), or
-        one thread (``everyone=False``: a node slot was freed)."""
+        one thread (``everyone=False``: a node slot was freed, or a request was
+        left unclaimed) when some request is claimable; with nothing to claim
+        there is nothing to wake for (the next enqueue wakes a thread itself)."""
         with self._cond:
-            self._signal(everyone=everyone)
+            if everyone or self._s.index.ready_count > 0:
+                self._signal(everyone=everyone)
 
 
 __all__ = ["QueueFullError", "QueueManager"]

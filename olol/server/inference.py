@@ -84,10 +84,10 @@ def build_record(
     }
 
 
-def enqueue(ctx: Any, record: dict[str, Any]) -> int:
+def enqueue(ctx: Any, record: dict[str, Any], *, wake: bool = True) -> int:
     """``queue.enqueue`` with ``QueueFullError`` turned into Ollama's 503."""
     try:
-        _, position = ctx.queue.enqueue(record)
+        _, position = ctx.queue.enqueue(record, wake=wake)
     except QueueFullError as exc:
         retry = getattr(exc, "retry_after_s", None)
         raise errors.server_busy(retry if retry is not None else 1) from None
@@ -206,12 +206,22 @@ def submit(
         request_id, validated, body, kind="sync", api=api, stream=stream,
         priority=priority, session=session, key_id=key.id if key else None,
     )
+    dispatcher = getattr(ctx, "dispatcher", None)
     try:
-        position = enqueue(ctx, record)
+        position = enqueue(ctx, record, wake=dispatcher is None)
     except BaseException:
         ctx.hub.close(request_id)
         raise
     probe = request.environ.get("waitress.client_disconnected")
+    if dispatcher is not None:
+        # First in the queue and placeable now: this thread runs it (no hand-off to
+        # a dispatcher thread and back); otherwise a dispatcher thread is woken.
+        ran = False
+        try:
+            ran = dispatcher.run_inline(request_id, probe if callable(probe) else _never)
+        finally:
+            if not ran:
+                ctx.queue.notify(everyone=False)
     return Submission(
         ctx=ctx,
         request_id=request_id,
@@ -220,6 +230,10 @@ def submit(
         validated=validated,
         disconnected=probe if callable(probe) else (lambda: False),
     )
+
+
+def _never() -> bool:
+    return False
 
 
 def error_from_event(data: Any) -> ApiError:

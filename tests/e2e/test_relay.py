@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import ollama
@@ -78,3 +79,55 @@ def test_a_node_failure_mid_stream_fails_the_record_and_releases_the_slot(make_c
     assert wait_until(lambda: c.proxy.cluster.healthy_nodes(), timeout=10)
     parts = list(ollama.Client(host=c.url).chat(**CHAT, stream=True, options={"num_predict": 5}))
     assert parts[-1].done
+
+
+def record_threads(proxy) -> list[str]:
+    """Names of the threads that run claimed batches, from now on."""
+    names: list[str] = []
+    original = proxy.dispatcher._run_claimed
+
+    def spy(assignment):
+        names.append(threading.current_thread().name)
+        return original(assignment)
+
+    proxy.dispatcher._run_claimed = spy
+    return names
+
+
+def test_a_request_nothing_waits_before_runs_in_its_own_front_door_thread(make_cluster):
+    c = make_cluster(nodes=1)
+    names = record_threads(c.proxy)
+    client = ollama.Client(host=c.url)
+    assert client.chat(**CHAT, options={"num_predict": 4}).done
+    assert list(client.chat(**CHAT, stream=True, options={"num_predict": 4}))[-1].done
+    assert len(names) == 2 and not any(n.startswith("olol-dispatch") for n in names)
+    assert wait_until(lambda: idle(c.proxy), timeout=5)
+
+
+def test_a_request_behind_others_waits_its_turn_for_a_dispatcher_thread(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=50]", parallel=1)
+    names = record_threads(c.proxy)
+    body = {**CHAT, "stream": False, "options": {"num_predict": 10}}
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(requests.post, c.url + "/api/chat", json=body, timeout=30)
+                   for _ in range(3)]
+        assert all(f.result().status_code == 200 for f in futures)
+    # one slot: the first runs at once, the two others queue and are dispatched in turn
+    assert len(names) == 3
+    assert sum(n.startswith("olol-dispatch") for n in names) >= 2
+
+
+def test_a_client_leaving_a_long_non_streamed_request_run_inline_cancels_it(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]")
+    names = record_threads(c.proxy)
+    payload = json.dumps({**CHAT, "stream": False, "options": {"num_predict": 400}}).encode()
+    host, port = c.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        assert wait_until(lambda: c.sims[0].stats()["generations_started"] == 1, timeout=10)
+    assert wait_until(lambda: c.sims[0].stats()["generations_cancelled"] == 1, timeout=10)
+    assert wait_until(lambda: idle(c.proxy), timeout=10)
+    assert names and not names[0].startswith("olol-dispatch")
+    records = c.proxy.queue.list_jobs(kind=None)
+    assert [r["status"] for r in records] == ["cancelled"]

@@ -62,13 +62,22 @@ def test_one_enqueue_wakes_one_thread_not_all(make_queue):
         waiters.close()
 
 
-def test_a_freed_slot_wakes_one_thread(make_queue):
+def test_a_freed_slot_wakes_one_thread_when_work_waits_and_none_otherwise(make_queue):
     q = make_queue()
     rid, _ = q.enqueue(make_request())
     q.dequeue(ids=[rid])
     waiters = Waiters(q, 4)
     try:
-        q.notify(everyone=False)
+        q.notify(everyone=False)  # nothing is claimable: nobody to wake
+        q.update_request_status(rid, "completed")  # a slot freed, nothing waits
+        for t in waiters.threads:
+            t.join(timeout=0.05)
+        assert waiters.woken == 0
+        q.enqueue(make_request(), wake=False)  # a front-door thread may take it itself
+        for t in waiters.threads:
+            t.join(timeout=0.05)
+        assert waiters.woken == 0
+        q.notify(everyone=False)  # it did not: one thread is woken
         assert wait_until(lambda: waiters.woken >= 1, timeout=5)
         for t in waiters.threads:
             t.join(timeout=0.05)
