@@ -380,6 +380,7 @@ class Dispatcher:
                 if done:
                     for req in waiting:
                         self._finish(req, record, publish=False)
+                    stream.drain()
                     return
             # the stream ended without a final record
             raise NodeError(None, "the node closed the stream before it finished", 502,  # type: ignore[arg-type]

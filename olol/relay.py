@@ -79,6 +79,7 @@ class StreamRelay:
             if done:
                 self._complete(body)
                 yield body, True
+                self._stream.drain()  # after the client has the final record
                 return
             yield body, False
             try:

@@ -346,6 +346,8 @@ class OllamaCall:
                     )
                     if truncated and not self._aborted:
                         raise OllamaUnavailable("ollama closed the stream before its end")
+                    if not truncated:
+                        resp.close()  # read to its end: the connection may be reused
                     break
                 if len(line) > MAX_LINE_BYTES:
                     raise OllamaUnavailable(f"ollama record longer than {MAX_LINE_BYTES} bytes")
@@ -490,6 +492,7 @@ class OllamaClient:
         self._pool_size = pool_size
         self._pool_lock = threading.Lock()
         self._closed = False
+        self.connections_opened = 0  # how many connections were made (reuse shows here)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
 
@@ -498,6 +501,8 @@ class OllamaClient:
             if self._pool:
                 return self._pool.pop(), True
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        with self._pool_lock:
+            self.connections_opened += 1
         return cls(self._host, self._port, timeout=self.connect_timeout), False
 
     def _release(self, conn: http.client.HTTPConnection) -> None:

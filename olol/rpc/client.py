@@ -190,6 +190,21 @@ class NodeStream:
             self.done = True
         return record if self._raw else orjson.loads(record)
 
+    def drain(self, most: int = 4) -> None:
+        """After the final record, read the call's end (its status). A call dropped
+        before its end is cancelled, which makes the agent close its connection to
+        Ollama instead of reusing it. Reads at most ``most`` further messages
+        (there should be none), then cancels."""
+        self._pending = []
+        try:
+            for _ in range(most):
+                next(self._call)
+        except StopIteration:
+            return
+        except grpc.RpcError:
+            return
+        self._call.cancel()
+
     def cancel(self) -> None:
         """Cancel the RPC; the agent closes its Ollama request at once."""
         self._call.cancel()

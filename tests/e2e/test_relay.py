@@ -131,3 +131,19 @@ def test_a_client_leaving_a_long_non_streamed_request_run_inline_cancels_it(make
     assert names and not names[0].startswith("olol-dispatch")
     records = c.proxy.queue.list_jobs(kind=None)
     assert [r["status"] for r in records] == ["cancelled"]
+
+
+def test_the_agent_reuses_its_connection_to_ollama_across_requests(make_cluster):
+    """Each call is read to its end (not cancelled when dropped), so the agent's
+    keep-alive connection to Ollama serves request after request."""
+    c = make_cluster(nodes=1)
+    client = ollama.Client(host=c.url)
+    client.chat(**CHAT, options={"num_predict": 4})
+    ollama_client = c.agents[0]._ollama
+    opened = ollama_client.connections_opened
+    for i in range(10):
+        assert client.chat(**CHAT, options={"num_predict": 4, "seed": i}).done
+        parts = list(client.chat(**CHAT, stream=True, options={"num_predict": 4, "seed": i}))
+        assert parts[-1].done
+    # health polls may open one more while a relay holds the pooled one; not 20
+    assert ollama_client.connections_opened - opened <= 2

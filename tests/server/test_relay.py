@@ -29,6 +29,7 @@ class FakeStream:
         self._block = block
         self._cancelled = threading.Event()
         self.cancels = 0
+        self.drained = False
 
     def next_message(self) -> tuple[bytes, bool]:
         if self._messages:
@@ -43,6 +44,9 @@ class FakeStream:
     def cancel(self) -> None:
         self.cancels += 1
         self._cancelled.set()
+
+    def drain(self) -> None:
+        self.drained = True
 
 
 def rec(i: int, done: bool = False) -> bytes:
@@ -64,6 +68,7 @@ def test_a_stream_read_to_its_end_settles_completed_once_with_the_final_record()
     got = list(relay.messages())
     assert got == [(rec(0), False), (rec(1), False), (rec(2) + b"\n" + rec(3, True), True)]
     assert settled == [("completed", {"model": "m", "response": "3", "done": True})]
+    assert stream.drained  # the call's end was read: the agent keeps its connection
     relay.abandon("late")  # after the end: nothing more happens
     assert settled == [("completed", {"model": "m", "response": "3", "done": True})]
     assert stream.cancels == 0
