@@ -283,6 +283,9 @@ class OllamaCall:
                         conn.timeout = min(conn.timeout, self._timeout)
                     conn.connect()
                     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if self._aborted:  # abort() came while there was no socket to shut
+                        conn.close()
+                        raise OllamaUnavailable("request cancelled")
                 conn.sock.settimeout(self._timeout or self._client.read_timeout)
                 conn.request(self._method, self._path, body=self._body, headers=self._headers)
                 self._response = conn.getresponse()
@@ -393,7 +396,7 @@ class OllamaCall:
         fp = resp.fp
         decoder = ChunkedLines(MAX_LINE_BYTES)
         try:
-            while not decoder.finished:
+            while not decoder.finished and not self._aborted:
                 data = fp.read1(read_size)
                 if not data:
                     if self._aborted:
