@@ -319,7 +319,11 @@ class QueueManager(QueueMaintenance):
             if e is None or e.doc_id < 0:
                 return None
         now = self.clock()
-        with self.db.transaction():
+        # A synchronous request's state changes need not wait for their sync: its
+        # caller hears the outcome over its connection, and a crash before the line
+        # is on disk leaves the record as recovery finds it (absent or interrupted,
+        # never re-run). A job's state is read back later by id: it waits.
+        with self.db.transaction(wait=e.kind == "job"):
             doc = self.db.get(TABLE, e.doc_id)
             if doc is None or doc.get("id") != request_id or doc.get("status") not in allowed:
                 return None
