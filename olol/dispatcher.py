@@ -83,6 +83,7 @@ class Dispatcher:
         self.monotonic = monotonic
         self._relays: dict[str, StreamRelay] = {}  # request id -> relay being read
         self._inline: dict[str, Callable[[], bool]] = {}  # request id -> "client gone?"
+        self._local = threading.local()  # .after: where a front-door thread defers work
         self._stop = threading.Event()
         self._claiming = threading.Event()
         self._claiming.set()
@@ -146,6 +147,7 @@ class Dispatcher:
         with self._active_lock:
             self._active += 1
         handed_off = False
+        self._local.ok = False
         try:
             handed_off = self.run(assignment)
         except Exception:
@@ -154,12 +156,29 @@ class Dispatcher:
                 self._fail(req, 500, "internal error while dispatching", started=False)
         finally:
             if not handed_off:  # else the relay releases when its stream ends
-                self._release(assignment)
+                if self._local.ok:
+                    self._later(lambda: self._release(assignment))
+                else:  # a failure is settled now: a retry may need this very slot
+                    self._release(assignment)
 
-    def run_inline(self, request_id: str, disconnected: Callable[[], bool]) -> bool:
+    def _later(self, work: Callable[[], None]) -> None:
+        """Do ``work`` now, or, in a front-door thread that runs its own request, after
+        its response has been written (bookkeeping off the caller's critical path)."""
+        after = getattr(self._local, "after", None)
+        if after is None:
+            work()
+        else:
+            after(work)
+
+    def run_inline(self, request_id: str, disconnected: Callable[[], bool],
+                   after: Callable[[Callable[[], None]], None] | None = None) -> bool:
         """Run a just-enqueued request in the calling (front-door) thread when it is
         first in the queue and a node can take it now. Its outcome reaches the
         caller's channel as usual (already there when this returns, or a relay).
+
+        ``after``, when given, takes the bookkeeping of a successful run (the queue
+        record's completion, statistics, the slot's release) to do once the response
+        has been written; it must run whatever happens to the response.
 
         :returns: True when the request was claimed here; False when it was left
             to the dispatcher threads (the caller must then wake one).
@@ -177,9 +196,11 @@ class Dispatcher:
             return False
         with self._running_lock:
             self._inline[request_id] = disconnected
+        self._local.after = after
         try:
             self._run_claimed(assignment)
         finally:
+            self._local.after = None
             with self._running_lock:
                 self._inline.pop(request_id, None)
         return True
@@ -243,7 +264,8 @@ class Dispatcher:
                 return False
             self._node_failed(a, exc)
             return False
-        self._succeeded(a, started_ts)
+        self._later(lambda: self._succeeded(a, started_ts))
+        self._local.ok = True
         return False
 
     def _succeeded(self, a: Assignment, started_ts: float) -> None:
@@ -378,9 +400,12 @@ class Dispatcher:
                     stream.cancel()
                     raise _AllGone()
                 if done:
-                    for req in waiting:
-                        self._finish(req, record, publish=False)
-                    stream.drain()
+                    def tail(waiting: list = waiting, record: Any = record) -> None:
+                        for req in waiting:
+                            self._finish(req, record, publish=False)
+                        stream.drain()
+
+                    self._later(tail)
                     return
             # the stream ended without a final record
             raise NodeError(None, "the node closed the stream before it finished", 502,  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import ClosingIterator
 
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
@@ -46,6 +47,38 @@ def _plain(text: str, status: int, headers: dict | None = None) -> Response:
     for name, value in (headers or {}).items():
         resp.headers[name] = value
     return resp
+
+
+#: WSGI environ key of the list of callables run after the response has been written.
+AFTER_RESPONSE = "olol.after_response"
+
+
+class AfterResponse:
+    """WSGI middleware: work a handler defers (``environ[AFTER_RESPONSE].append(fn)``)
+    runs when the server closes the response, i.e. once it has been written or the
+    client went away; each callable runs even when an earlier one fails."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        pending: list = []
+        environ[AFTER_RESPONSE] = pending
+
+        def run() -> None:
+            while pending:
+                work = pending.pop(0)
+                try:
+                    work()
+                except Exception:  # noqa: BLE001 - the rest must still run
+                    log.exception("deferred work after %s failed", environ.get("PATH_INFO"))
+
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            run()
+            raise
+        return ClosingIterator(body, [run])
 
 
 def create_app(ctx: Any) -> Flask:
@@ -102,4 +135,5 @@ def create_app(ctx: Any) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(models.admin_bp)
+    app.wsgi_app = AfterResponse(app.wsgi_app)  # type: ignore[method-assign]
     return app

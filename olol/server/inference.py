@@ -36,6 +36,9 @@ from olol.server.common import (
 
 log = logging.getLogger(__name__)
 
+#: The environ key of olol.server.app.AfterResponse (work run after the response).
+AFTER_RESPONSE = "olol.after_response"
+
 #: How often a waiting handler checks whether its client is still connected.
 DISCONNECT_CHECK_S = 1.0
 
@@ -218,7 +221,11 @@ def submit(
         # a dispatcher thread and back); otherwise a dispatcher thread is woken.
         ran = False
         try:
-            ran = dispatcher.run_inline(request_id, probe if callable(probe) else _never)
+            deferred = request.environ.get(AFTER_RESPONSE)
+            ran = dispatcher.run_inline(
+                request_id, probe if callable(probe) else _never,
+                after=deferred.append if isinstance(deferred, list) else None,
+            )
         finally:
             if not ran:
                 ctx.queue.notify(everyone=False)

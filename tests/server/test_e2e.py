@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from olol.context import ProxyConfig
+from tests.support import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,9 @@ def test_queue_headers_and_record(proxy):
                       json={"model": "llama3.2:1b", "prompt": "x", "stream": False,
                             "options": {"num_predict": 3}})
     assert r.status_code == 200, r.text
-    record = proxy.queue.get(r.headers["X-OLOL-Request-Id"])
-    assert record is not None and record["status"] == "completed"
+    # the record is completed right after the answer is written (bookkeeping follows it)
+    rid = r.headers["X-OLOL-Request-Id"]
+    assert wait_until(lambda: (proxy.queue.get(rid) or {}).get("status") == "completed", timeout=5)
 
 
 def test_openai_chat_completions_and_embeddings(proxy):
