@@ -226,6 +226,13 @@ def submit(
                 request_id, probe if callable(probe) else _never,
                 after=deferred.append if isinstance(deferred, list) else None,
             )
+        except BaseException:  # nothing may keep the channel or the request open
+            ctx.hub.close(request_id)
+            try:
+                ctx.queue.cancel(request_id)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                log.exception("cancelling request %s failed", request_id)
+            raise
         finally:
             if not ran:
                 ctx.queue.notify(everyone=False)

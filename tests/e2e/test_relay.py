@@ -46,7 +46,7 @@ def test_concurrent_streams_complete_and_release_everything(make_cluster):
 
 
 def test_a_client_leaving_mid_stream_stops_the_generation_on_the_node(make_cluster):
-    c = make_cluster(nodes=1, models="llama3.2:1b[tps=40]")
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=10]")
     payload = json.dumps({**CHAT, "options": {"num_predict": 400}}).encode()
     host, port = c.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -118,7 +118,8 @@ def test_a_request_behind_others_waits_its_turn_for_a_dispatcher_thread(make_clu
 
 
 def test_a_client_leaving_a_long_non_streamed_request_run_inline_cancels_it(make_cluster):
-    c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]")
+    # the simulator's answers have 16 to 48 tokens: at 2 tokens/s, 8 s or more
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=2]")
     names = record_threads(c.proxy)
     payload = json.dumps({**CHAT, "stream": False, "options": {"num_predict": 400}}).encode()
     host, port = c.url.removeprefix("http://").split(":")
@@ -147,3 +148,17 @@ def test_the_agent_reuses_its_connection_to_ollama_across_requests(make_cluster)
         assert parts[-1].done
     # health polls may open one more while a relay holds the pooled one; not 20
     assert ollama_client.connections_opened - opened <= 2
+
+
+def test_a_failure_while_running_inline_closes_the_channel_and_cancels_the_request(make_cluster):
+    c = make_cluster(nodes=1)
+
+    def broken(request_id, disconnected, after=None):
+        raise RuntimeError("boom")
+
+    c.proxy.dispatcher.run_inline = broken
+    r = requests.post(c.url + "/api/chat", json={**CHAT, "stream": False}, timeout=10)
+    assert r.status_code == 500 and r.json() == {"error": "internal error"}
+    assert len(c.proxy.hub) == 0
+    records = c.proxy.queue.list_jobs(kind=None)
+    assert [x["status"] for x in records] == ["cancelled"]
