@@ -201,14 +201,15 @@ def submit(
     session = request_session()
     key = current_key()
     request_id = uuid.uuid4().hex
-    try:
-        channel = ctx.hub.open(request_id)
-    except HubFullError:
-        raise errors.server_busy(1) from None
+    # the record first: whatever fails while it is built leaves no channel behind
     record = build_record(
         request_id, validated, body, kind="sync", api=api, stream=stream,
         priority=priority, session=session, key_id=key.id if key else None,
     )
+    try:
+        channel = ctx.hub.open(request_id)
+    except HubFullError:
+        raise errors.server_busy(1) from None
     dispatcher = getattr(ctx, "dispatcher", None)
     try:
         position = enqueue(ctx, record, wake=dispatcher is None)

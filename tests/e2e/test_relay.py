@@ -162,3 +162,22 @@ def test_a_failure_while_running_inline_closes_the_channel_and_cancels_the_reque
     assert len(c.proxy.hub) == 0
     records = c.proxy.queue.list_jobs(kind=None)
     assert [x["status"] for x in records] == ["cancelled"]
+
+
+def test_requests_that_fail_while_their_record_is_built_leave_no_channel(make_cluster):
+    """Each of these fails after the front door has started to admit it (values the
+    queue cannot hold); none may leave a response channel behind, or enough of them
+    would fill the hub and refuse everybody."""
+    c = make_cluster(nodes=1)
+    bad = [
+        ("/api/embed", {"model": "nomic-embed-text", "input": "x", "options": {"top_p": 1e300}}),
+        ("/api/chat", {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "\ud800"}]}),
+    ]
+    with requests.Session() as s:
+        for path, body in bad:
+            for _ in range(200):
+                r = s.post(c.url + path, data=json.dumps(body), timeout=10,
+                           headers={"Content-Type": "application/json"})
+                assert 400 <= r.status_code < 600
+    assert len(c.proxy.hub) == 0
+    assert ollama.Client(host=c.url).chat(**CHAT, options={"num_predict": 3}).done
