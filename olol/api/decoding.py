@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,55 @@ def parse_json_body(
             400,
             f"json: cannot unmarshal {gojson.json_kind(value)} into Go value of type {go_type}",
         )
+    # One set of limits for everything behind the door (store, coalescing, gRPC):
+    # both checks look at the raw bytes first and walk the value only when needed.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise errors.ApiError(400, "exceeded max depth")
+    if b"\\ud" in raw or b"\\uD" in raw:  # a \uD800-\uDFFF escape: maybe a lone surrogate
+        value = _replace_lone_surrogates(value)
+    return value
+
+
+#: Deepest nesting of arrays and objects accepted in a request body. Go accepts 10,000
+#: levels; the store's encoder stops at 254 for a whole record, and no real request
+#: (tools, schemas, messages) comes near this.
+MAX_DEPTH = 200
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """Strings with a lone UTF-16 surrogate (``"\\ud800"``) get U+FFFD in its place, as
+    Go's decoder does, in keys and values; nothing else changes."""
+    def fix(text: str) -> str:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+
+    if isinstance(value, str):
+        return fix(value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {fix(k): _replace_lone_surrogates(v) for k, v in value.items()}
     return value
 
 

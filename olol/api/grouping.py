@@ -23,9 +23,13 @@ _DETERMINISTIC_ALWAYS = frozenset({"embed", "embeddings"})
 _COALESCE_IGNORED = frozenset({"model", "stream", "keep_alive"})
 
 
+_INT64 = 2**63
+
+
 def _canonical(value: Any) -> Any:
-    """Make equal-meaning JSON equal: ``0.0`` and ``0`` are the same number to Ollama."""
-    if isinstance(value, float) and value.is_integer():
+    """Make equal-meaning JSON equal: ``0.0`` and ``0`` are the same number to Ollama.
+    (Integral floats beyond 64 bits stay floats: no integer type could hold them.)"""
+    if isinstance(value, float) and value.is_integer() and -_INT64 <= value < _INT64:
         return int(value)
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in value.items()}

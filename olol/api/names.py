@@ -18,13 +18,14 @@ DEFAULT_TAG = "latest"
 #: Ollama rejects a whole name longer than this.
 MAX_NAME_LEN = 128
 
-# Characters Ollama allows per part: letters, digits, '_', '-', '.'; namespaces may not
-# contain '.'. We additionally allow ':port' in the host part (a private registry on a
-# port), which Ollama's older path parser accepted.
-_MODEL_RE = re.compile(r"[A-Za-z0-9_.\-]+")
-_TAG_RE = re.compile(r"[A-Za-z0-9_.\-]+")
-_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-]+")
-_HOST_RE = re.compile(r"[A-Za-z0-9_.\-]+(:[0-9]+)?")
+# Characters Ollama allows per part (types/model/name.go, isValidPart): a letter, digit
+# or '_' first, then letters, digits, '_', '-', '.'; namespaces may not contain '.'.
+# We additionally allow ':port' in the host part (a private registry on a port), which
+# Ollama's older path parser accepted. So "." or "x/y/." are not names.
+_MODEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*")
+_HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(:[0-9]+)?")
 
 
 class InvalidModelName(ValueError):

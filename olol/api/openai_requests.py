@@ -220,6 +220,8 @@ def _content_parts(role: str, parts: list[Any]) -> list[dict[str, Any]]:
 def _messages_to_ollama(messages: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     converted: list[dict[str, Any]] = []
     for message in messages:
+        if message is None:
+            message = {}  # Go decodes a null element into an empty Message
         role = _get(message, "role") or ""
         content = _get(message, "content")
         calls = _get(message, "tool_calls")

@@ -164,20 +164,31 @@ def test_a_failure_while_running_inline_closes_the_channel_and_cancels_the_reque
     assert [x["status"] for x in records] == ["cancelled"]
 
 
-def test_requests_that_fail_while_their_record_is_built_leave_no_channel(make_cluster):
-    """Each of these fails after the front door has started to admit it (values the
-    queue cannot hold); none may leave a response channel behind, or enough of them
-    would fill the hub and refuse everybody."""
+def test_requests_that_fail_while_being_admitted_leave_no_channel(make_cluster, monkeypatch):
+    """Whatever fails while a request is admitted (building its record, enqueueing it,
+    running it inline) may not leave a response channel behind, or enough of them would
+    fill the hub and refuse everybody."""
+    import olol.server.inference as inference
+
     c = make_cluster(nodes=1)
-    bad = [
-        ("/api/embed", {"model": "nomic-embed-text", "input": "x", "options": {"top_p": 1e300}}),
-        ("/api/chat", {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "\ud800"}]}),
-    ]
+    real_build, real_enqueue = inference.build_record, c.proxy.queue.enqueue
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
     with requests.Session() as s:
-        for path, body in bad:
-            for _ in range(200):
-                r = s.post(c.url + path, data=json.dumps(body), timeout=10,
-                           headers={"Content-Type": "application/json"})
-                assert 400 <= r.status_code < 600
-    assert len(c.proxy.hub) == 0
+        for patch in ("build", "enqueue", "inline"):
+            if patch == "build":
+                monkeypatch.setattr(inference, "build_record", broken)
+            elif patch == "enqueue":
+                monkeypatch.setattr(inference, "build_record", real_build)
+                monkeypatch.setattr(c.proxy.queue, "enqueue", broken)
+            else:
+                monkeypatch.setattr(c.proxy.queue, "enqueue", real_enqueue)
+                monkeypatch.setattr(c.proxy.dispatcher, "run_inline", broken)
+            for _ in range(100):
+                r = s.post(c.url + "/api/chat", json={**CHAT, "stream": False}, timeout=10)
+                assert r.status_code == 500 and r.json() == {"error": "internal error"}
+            assert len(c.proxy.hub) == 0, patch
+    monkeypatch.undo()
     assert ollama.Client(host=c.url).chat(**CHAT, options={"num_predict": 3}).done

@@ -1,0 +1,74 @@
+"""Inputs that used to give 500 "internal error" through a live proxy (issue 9, item 2)."""
+
+from __future__ import annotations
+
+import json
+
+import ollama
+import pytest
+import requests
+
+CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def deep(n: int, kind: str) -> object:
+    value: object = 1
+    for _ in range(n):
+        value = [value] if kind == "list" else {"a": value}
+    return value
+
+
+CASES = [
+    # (path, raw body, status, expected error text or None for success)
+    ("/api/generate", '{"model":"llama3.2:1b","prompt":"x","options":{"seed":1e20}}',
+     400, 'option "seed" must be of type integer'),
+    ("/api/generate",
+     '{"model":"llama3.2:1b","prompt":"x","options":{"seed":-9223372036854776833}}',
+     400, 'option "seed" must be of type integer'),
+    ("/api/generate", '{"model":"llama3.2:1b","prompt":"x","options":{"temperature":0,'
+     '"top_p":1e300},"stream":false}', 200, None),
+    ("/api/embed", '{"model":"nomic-embed-text","input":"x","options":{"top_p":1e300}}',
+     200, None),
+    ("/api/chat", '{"model":"llama3.2:1b","stream":false,'
+     '"messages":[{"role":"user","content":"\\ud800"}]}', 200, None),
+    ("/api/generate", json.dumps({"model": "llama3.2:1b", "prompt": "x",
+                                  "format": deep(300, "list")}), 400, "exceeded max depth"),
+    ("/api/generate", json.dumps({"model": "llama3.2:1b", "prompt": "x",
+                                  "format": deep(900, "dict")}), 400, "exceeded max depth"),
+    ("/v1/chat/completions", '{"model":"llama3.2:1b","messages":[null]}',
+     400, "invalid message content type: <nil>"),
+    ("/api/pull", '{"model":"."}', 400, "invalid model name"),
+    ("/api/pull", '{"model":"x/y/."}', 400, "invalid model name"),
+]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    from olol.context import ProxyConfig
+    from olol.proxy import Proxy
+    from tests.e2e.conftest import MODELS, start_nodes
+
+    sims, agents = start_nodes(1, MODELS)
+    proxy = Proxy(ProxyConfig(listen="127.0.0.1:0", data_dir=tmp_path_factory.mktemp("data"),
+                              nodes=[a.address for a in agents])).start()
+    yield proxy
+    proxy.stop(grace_s=2)
+    for a in agents:
+        a.stop(0)
+    for s in sims:
+        s.stop()
+
+
+@pytest.mark.parametrize("path, raw, status, message", CASES)
+def test_no_input_gives_a_500(live, path, raw, status, message):
+    r = requests.post(live.url + path, data=raw, timeout=20,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text[:300]
+    if message is not None:
+        error = r.json()["error"]
+        text = error["message"] if isinstance(error, dict) else error
+        assert text == message
+        if path.startswith("/v1/"):
+            assert error["type"] == "invalid_request_error"
+    assert len(live.hub) == 0
+    assert ollama.Client(host=live.url).chat(**CHAT, options={"num_predict": 2}).done
