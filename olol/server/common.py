@@ -84,16 +84,24 @@ def parse_priority_value(value: Any, source: str) -> int:
 
 def request_priority(explicit: Any = None) -> int:
     """Priority of this request: ``explicit`` (a jobs body field), else the
-    ``X-OLOL-Priority`` header, else the key's default, else the configured default."""
-    if explicit is not None:
-        return parse_priority_value(explicit, "priority")
-    header = request.headers.get(PRIORITY_HEADER)
-    if header is not None:
-        return parse_priority_value(header, f"{PRIORITY_HEADER} header")
+    ``X-OLOL-Priority`` header, else the key's default, else the configured default.
+
+    A key's priority is also its ceiling: a request made with a non-admin key may
+    lower its priority but not raise it above the key's (admin keys may set any)."""
     key = current_key()
-    if key is not None:
-        return clamp_priority(key.default_priority)
-    return clamp_priority(get_ctx().config.default_priority)
+    if explicit is not None:
+        asked = parse_priority_value(explicit, "priority")
+    else:
+        header = request.headers.get(PRIORITY_HEADER)
+        if header is not None:
+            asked = parse_priority_value(header, f"{PRIORITY_HEADER} header")
+        elif key is not None:
+            return clamp_priority(key.default_priority)
+        else:
+            return clamp_priority(get_ctx().config.default_priority)
+    if key is not None and not key.admin:
+        return min(asked, clamp_priority(key.default_priority))
+    return asked
 
 
 def request_session() -> str | None:

@@ -180,6 +180,25 @@ def test_key_default_priority_and_id_reach_the_record(keyed):
     assert served.ctx.queue.get(r.json()["id"])["priority"] == -3
 
 
+def test_a_keys_priority_is_its_ceiling_except_for_admin_keys(keyed):
+    served, admin_token, user_token, _ = keyed
+    body = {"endpoint": "generate", "body": {"model": "llama3.2:1b", "prompt": "hi"}}
+
+    def priority(token, header=None, field=None):
+        headers = {"Authorization": f"Bearer {token}"}
+        if header is not None:
+            headers["X-OLOL-Priority"] = header
+        job = dict(body, priority=field) if field is not None else body
+        r = requests.post(f"{served.url}/olol/v1/jobs", json=job, headers=headers, timeout=5)
+        assert r.status_code == 202, r.text
+        return served.ctx.queue.get(r.json()["id"])["priority"]
+
+    assert priority(user_token, header="100") == 5  # cannot jump the queue
+    assert priority(user_token, field=100) == 5
+    assert priority(user_token, header="2") == 2  # may lower it
+    assert priority(admin_token, header="100") == 100
+
+
 def test_cli_through_olol_main(tmp_path, monkeypatch, capsys):
     import olol.cli
 
