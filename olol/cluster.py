@@ -250,6 +250,16 @@ class ClusterManager:
         return key is not None and any(
             key in n.available_models or key in n.loaded_models for n in self._serving_nodes())
 
+    def model_unreachable(self, model_key: str) -> bool:
+        """Whether the model is known (some node listed it at its last report) but no
+        serving node has it: its nodes are down for now."""
+        key = _key(model_key)
+        if key is None or self.has_model(model_key):
+            return False
+        with self._lock:
+            return any(key in s.available_models or key in s.loaded_models
+                       for s in self._nodes.values())
+
     def models_union(self) -> list[dict]:
         """``/api/tags`` entries merged over healthy nodes, one per model, newest first."""
         return merge_tags(self._serving_nodes())

@@ -131,6 +131,14 @@ def server_busy(retry_after_s: int | None = None) -> ApiError:
     return ApiError(503, SERVER_BUSY_MESSAGE, headers=headers)
 
 
+def model_unreachable(model: str, retry_after_s: int) -> ApiError:
+    """503 when the model is known but every node that has it is down for now."""
+    return ApiError(
+        503, f'model "{model}" is on no reachable node right now; try again later',
+        headers={"Retry-After": str(int(retry_after_s))},
+    )
+
+
 def invalid_model_name() -> ApiError:
     """400 ``invalid model name`` (pull, create, show…)."""
     return ApiError(400, "invalid model name")

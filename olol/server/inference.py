@@ -10,6 +10,7 @@ we wait) the channel is closed and the request cancelled in the queue.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,9 +52,15 @@ def check_admitting(ctx: Any) -> None:
 
 
 def check_model_known(ctx: Any, validated: ValidatedRequest) -> None:
-    """404 in the endpoint's wording when no node lists the model."""
-    if not ctx.cluster.has_model(validated.normalized_model):
-        raise errors.model_not_found(validated.endpoint, validated.model)
+    """404 in the endpoint's wording when no node lists the model; 503 with
+    ``Retry-After`` (the health interval) when only nodes that are down list it."""
+    if ctx.cluster.has_model(validated.normalized_model):
+        return
+    unreachable = getattr(ctx.cluster, "model_unreachable", None)
+    if unreachable is not None and unreachable(validated.normalized_model):
+        retry = max(1, math.ceil(float(getattr(ctx.config, "health_interval_s", 5.0))))
+        raise errors.model_unreachable(validated.model, retry)
+    raise errors.model_not_found(validated.endpoint, validated.model)
 
 
 def build_record(

@@ -72,3 +72,21 @@ def test_no_input_gives_a_500(live, path, raw, status, message):
             assert error["type"] == "invalid_request_error"
     assert len(live.hub) == 0
     assert ollama.Client(host=live.url).chat(**CHAT, options={"num_predict": 2}).done
+
+
+def test_a_known_model_whose_nodes_are_down_is_503_with_retry_after(make_cluster):
+    c = make_cluster(nodes=1, failure_threshold=1)
+    client = ollama.Client(host=c.url)
+    assert client.chat(**CHAT, options={"num_predict": 2}).done
+    c.agents[0].stop(0)
+    from tests.support import wait_until
+
+    assert wait_until(lambda: not c.proxy.cluster.healthy_nodes(), timeout=15)
+    r = requests.post(c.url + "/api/chat", json={**CHAT, "stream": False}, timeout=10)
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+    assert "no reachable node" in r.json()["error"]
+    r = requests.post(c.url + "/v1/chat/completions", json=CHAT, timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["message"].startswith('model "llama3.2:1b"')
+    # a model nobody ever had is still 404
+    r = requests.post(c.url + "/api/chat", json={**CHAT, "model": "nosuch:1b"}, timeout=10)
+    assert r.status_code == 404
