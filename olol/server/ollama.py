@@ -19,11 +19,20 @@ from olol.api.validation import VALIDATORS
 from olol.hub import Event
 from olol.rpc.client import NodeError
 from olol.server.common import get_ctx, json_response, read_json_body
-from olol.server.inference import EventStream, first_event_or_error, submit, with_model
+from olol.server.inference import (
+    EventStream,
+    check_model_known,
+    first_event_or_error,
+    submit,
+    with_model,
+)
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("ollama", __name__)
+
+#: How long one node may take to unload a model.
+UNLOAD_TIMEOUT_S = 30.0
 
 _GO_TYPES = {
     "generate": "api.GenerateRequest",
@@ -95,6 +104,8 @@ def _inference(endpoint: str) -> Response:
     ctx = get_ctx()
     body = read_json_body(_GO_TYPES[endpoint])
     validated = VALIDATORS[endpoint](body)
+    if endpoint in ("generate", "chat") and validated.is_unload:
+        return _unload_everywhere(ctx, validated, body)
     stream = validated.stream and endpoint in ("generate", "chat")
     sub = submit(ctx, validated, body, api="ollama", stream=stream)
     model = validated.model
@@ -119,6 +130,32 @@ def _inference(endpoint: str) -> Response:
         resp.headers[name] = value
     resp.headers["X-Accel-Buffering"] = "no"
     return resp
+
+
+def _unload_everywhere(ctx, validated, body: dict) -> Response:
+    """``keep_alive: 0`` with no prompt: Ollama unloads the model. The fleet's answer is
+    to unload it on every node that has it, not on whichever node the queue picks;
+    Ollama answers one final record (``done_reason: unload``), the first node's here."""
+    check_model_known(ctx, validated)
+    answer = None
+    failures = []
+    for node in ctx.cluster.nodes_with_model(validated.normalized_model):
+        client = ctx.cluster.client(node.address)
+        call = client.chat if validated.endpoint == "chat" else client.generate
+        try:
+            records = list(call(body, timeout=UNLOAD_TIMEOUT_S))
+        except NodeError as exc:
+            log.warning("unloading %s on %s failed: %s", validated.model, node.address,
+                        exc.message)
+            failures.append(exc)
+            continue
+        if answer is None and records:
+            answer = records[-1]
+    if answer is None:
+        exc = failures[0] if failures else None
+        raise ApiError(exc.http_status if exc else 502,
+                       exc.message if exc else "no node answered the unload")
+    return json_response(with_model(answer, validated.model))
 
 
 @bp.route("/api/generate", methods=["POST"])

@@ -90,3 +90,18 @@ def test_a_known_model_whose_nodes_are_down_is_503_with_retry_after(make_cluster
     # a model nobody ever had is still 404
     r = requests.post(c.url + "/api/chat", json={**CHAT, "model": "nosuch:1b"}, timeout=10)
     assert r.status_code == 404
+
+
+def test_keep_alive_0_unloads_the_model_on_every_node_that_has_it(make_cluster):
+    c = make_cluster(nodes=2)
+    for sim in c.sims:  # loaded on both nodes
+        requests.post(sim.url + "/api/generate", json={"model": "llama3.2:1b"}, timeout=10)
+    loaded = lambda sim: [m["name"] for m in requests.get(sim.url + "/api/ps", timeout=5)  # noqa: E731
+                          .json()["models"]]
+    assert all("llama3.2:1b" in loaded(sim) for sim in c.sims)
+    r = requests.post(c.url + "/api/generate", json={"model": "llama3.2:1b", "keep_alive": 0},
+                      timeout=20)
+    assert r.status_code == 200
+    assert r.json()["done"] is True and r.json()["done_reason"] == "unload"
+    assert all("llama3.2:1b" not in loaded(sim) for sim in c.sims)
+    assert requests.get(c.url + "/api/ps", timeout=5).json()["models"] == []
