@@ -95,6 +95,7 @@ class Proxy:
                 db, clock=clock, max_depth=config.max_queue_depth,
                 max_depth_per_model=config.max_queue_depth_per_model,
                 retention_hours=config.retention_hours, lease_s=config.lease_s,
+                max_attempts=config.max_attempts,
             )
             self.recovered = self.queue.recover()
             self.hub = ResponseHub()

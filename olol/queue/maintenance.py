@@ -38,11 +38,12 @@ class QueueMaintenance:
         gone: they become ``interrupted`` (never silently re-run); one whose
         admission never reached the disk (it does not wait for its journal sync) is
         simply absent. Jobs that were processing go back to ``pending``
-        (at-least-once); pending jobs stay. Then the RAM indexes are rebuilt from
-        the store.
+        (at-least-once), unless they have used ``max_attempts`` claims: then they
+        fail (a job that takes the proxy down is not run forever); pending jobs
+        stay. Then the RAM indexes are rebuilt from the store.
         """
         now = self.clock()
-        interrupted = requeued = 0
+        interrupted = requeued = failed = 0
         changes: list[tuple[int, dict]] = []
         for doc in self.db.all(TABLE):
             status, rev = doc.get("status"), rev_of(doc)
@@ -50,6 +51,12 @@ class QueueMaintenance:
                 interrupted += 1
                 changes.append((doc.doc_id, finish_patch("interrupted", now, RESTART_ERROR)
                                 | {"rev": rev + 1}))
+            elif status == "processing" and self._out_of_attempts(doc):
+                failed += 1
+                attempts = int(doc.get("attempts") or 0)
+                patch = finish_patch("failed", now, f"{RESTART_ERROR} {attempts} times while "
+                                     "this job was running; it is not run again")
+                changes.append((doc.doc_id, patch | {"error_status": 500, "rev": rev + 1}))
             elif status == "processing":
                 requeued += 1
                 changes.append((doc.doc_id, pending_patch(None) | {"rev": rev + 1}))
@@ -63,10 +70,15 @@ class QueueMaintenance:
             return {
                 "interrupted": interrupted,
                 "requeued": requeued,
+                "failed": failed,
                 "pending": len(self._s.index),
                 "total": len(self._s.entries),
             }
 
+
+    def _out_of_attempts(self, doc: dict) -> bool:
+        limit = getattr(self, "max_attempts", None)
+        return limit is not None and int(doc.get("attempts") or 0) >= limit
 
     def extend_lease(self, request_id: str, lease_s: float | None = None) -> bool:
         """Push a processing request's lease to ``now + lease_s`` (long streams)."""

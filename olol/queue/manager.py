@@ -76,6 +76,7 @@ class QueueManager(QueueMaintenance):
         ageing_s: float = 60.0,
         retention_hours: float = 24.0,
         finish_log_size: int = 5_000,
+        max_attempts: int | None = None,
     ):
         for name, value in (("max_depth", max_depth), ("max_depth_per_model", max_depth_per_model),
                             ("lease_s", lease_s), ("ageing_s", ageing_s),
@@ -89,6 +90,8 @@ class QueueManager(QueueMaintenance):
         self.lease_s = float(lease_s)
         self.ageing_s = float(ageing_s)
         self.retention_hours = float(retention_hours)
+        # a job claimed this many times is failed by recover() instead of run again
+        self.max_attempts = None if max_attempts is None else max(1, int(max_attempts))
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._s = QueueState(self.ageing_s, int(finish_log_size))
@@ -229,11 +232,13 @@ class QueueManager(QueueMaintenance):
         bid = batch_id or uuid.uuid4().hex
         claimed: list[dict] = []
         try:
-            # The claim does not wait for its journal sync: if the proxy dies before it
-            # is on disk, the record is still "pending" there, and recovery treats a
-            # pending request exactly like a claimed one (sync -> interrupted, job ->
-            # runs again). Saves one fsync on every request's critical path.
-            with self.db.transaction(wait=False):
+            # A sync claim does not wait for its journal sync: if the proxy dies before
+            # it is on disk, the record is still "pending" there, and recovery treats a
+            # pending request exactly like a claimed one (-> interrupted). Saves one
+            # fsync on every request's critical path. A job's claim waits: its attempt
+            # must be counted before it runs, or a job that kills the proxy would be
+            # re-run forever.
+            with self.db.transaction(wait=any(e.kind == "job" for e in chosen)):
                 for e in chosen:
                     doc = self.db.get(TABLE, e.doc_id)
                     if doc is None or doc.get("status") != "pending":

@@ -63,8 +63,10 @@ def test_sync_enqueue_does_not_wait_for_a_sync_and_a_job_enqueue_does(tmp_path, 
         assert len(synced) == before + 1
         assert q.update_request_status(s2, "completed")  # a sync completion does not wait
         assert len(synced) == before + 1
-        assert q.dequeue(ids=[j]) and q.update_request_status(j, "completed")  # a job's does
+        assert q.dequeue(ids=[j])  # a job's claim waits (it counts an attempt)...
         assert len(synced) == before + 2
+        assert q.update_request_status(j, "completed")  # ...and so does its completion
+        assert len(synced) == before + 3
         assert journal_ids(path) == [s, s, j, s2, s2, j, j]
     finally:
         db.close()
@@ -217,3 +219,37 @@ def test_queue_sigkill_many_times(tmp_path):
     assert jobs > 200 and syncs > 200
     print(f"{jobs} jobs and {syncs} sync requests acknowledged; "
           f"{lost} sync requests were absent after a crash")
+
+
+JOB_KILLER = """
+import json, os, sys
+from olol.queue import QueueManager
+from olol.store import DatabaseManager
+from tests.queue.conftest import make_request
+
+db = DatabaseManager(sys.argv[1], background_checkpoints=False)
+q = QueueManager(db, max_attempts=3)
+counts = q.recover()
+if sys.argv[2] == "enqueue":
+    q.enqueue(make_request(kind="job"))
+claimed = q.dequeue(1, server="n1")  # the job starts running... and takes the proxy down
+print(json.dumps({"counts": counts, "claimed": len(claimed)}), flush=True)
+os._exit(0)
+"""
+
+
+def test_a_job_that_takes_the_proxy_down_fails_after_max_attempts(tmp_path):
+    seen = []
+    for run in range(4):
+        out = subprocess.run([sys.executable, "-c", JOB_KILLER, str(tmp_path),
+                              "enqueue" if run == 0 else "-"],
+                             cwd=ROOT, capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr.decode()
+        seen.append(json.loads(out.stdout))
+    assert [s["claimed"] for s in seen] == [1, 1, 1, 0]
+    assert [s["counts"]["requeued"] for s in seen] == [0, 1, 1, 0]
+    assert seen[3]["counts"]["failed"] == 1
+    with DatabaseManager(tmp_path, background_checkpoints=False) as db:
+        [job] = db.all(TABLE)
+    assert job["status"] == "failed" and job["attempts"] == 3
+    assert job["error"].startswith(RESTART_ERROR + " 3 times")

@@ -34,7 +34,7 @@ def test_restart_interrupts_sync_and_requeues_jobs(tmp_path, clock, clean_close)
     try:
         q2 = QueueManager(db2, clock=clock)
         counts = q2.recover()
-        assert counts == {"interrupted": 2, "requeued": 1, "pending": 2, "total": 5}
+        assert counts == {"interrupted": 2, "requeued": 1, "failed": 0, "pending": 2, "total": 5}
         for rid in (sync_pending, sync_running):
             rec = q2.get(rid)
             assert rec["status"] == "interrupted"
@@ -56,7 +56,7 @@ def test_restart_interrupts_sync_and_requeues_jobs(tmp_path, clock, clean_close)
         assert stats["by_status"]["interrupted"] == 2
         assert stats["depth"] == 3
         # Another restart now: the two claimed jobs run again, the new sync request dies.
-        assert q2.recover() == {"interrupted": 1, "requeued": 2, "pending": 2, "total": 6}
+        assert q2.recover() == {"interrupted": 1, "requeued": 2, "failed": 0, "pending": 2, "total": 6}
     finally:
         db2.close()
 
@@ -97,7 +97,7 @@ def test_recover_on_any_store(db, clock):
     j, _ = q.enqueue(make_request(kind="job"))
     q.dequeue(ids=[j])
     fresh = QueueManager(db, clock=clock)
-    assert fresh.recover() == {"interrupted": 1, "requeued": 1, "pending": 1, "total": 2}
+    assert fresh.recover() == {"interrupted": 1, "requeued": 1, "failed": 0, "pending": 1, "total": 2}
     assert fresh.get(s)["status"] == "interrupted"
     assert _ids(fresh.peek()) == [j]
 
