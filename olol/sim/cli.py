@@ -105,19 +105,23 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         return RET_BAD_CONFIG
     host, port = args.listen
     stop = stop or threading.Event()
-    try:
-        sim = Simulator(config, host=host, port=port).start()
-    except OSError as exc:
-        print(f"olol sim: cannot listen on {host}:{port}: {exc}", flush=True)
-        return RET_BIND
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()  # only set a flag in the handler
 
+    # Handlers first: a signal that arrives as soon as the port answers must still
+    # stop the simulator cleanly.
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
+    try:
+        sim = Simulator(config, host=host, port=port).start()
+    except OSError as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(f"olol sim: cannot listen on {host}:{port}: {exc}", flush=True)
+        return RET_BIND
     print(f"olol sim listening on {sim.url} "
           f"({', '.join(s.name for s in config.models) or 'no models'})", flush=True)
     try:

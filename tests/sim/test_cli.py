@@ -68,6 +68,7 @@ def test_subprocess_serves_and_stops_cleanly(sig):
                 assert proc.poll() is None, proc.stdout.read().decode()
                 assert time.monotonic() < deadline, "simulator did not start"
                 time.sleep(0.05)
+        assert r.status_code == 200, r.text
         assert [m["name"] for m in r.json()["models"]] == ["tiny:1b"]
         proc.send_signal(sig)
         assert proc.wait(timeout=10) == 0
