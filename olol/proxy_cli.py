@@ -92,7 +92,9 @@ def _type_problem(key: str, value: Any) -> str | None:
     return None if ok else f"{key} must be {want}, got {value!r}"
 
 
-def _serve(proxy: Any, extra_stop: list[Any] = ()) -> int:
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set. Install it before the ports open: a signal
+    that comes as soon as they answer must still stop the process cleanly."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -101,6 +103,11 @@ def _serve(proxy: Any, extra_stop: list[Any] = ()) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _serve(proxy: Any, extra_stop: list[Any] = (), stop: threading.Event | None = None) -> int:
+    stop = stop if stop is not None else stop_on_signals()
     while not stop.wait(timeout=1.0):
         pass
     proxy.stop(grace_s=30)
@@ -134,6 +141,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         config.data_dir = default_data_dir(args.data_dir)
     elif args.data_dir:
         config.data_dir = Path(args.data_dir)
+    stop = stop_on_signals()
     try:
         proxy = Proxy(config).start()
     except (StoreError, ValueError, OSError) as exc:
@@ -141,7 +149,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         return 1
     print(f"olol proxy serving the Ollama API on {proxy.url} "
           f"(data in {config.data_dir})", flush=True)
-    return _serve(proxy)
+    return _serve(proxy, stop=stop)
 
 
 def ollama_answers(url: str) -> bool:

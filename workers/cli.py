@@ -70,6 +70,14 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
     """Run the agent until SIGTERM/SIGINT (or ``stop`` is set), then drain and exit 0."""
     from workers.agent import Agent, AgentConfig, AgentConfigError
 
+    # Handlers before the port opens: a signal that comes as soon as it answers must
+    # still drain and exit cleanly. They only set the flag; the main thread does the
+    # logging and draining.
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         agent = Agent(AgentConfig(
             listen=args.listen,
@@ -87,13 +95,10 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
         ))
         agent.start()
     except (AgentConfigError, ValueError, OSError, RuntimeError) as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         print(f"olol worker: {exc}", file=sys.stderr)
         return RET_CONFIG
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        # Handlers only set the flag; the main thread does the logging and draining.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
     print(f"olol worker listening on {agent.address}", flush=True)
     while not stop.wait(1.0):
         pass
