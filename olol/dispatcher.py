@@ -426,14 +426,11 @@ class Dispatcher:
         with self._running_lock:
             relay = self._relays.get(request_id)
             found = self._batch_of.get(request_id)
+            batch_id, ids = found if found is not None else (None, [])
+            stream = self._running.get(batch_id) if batch_id is not None else None
         if relay is not None:
             relay.abandon("cancelled")
             return
-        with self._running_lock:
-            if found is None:
-                return
-            batch_id, ids = found
-            stream = self._running.get(batch_id)
         if stream is None or not all(self.queue.is_cancelled(rid) for rid in ids):
             return
         with self._running_lock:

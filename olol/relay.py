@@ -129,23 +129,16 @@ class StreamRelay:
         cancel the node call and release what the request held. Idempotent."""
         if not self._claim():
             return
-        try:
-            self._stream.cancel()
-        except Exception:  # noqa: BLE001 - the call may already be over
-            log.debug("cancelling the stream of %s failed", self.request_id, exc_info=True)
+        self._cancel_call()
         self._settle_cb("cancelled", reason)
 
     def stall(self) -> None:
         """The watchdog saw no record for too long: end the stream with a 504."""
         self._stalled = True
-        try:
-            self._stream.cancel()
-        except Exception:  # noqa: BLE001
-            log.debug("cancelling the stalled stream of %s failed", self.request_id, exc_info=True)
+        self._cancel_call()
 
-    def cancel(self) -> None:
-        """Stop the node call (shutdown); the reader sees a failure."""
+    def _cancel_call(self) -> None:
         try:
             self._stream.cancel()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the call may already be over
             log.debug("cancelling the stream of %s failed", self.request_id, exc_info=True)

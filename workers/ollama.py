@@ -307,6 +307,11 @@ class OllamaCall:
             return self.status
         raise AssertionError("unreachable")
 
+    def _give_up(self, message: str) -> OllamaUnavailable:
+        """Drop the connection (it is in an unknown state) and return the error to raise."""
+        self.close(reusable=False)
+        return OllamaUnavailable(message)
+
     def _describe(self, exc: BaseException) -> str:
         if self._aborted:
             return "request cancelled"
@@ -318,11 +323,9 @@ class OllamaCall:
         try:
             data = self._response.read(limit + 1)
         except (OSError, http.client.HTTPException) as exc:
-            self.close(reusable=False)
-            raise OllamaUnavailable(self._describe(exc)) from exc
+            raise self._give_up(self._describe(exc)) from exc
         if len(data) > limit:
-            self.close(reusable=False)
-            raise OllamaUnavailable(f"ollama answer larger than {limit} bytes")
+            raise self._give_up(f"ollama answer larger than {limit} bytes")
         self.close(reusable=True)
         return data
 
@@ -358,11 +361,9 @@ class OllamaCall:
                 if line:
                     yield line
         except (OSError, http.client.HTTPException) as exc:
-            self.close(reusable=False)
-            raise OllamaUnavailable(self._describe(exc)) from exc
+            raise self._give_up(self._describe(exc)) from exc
         if self._aborted:
-            self.close(reusable=False)
-            raise OllamaUnavailable("request cancelled")
+            raise self._give_up("request cancelled")
         self.close(reusable=True)
 
     def batches(self, max_batch: int = 64) -> Iterator[list[bytes]]:
@@ -406,14 +407,11 @@ class OllamaCall:
                 if lines:
                     yield lines
         except ValueError as exc:  # bad framing or an overlong record
-            self.close(reusable=False)
-            raise OllamaUnavailable(f"ollama sent a malformed stream: {exc}") from exc
+            raise self._give_up(f"ollama sent a malformed stream: {exc}") from exc
         except (OSError, http.client.HTTPException) as exc:
-            self.close(reusable=False)
-            raise OllamaUnavailable(self._describe(exc)) from exc
+            raise self._give_up(self._describe(exc)) from exc
         if self._aborted:
-            self.close(reusable=False)
-            raise OllamaUnavailable("request cancelled")
+            raise self._give_up("request cancelled")
         if decoder.tail:
             yield [decoder.tail]  # a last record without its newline
         clean = not decoder.extra

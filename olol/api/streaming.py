@@ -57,7 +57,7 @@ def respeller(model: str):
         if not body:
             return b""
         if b"\n" not in body:
-            return (body if body.startswith(prefix) else fix(body)) + b"\n"
+            return fix(body) + b"\n"
         return b"".join(fix(line) + b"\n" for line in body.split(b"\n") if line)
 
     return render

@@ -75,7 +75,6 @@ class QueueMaintenance:
                 "total": len(self._s.entries),
             }
 
-
     def _out_of_attempts(self, doc: dict) -> bool:
         limit = getattr(self, "max_attempts", None)
         return limit is not None and int(doc.get("attempts") or 0) >= limit

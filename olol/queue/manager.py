@@ -120,8 +120,8 @@ class QueueManager(QueueMaintenance):
 
         A job (``kind="job"``) is durable when this returns. A sync request is
         journaled but does not wait for the sync: it becomes durable with the next
-        write that waits (its completion at the latest), and a crash before that
-        loses it, which nobody notices (its caller's connection dies with the proxy).
+        write that waits, and a crash before that loses it, which nobody notices
+        (its caller's connection dies with the proxy).
 
         :returns: ``(id, position)``: position is the 1-based place in dispatch order
             among the claimable pending requests of all models at admission.

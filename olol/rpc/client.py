@@ -169,19 +169,19 @@ class NodeStream:
         """
         if self._pending:
             raise RuntimeError("next_message() after a partial read of a message")
-        try:
-            chunk = next(self._call)
-        except grpc.RpcError as exc:
-            raise node_error(exc) from None
+        chunk = self._receive()
         self.done = chunk.done
         return chunk.body, chunk.done
 
+    def _receive(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            raise node_error(exc) from None
+
     def __next__(self) -> Any:
         if not self._pending:
-            try:
-                chunk = next(self._call)
-            except grpc.RpcError as exc:
-                raise node_error(exc) from None
+            chunk = self._receive()
             # one message may carry several records (those that arrived together)
             self._pending = chunk.body.split(b"\n")[::-1]
             self._last_done = chunk.done

@@ -27,7 +27,13 @@ from werkzeug.wsgi import ClosingIterator
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
 from olol.server import admin, jobs, models, ollama, openai
-from olol.server.common import EXTENSION, bearer_token, is_openai_path, json_response
+from olol.server.common import (
+    AFTER_RESPONSE,
+    EXTENSION,
+    bearer_token,
+    is_openai_path,
+    json_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +53,6 @@ def _plain(text: str, status: int, headers: dict | None = None) -> Response:
     for name, value in (headers or {}).items():
         resp.headers[name] = value
     return resp
-
-
-#: WSGI environ key of the list of callables run after the response has been written.
-AFTER_RESPONSE = "olol.after_response"
 
 
 class AfterResponse:

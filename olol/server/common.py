@@ -82,6 +82,11 @@ def parse_priority_value(value: Any, source: str) -> int:
     raise ApiError(400, f"invalid {source} {shown[:40]!r}: must be an integer")
 
 
+#: WSGI environ key of the list of callables run after the response has been written
+#: (olol.server.app.AfterResponse).
+AFTER_RESPONSE = "olol.after_response"
+
+
 def request_priority(explicit: Any = None) -> int:
     """Priority of this request: ``explicit`` (a jobs body field), else the
     ``X-OLOL-Priority`` header, else the key's default, else the configured default.

@@ -27,6 +27,7 @@ from olol.hub import CHUNK, DONE, ERROR, RELAY, Event, HubFullError
 from olol.queue import QueueFullError
 from olol.rpc.client import NodeError
 from olol.server.common import (
+    AFTER_RESPONSE,
     POSITION_HEADER,
     REQUEST_ID_HEADER,
     current_key,
@@ -36,9 +37,6 @@ from olol.server.common import (
 )
 
 log = logging.getLogger(__name__)
-
-#: The environ key of olol.server.app.AfterResponse (work run after the response).
-AFTER_RESPONSE = "olol.after_response"
 
 #: How often a waiting handler checks whether its client is still connected.
 DISCONNECT_CHECK_S = 1.0
@@ -281,13 +279,11 @@ def fold_relay(relay: Any, folder: ChunkFolder) -> Any:
     final: Any = None
     try:
         for body, done in relay.messages():
-            lines = [line for line in body.split(b"\n") if line]
-            for i, line in enumerate(lines):
-                record = orjson.loads(line)
-                if done and i == len(lines) - 1:
-                    final = record
+            for event in records_of(body, done):
+                if event.kind == DONE:
+                    final = event.data
                 else:
-                    folder.add(record)
+                    folder.add(event.data)
     except NodeError as exc:
         raise ApiError(exc.http_status, exc.message) from None
     except BaseException:

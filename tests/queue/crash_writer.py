@@ -9,19 +9,11 @@ requests. Protocol on stdout, one line per event, flushed at once:
 
 import random
 import sys
-import threading
 
 from olol.queue import QueueManager
 from olol.store import DatabaseManager
 from tests.queue.conftest import make_request
-
-_out_lock = threading.Lock()
-
-
-def say(line: str) -> None:
-    with _out_lock:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+from tests.store.crash_writer import run_writers, say
 
 
 def main(data_dir: str, run: int) -> None:
@@ -50,12 +42,7 @@ def main(data_dir: str, run: int) -> None:
                     q.update_request_status(rid, "completed", {"response": rid})
                     say(f"C {rid}")
 
-    threads = [threading.Thread(target=work, args=(n,), name=f"queue-crash-writer-{n}")
-               for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_writers(work, "queue-crash-writer")
 
 
 if __name__ == "__main__":

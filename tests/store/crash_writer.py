@@ -20,6 +20,15 @@ def say(line: str) -> None:
         sys.stdout.flush()
 
 
+def run_writers(work, name: str, n: int = 4) -> None:
+    """Run ``work(i)`` on ``n`` named threads until the process is killed."""
+    threads = [threading.Thread(target=work, args=(i,), name=f"{name}-{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def main(data_dir: str, run: int) -> None:
     db = DatabaseManager(data_dir, checkpoint_bytes=32 << 10, checkpoint_interval_s=0.2)
     say("READY")
@@ -51,11 +60,7 @@ def main(data_dir: str, run: int) -> None:
                 db.remove("config", doc_id)
                 say(f"D {key}")
 
-    threads = [threading.Thread(target=work, args=(n,), name=f"crash-writer-{n}") for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_writers(work, "crash-writer")
 
 
 if __name__ == "__main__":
