@@ -28,6 +28,8 @@ class ProxyConfig:
     max_queue_depth_per_model: int = 2_000
     retention_hours: float = 24.0
     lease_s: float = 600.0  # a claim expires unless the dispatcher renews it
+    max_queued_bytes: int = 1 << 30  # request bodies that pending + running requests hold
+    max_finished_sync: int = 2_000  # finished sync records kept as history (newest)
     # dispatch
     dispatcher_threads: int = 32
     strategy: str = "smart"

@@ -95,7 +95,8 @@ class Proxy:
                 db, clock=clock, max_depth=config.max_queue_depth,
                 max_depth_per_model=config.max_queue_depth_per_model,
                 retention_hours=config.retention_hours, lease_s=config.lease_s,
-                max_attempts=config.max_attempts,
+                max_attempts=config.max_attempts, max_queued_bytes=config.max_queued_bytes,
+                max_finished_sync=config.max_finished_sync,
             )
             self.recovered = self.queue.recover()
             self.hub = ResponseHub()

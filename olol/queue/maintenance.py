@@ -56,7 +56,8 @@ class QueueMaintenance:
                 attempts = int(doc.get("attempts") or 0)
                 patch = finish_patch("failed", now, f"{RESTART_ERROR} {attempts} times while "
                                      "this job was running; it is not run again")
-                changes.append((doc.doc_id, patch | {"error_status": 500, "rev": rev + 1}))
+                changes.append((doc.doc_id, patch | {"error_status": 500, "body": None,
+                                                     "rev": rev + 1}))
             elif status == "processing":
                 requeued += 1
                 changes.append((doc.doc_id, pending_patch(None) | {"rev": rev + 1}))

@@ -63,6 +63,10 @@ class QueueManager(QueueMaintenance):
     :param lease_s: how long a claim stays valid without news from the dispatcher.
     :param ageing_s: a request waiting this long gains one priority level.
     :param retention_hours: default age of finished records :meth:`clean_old_requests` drops.
+    :param max_queued_bytes: bound on the body bytes (as received) of pending +
+        processing requests: the RAM the queue may hold on behalf of its callers.
+    :param max_finished_sync: finished sync records kept (newest); older ones are
+        removed as new ones finish. They are history only: nothing re-runs them.
     """
 
     def __init__(
@@ -77,11 +81,15 @@ class QueueManager(QueueMaintenance):
         retention_hours: float = 24.0,
         finish_log_size: int = 5_000,
         max_attempts: int | None = None,
+        max_queued_bytes: int = 1 << 30,
+        max_finished_sync: int = 2_000,
     ):
         for name, value in (("max_depth", max_depth), ("max_depth_per_model", max_depth_per_model),
                             ("lease_s", lease_s), ("ageing_s", ageing_s),
                             ("retention_hours", retention_hours),
-                            ("finish_log_size", finish_log_size)):
+                            ("finish_log_size", finish_log_size),
+                            ("max_queued_bytes", max_queued_bytes),
+                            ("max_finished_sync", max_finished_sync)):
             positive(name, value)
         self.db = db
         self.clock = clock
@@ -90,6 +98,9 @@ class QueueManager(QueueMaintenance):
         self.lease_s = float(lease_s)
         self.ageing_s = float(ageing_s)
         self.retention_hours = float(retention_hours)
+        self.max_queued_bytes = int(max_queued_bytes)
+        self.max_finished_sync = int(max_finished_sync)
+        self._trimming = False  # one thread at a time trims finished sync records
         # a job claimed this many times is failed by recover() instead of run again
         self.max_attempts = None if max_attempts is None else max(1, int(max_attempts))
         self._lock = threading.RLock()
@@ -130,18 +141,23 @@ class QueueManager(QueueMaintenance):
         """
         record = build_record(request, seq=0, now=0.0)
         rid, model_key = record["id"], record["model_key"]
+        sync = record["kind"] != "job"
         with self._lock:
             if rid in self._s.entries:
                 raise ValueError(f"queue request: id {rid!r} is already in the queue")
             now = self.clock()  # read under the lock: admission time follows seq
-            self._check_capacity(model_key, now)
+            self._check_capacity(model_key, now, record["body_bytes"])
             record["enqueued_ts"] = now
             record["seq"] = self._s.next_seq
             self._s.next_seq += 1
             e = Entry(id=rid, doc_id=-1, kind=record["kind"], endpoint=record["endpoint"],
                       model_key=model_key, priority=record["priority"], seq=record["seq"],
                       enqueued_ts=now, status="pending", batch_key=record["batch_key"],
-                      coalesce_key=record["coalesce_key"])
+                      coalesce_key=record["coalesce_key"], body_bytes=record["body_bytes"])
+            if sync:
+                # A sync request's body stays in RAM only: it is never re-run after a
+                # restart, so the journal and the snapshot need not carry it.
+                e.body = record.pop("body")
             self._s.entries[rid] = e  # reserves the id and the capacity
             self._s.count(e, "pending", +1)
         try:
@@ -151,7 +167,7 @@ class QueueManager(QueueMaintenance):
             # record simply never existed; the journal survives only as a prefix, so
             # no later synced line (its claim, its completion, a job) can be on disk
             # without it. A job's id is handed back for fetching later: it waits.
-            doc_id = self.db.insert(TABLE, record, wait=record["kind"] == "job")
+            doc_id = self.db.insert(TABLE, record, wait=not sync)
         except BaseException:
             with self._lock:
                 self._s.entries.pop(rid, None)
@@ -167,7 +183,14 @@ class QueueManager(QueueMaintenance):
                 pos = None
             return rid, (pos if pos is not None else len(self._s.index)) + 1
 
-    def _check_capacity(self, model_key: str, now: float) -> None:
+    def _check_capacity(self, model_key: str, now: float, body_bytes: int = 0) -> None:
+        held = self._s.active_bytes
+        if held > 0 and held + body_bytes > self.max_queued_bytes:
+            raise QueueFullError(
+                self._s.finishes.retry_after(now, max(1, self.max_depth // 100)),
+                f"the queue is full: its requests hold {held} bytes of bodies "
+                f"(limit {self.max_queued_bytes})",
+            )
         if self._s.active_total >= self.max_depth:
             raise QueueFullError(
                 self._s.finishes.retry_after(now, max(1, self.max_depth // 100)),
@@ -253,6 +276,8 @@ class QueueManager(QueueMaintenance):
                     self.db.update(TABLE, patch, e.doc_id)
                     doc = dict(doc)
                     doc.update(patch)
+                    if e.body is not None:
+                        doc["body"] = e.body
                     claimed.append(doc)
         except BaseException:
             with self._lock:  # the store rolled back: put the reservations back
@@ -280,9 +305,13 @@ class QueueManager(QueueMaintenance):
         model_key = model_key_of(model) if model else None
         with self._lock:
             self._promote(self.clock())
-            doc_ids = [e.doc_id for e in self._s.index.head(limit, model_key)]
-        docs = (self.db.get(TABLE, doc_id) for doc_id in doc_ids)
-        return [dict(d) for d in docs if d is not None and d.get("status") == "pending"]
+            chosen = [(e.doc_id, e.body) for e in self._s.index.head(limit, model_key)]
+        out = []
+        for doc_id, body in chosen:
+            doc = self.db.get(TABLE, doc_id)
+            if doc is not None and doc.get("status") == "pending":
+                out.append(_with_body(doc, body))
+        return out
 
     def peek_summaries(self, limit: int = 100, model: str | None = None) -> list[dict]:
         """Like :meth:`peek` but from RAM only: the fields a scheduler places by,
@@ -336,6 +365,8 @@ class QueueManager(QueueMaintenance):
             if patch is None:
                 return None
             patch["rev"] = rev_of(doc) + 1
+            if patch.get("status") in FINISHED and doc.get("body") is not None:
+                patch["body"] = None  # a finished job's body: nothing can need it
             self.db.update(TABLE, patch, e.doc_id)
         new = dict(doc)
         new.update(patch)
@@ -345,7 +376,33 @@ class QueueManager(QueueMaintenance):
                 doc.get("status") == "processing" and self._s.index.ready_count > 0
             ):
                 self._signal()  # work to claim, or a node slot freed while work waits
+            trim = (len(self._s.finished_sync) > self._trim_at() and not self._trimming)
+            if trim:
+                self._trimming = True
+        if trim:
+            self._trim_finished_sync()
         return new
+
+    def _trim_at(self) -> int:
+        return self.max_finished_sync + max(50, self.max_finished_sync // 10)
+
+    def _trim_finished_sync(self) -> None:
+        """Remove the oldest finished sync records beyond ``max_finished_sync`` (in one
+        store write, once every ``max_finished_sync // 10`` finishes or so)."""
+        try:
+            with self._lock:
+                excess = len(self._s.finished_sync) - self.max_finished_sync
+                it = iter(self._s.finished_sync.values())
+                victims = [next(it) for _ in range(max(0, excess))]
+            if victims:
+                # Finished states are final: these records cannot change meanwhile.
+                self.db.remove(TABLE, [e.doc_id for e in victims])
+                with self._lock:
+                    for e in victims:
+                        self._s.forget(e)
+        finally:
+            with self._lock:
+                self._trimming = False
 
     def update_request_status(
         self,
@@ -422,9 +479,9 @@ class QueueManager(QueueMaintenance):
             e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
             if e is None or e.doc_id < 0:
                 return None
-            doc_id = e.doc_id
+            doc_id, body = e.doc_id, e.body
         doc = self.db.get(TABLE, doc_id)
-        return dict(doc) if doc is not None and doc.get("id") == request_id else None
+        return _with_body(doc, body) if doc is not None and doc.get("id") == request_id else None
 
     def list_jobs(self, status: str | None = None, limit: int = 100, *,
                   kind: str | None = "job") -> list[dict]:
@@ -525,3 +582,11 @@ class QueueManager(QueueMaintenance):
 
 
 __all__ = ["QueueFullError", "QueueManager"]
+
+
+def _with_body(doc: Any, body: dict | None) -> dict:
+    """A copy of a stored record with the body the queue holds in RAM put back."""
+    out = dict(doc)
+    if body is not None:
+        out["body"] = body
+    return out

@@ -118,6 +118,11 @@ def build_record(request: Any, *, seq: int, now: float) -> dict[str, Any]:
         prompt = prompt[:PROMPT_PREVIEW_CHARS]
     for name in ("session", "key_id", "coalesce_key", "batch_key"):
         _opt_str(request, name)
+    body_bytes = request.get("body_bytes", 0)
+    if body_bytes is None:
+        body_bytes = 0
+    if isinstance(body_bytes, bool) or not isinstance(body_bytes, int) or body_bytes < 0:
+        raise ValueError("queue request: 'body_bytes' must be a non-negative integer")
 
     record = {k: v for k, v in request.items() if k not in MANAGED_FIELDS}
     record.update(
@@ -128,7 +133,7 @@ def build_record(request: Any, *, seq: int, now: float) -> dict[str, Any]:
         status="pending", seq=seq, enqueued_ts=now, attempts=0, not_before=None,
         lease_until=None, server_assigned=None, batch_id=None, started_at=None,
         completed_at=None, started_ts=None, completed_ts=None, result=None, error=None,
-        error_status=None, rev=0,
+        error_status=None, rev=0, body_bytes=body_bytes,
     )
     return record
 
@@ -160,6 +165,10 @@ class Entry:
     model: str | None = None
     ready_key: tuple | None = None  # set while in the ready index
     delayed_key: tuple | None = None  # set while waiting for not_before
+    # A sync request's body lives here, not in the store, and only while the request
+    # is pending or processing (nothing can need it afterwards, nor after a restart).
+    body: dict | None = None
+    body_bytes: int = 0  # size of the body as received (bounds what the queue holds)
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], doc_id: int, *, seq: int, now: float) -> Entry:
@@ -182,6 +191,7 @@ class Entry:
             coalesce_key=doc.get("coalesce_key"),
             session=doc.get("session"),
             model=doc.get("model"),
+            body_bytes=_int(doc.get("body_bytes"), 0),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ every call, and changes this view only after the store write it reflects.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +31,9 @@ class QueueState:
         self.processing: dict[str, Entry] = {}
         self.status_counts: Counter[str] = Counter()
         self.active_total = 0
+        self.active_bytes = 0  # body bytes of pending + processing requests
+        # finished sync records, oldest finish first (the queue keeps only so many)
+        self.finished_sync: OrderedDict[str, Entry] = OrderedDict()
         self.active_by_model: Counter[str] = Counter()
         self.by_model_status: Counter[tuple[str, str]] = Counter()
         self.by_prio_status: Counter[tuple[int, str]] = Counter()
@@ -41,6 +44,7 @@ class QueueState:
         _bump(self.status_counts, status, delta)
         if status in ACTIVE:
             self.active_total += delta
+            self.active_bytes += delta * e.body_bytes
             _bump(self.active_by_model, e.model_key, delta)
             _bump(self.by_model_status, (e.model_key, status), delta)
             _bump(self.by_prio_status, (e.priority, status), delta)
@@ -69,6 +73,9 @@ class QueueState:
         elif new == "processing":
             self.processing[e.id] = e
         elif old not in FINISHED:
+            e.body = None  # nothing can need it any more
+            if e.kind == "sync":
+                self.finished_sync[e.id] = e
             finish = _finish_of(e, doc)
             if finish is not None:
                 self.finishes.add(finish)
@@ -77,6 +84,7 @@ class QueueState:
         """Replace everything with the view of ``docs`` (store Documents)."""
         self.reset()
         finishes = []
+        finished_sync = []
         max_seq = 0
         for doc in sorted(docs, key=lambda d: (_int(d.get("seq")), d.doc_id)):
             if doc["id"] in self.entries:
@@ -92,14 +100,19 @@ class QueueState:
             elif e.status == "processing":
                 self.processing[e.id] = e
             else:
+                if e.kind == "sync":
+                    finished_sync.append(e)
                 finish = _finish_of(e, doc)
                 if finish is not None:
                     finishes.append(finish)
         for f in sorted(finishes, key=lambda f: f.ts):
             self.finishes.add(f)
+        finished_sync.sort(key=lambda e: (e.completed_ts or e.enqueued_ts, e.seq))
+        self.finished_sync.update((e.id, e) for e in finished_sync)
         self.next_seq = max(max_seq + 1, seq_floor, 1)
 
     def forget(self, e: Entry) -> None:
+        self.finished_sync.pop(e.id, None)
         if self.entries.pop(e.id, None) is not None:
             self.index.remove(e)
             self.processing.pop(e.id, None)

@@ -54,6 +54,7 @@ def read_json_body(go_type: str = "map[string]interface {}") -> dict[str, Any]:
     if length is not None and length > limit:
         raise ApiError(413, f"http: request body too large (limit {limit} bytes)")
     raw = request.stream.read(limit + 1)
+    g.olol_body_bytes = len(raw)  # what the queue holds on this request's behalf
     return parse_json_body(raw, limit, go_type=go_type)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from flask import request
+from flask import g, has_request_context, request
 
 from olol.api import errors
 from olol.api.errors import ApiError
@@ -89,6 +89,7 @@ def build_record(
         "key_id": key_id,
         "coalesce_key": validated.coalesce_key,
         "batch_key": validated.batch_key,
+        "body_bytes": int(g.get("olol_body_bytes", 0)) if has_request_context() else 0,
     }
 
 

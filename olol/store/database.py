@@ -65,7 +65,7 @@ class DatabaseManager:
         *,
         clock: Callable[[], float] = time.time,
         schemas: Mapping[str, TableSchema] | None = None,
-        checkpoint_bytes: int = 64 << 20,
+        checkpoint_bytes: int = 8 << 20,
         checkpoint_interval_s: float = 600.0,
         background_checkpoints: bool = True,
         sync: Callable[[int], None] | None = None,

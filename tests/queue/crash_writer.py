@@ -18,7 +18,8 @@ from tests.store.crash_writer import run_writers, say
 
 def main(data_dir: str, run: int) -> None:
     db = DatabaseManager(data_dir, checkpoint_bytes=64 << 10, checkpoint_interval_s=0.3)
-    q = QueueManager(db, max_depth=1_000_000, max_depth_per_model=1_000_000)
+    q = QueueManager(db, max_depth=1_000_000, max_depth_per_model=1_000_000,
+                     max_finished_sync=1_000_000)  # this test checks nothing vanishes
     say("READY")
 
     def work(n: int) -> None:

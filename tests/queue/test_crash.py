@@ -181,7 +181,8 @@ def run_queue_crash_rounds(tmp_path: Path, kills: int, seed: int) -> tuple[int, 
         ok, lines = check_data_dir(tmp_path)
         assert ok, lines
         with DatabaseManager(tmp_path, background_checkpoints=False) as db:
-            q = QueueManager(db, max_depth=1_000_000, max_depth_per_model=1_000_000)
+            q = QueueManager(db, max_depth=1_000_000, max_depth_per_model=1_000_000,
+                             max_finished_sync=1_000_000)
             q.recover()
             recs = {d["id"]: dict(d) for d in db.all(TABLE)}
         for rid, rec in recs.items():

@@ -46,9 +46,11 @@ def test_non_mapping_request(q):
 
 
 def test_non_json_body_is_refused_and_releases_capacity(make_queue):
+    # A job's body goes to the store, which refuses what JSON cannot hold (a sync
+    # request's body stays in RAM: the front door only ever hands over parsed JSON).
     q = make_queue(max_depth=1)
     with pytest.raises(ValueError, match="not a JSON value"):
-        q.enqueue(make_request(body={"model": "x", "prompt": object()}))
+        q.enqueue(make_request(kind="job", body={"model": "x", "prompt": object()}))
     q.enqueue(make_request())  # the failed admission did not keep the only slot
 
 
