@@ -22,6 +22,11 @@ class ProxyConfig:
     keys_enabled: bool = False
     request_timeout_s: float = 600.0
     stream_idle_timeout_s: float = 300.0
+    # connections (olol.server.door): strangers can reach the port
+    max_connections: int = 4096  # open HTTP connections; new ones wait past this
+    idle_timeout_s: float = 30.0  # an idle keep-alive connection is closed after this
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this
+    body_timeout_s: float = 60.0  # a bounded body must arrive within this of its headers
     default_priority: int = 0
     # queue
     max_queue_depth: int = 10_000

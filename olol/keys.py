@@ -129,8 +129,11 @@ class KeyStore:
         )
         return key_id, token
 
-    def verify(self, token: str | None) -> KeyInfo | None:
-        """The key a token belongs to, or ``None`` (unknown, malformed or revoked)."""
+    def verify(self, token: str | None, *, touch: bool = True) -> KeyInfo | None:
+        """The key a token belongs to, or ``None`` (unknown, malformed or revoked).
+
+        ``touch=False`` does not record the use (no store write: the front door's
+        header check runs on the HTTP I/O thread, the request's own check records it)."""
         if not token or not isinstance(token, str) or len(token) > 256:
             return None
         digest = token_digest(token)
@@ -142,7 +145,8 @@ class KeyStore:
                 found = doc
         if found is None or found.get("revoked"):
             return None
-        self._touch(found)
+        if touch:
+            self._touch(found)
         return _info(found)
 
     def _touch(self, doc: dict) -> None:

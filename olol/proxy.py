@@ -10,6 +10,7 @@ queue (or marks it interrupted), and closes the store.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,31 @@ def split_hostport(listen: str, default_port: int) -> tuple[str, int]:
         return host, int(port)
     except ValueError:
         raise ValueError(f"bad listen address {listen!r}: the port must be a number") from None
+
+
+def raise_fd_limit(connections: int, spare: int = 512) -> int:
+    """Raise this process's soft limit on open files so that ``connections`` HTTP
+    connections fit beside ``spare`` other descriptors (store, gRPC, logs); returns the
+    number of connections that fit (fewer when the hard limit is lower)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + spare
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        fit = max(16, soft - spare)
+        log.warning("open-file limit %d allows %d HTTP connections, not %d (raise `ulimit -n`)",
+                    soft, fit, connections)
+        return fit
+    return connections
 
 
 def is_loopback(host: str) -> bool:
@@ -170,6 +196,7 @@ class Proxy:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         from olol.maintenance import MaintenanceJobs, install_proxy_jobs
+        from olol.server import door
         from olol.server.app import create_app
 
         # first health sweep before serving, so /api/tags and placement know the nodes
@@ -190,15 +217,22 @@ class Proxy:
         self._jobs.start()
         self.dispatcher.start()
         app = create_app(self.context)
+        cfg = self.config
+        connections = raise_fd_limit(cfg.max_connections)
         self._server = waitress.create_server(
-            app, host=host, port=port, threads=self.config.waitress_threads,
-            channel_timeout=max(120, int(self.config.stream_idle_timeout_s)),
-            connection_limit=max(100, self.config.waitress_threads * 4),
+            app, host=host, port=port, threads=cfg.waitress_threads,
+            # only connections with no request in progress are idle: a stream is not
+            channel_timeout=max(1, math.ceil(cfg.idle_timeout_s)),
+            cleanup_interval=1,  # also when the door checks requests' deadlines
+            connection_limit=connections,
+            asyncore_use_poll=True,  # select() stops at 1,024 descriptors
             # lets the app notice a caller that went away while its request waits
             channel_request_lookahead=1,
-            max_request_body_size=max(self.config.max_body_bytes, self.config.max_blob_bytes),
+            max_request_body_size=max(cfg.max_body_bytes, cfg.max_blob_bytes) + 1,
             ident="olol",
         )
+        door.install(self._server, door.DoorPolicy(cfg, lambda: self.context.keys),
+                     header_timeout_s=cfg.header_timeout_s, body_timeout_s=cfg.body_timeout_s)
         real_port = self._server.effective_port
         self.address = f"{host}:{real_port}"
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{real_port}"

@@ -12,7 +12,8 @@ trace: unexpected exceptions are logged and answered 500 ``internal error``.
 
 API keys (``config.keys_enabled``): every route needs ``Authorization: Bearer <key>``
 (401 otherwise) except the liveness probes ``/`` and ``/olol/v1/health``; the admin
-routes need an admin key (403).
+routes need an admin key (403). Under waitress the key and the body's size are first
+checked on the headers, before the body is read (:mod:`olol.server.door`).
 """
 
 from __future__ import annotations
@@ -34,12 +35,9 @@ from olol.server.common import (
     is_openai_path,
     json_response,
 )
+from olol.server.door import PUBLIC_PATHS, unauthorized
 
 log = logging.getLogger(__name__)
-
-#: Paths answered without a key even when keys are enabled (liveness probes).
-PUBLIC_PATHS = frozenset({"/", "/olol/v1/health"})
-UNAUTHORIZED_MESSAGE = "a valid API key is required (Authorization: Bearer <key>)"
 
 
 def render_error(err: ApiError) -> Response:
@@ -102,13 +100,7 @@ def create_app(ctx: Any) -> Flask:
             return
         info = ctx.keys.verify(bearer_token(request.headers.get("Authorization")))
         if info is None:
-            raise ApiError(
-                401,
-                UNAUTHORIZED_MESSAGE,
-                openai_type="invalid_request_error",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": 'Bearer realm="olol"'},
-            )
+            raise unauthorized()
         g.olol_key = info
 
     @app.errorhandler(ApiError)

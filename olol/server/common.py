@@ -10,6 +10,7 @@ from flask import Response, current_app, g, request
 from olol.api.errors import ApiError
 from olol.api.streaming import JSON_CONTENT_TYPE
 from olol.api.validation import parse_json_body
+from olol.server.door import bearer_token  # noqa: F401 - re-exported
 
 #: Key under which the app keeps its ProxyContext in ``app.extensions``.
 EXTENSION = "olol"
@@ -119,16 +120,6 @@ def request_session() -> str | None:
     if len(value) > MAX_SESSION_LEN:
         raise ApiError(400, f"{SESSION_HEADER} header longer than {MAX_SESSION_LEN} characters")
     return value or None
-
-
-def bearer_token(header: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header."""
-    if not header:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
 
 
 def is_openai_path(path: str) -> bool:
