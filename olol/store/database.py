@@ -68,6 +68,7 @@ class DatabaseManager:
         checkpoint_bytes: int = 8 << 20,
         checkpoint_interval_s: float = 600.0,
         background_checkpoints: bool = True,
+        flush_interval_s: float = 0.2,
         sync: Callable[[int], None] | None = None,
     ):
         self.clock = clock
@@ -89,6 +90,8 @@ class DatabaseManager:
         self._last_checkpoint = time.monotonic()
         self._stop = threading.Event()
         self._ckpt_thread: threading.Thread | None = None
+        self._flush_thread: threading.Thread | None = None
+        self._flush_interval_s = flush_interval_s
         self.recovery: jr.Recovered | None = None
         self.data_dir = Path(data_dir) if data_dir is not None else None
         if self.data_dir is not None:
@@ -98,6 +101,12 @@ class DatabaseManager:
                     target=self._checkpoint_loop, name="olol-store-checkpoint", daemon=True
                 )
                 self._ckpt_thread.start()
+                # Writes that do not wait for their sync would otherwise sit in RAM
+                # until some write waits: with only sync requests, without bound.
+                self._flush_thread = threading.Thread(
+                    target=self._flush_loop, name="olol-store-flush", daemon=True
+                )
+                self._flush_thread.start()
         self._ensure_schema_version()
 
     @classmethod
@@ -489,6 +498,20 @@ class DatabaseManager:
             return True
         return time.monotonic() - self._last_checkpoint >= self._checkpoint_interval_s
 
+    def _flush_loop(self) -> None:
+        """Write out what nobody waited for: every ``flush_interval_s``, or at once when
+        the buffer passes ``journal.KICK_BYTES``."""
+        j = self._journal
+        assert j is not None
+        while not self._stop.is_set():
+            j.kick.wait(timeout=self._flush_interval_s)
+            j.kick.clear()
+            try:
+                j.flush_pending()
+            except Exception:  # the journal latches the error; every writer now sees it
+                log.exception("store journal flush failed")
+                self._stop.wait(timeout=1.0)
+
     def _checkpoint_loop(self) -> None:
         while not self._stop.wait(timeout=1.0):
             try:
@@ -522,8 +545,11 @@ class DatabaseManager:
                 return
             self._closed = True
         self._stop.set()
-        if self._ckpt_thread is not None:
-            self._ckpt_thread.join(timeout=30)
+        if self._journal is not None:
+            self._journal.kick.set()
+        for thread in (self._flush_thread, self._ckpt_thread):
+            if thread is not None:
+                thread.join(timeout=30)
         try:
             if self._journal is not None:
                 try:

@@ -291,6 +291,10 @@ class DirLock:
             self._fd = None
 
 
+#: Buffered bytes past which the store's flusher is woken at once.
+KICK_BYTES = 1 << 20
+
+
 class Journal:
     """The append side: buffered records, group commit, generation rotation."""
 
@@ -300,7 +304,10 @@ class Journal:
         self._sync = sync
         self._fd = self._open(generation)
         self._buf: list[bytes] = []
+        self._buf_bytes = 0
         self._buf_lock = threading.Lock()
+        # set when the buffer passes KICK_BYTES: the store's flusher writes it out now
+        self.kick = threading.Event()
         self._io_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._seq = 0
@@ -332,8 +339,24 @@ class Journal:
         with self._buf_lock:
             self._check()
             self._buf.append(line)
+            self._buf_bytes += len(line)
             self._seq += 1
+            if self._buf_bytes >= KICK_BYTES:
+                self.kick.set()
             return self._seq
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes appended and not yet written (records nobody waited for)."""
+        return self._buf_bytes
+
+    def flush_pending(self) -> None:
+        """Make every record appended so far durable (joining a group commit in
+        progress rather than starting a second one)."""
+        with self._buf_lock:
+            seq = self._seq
+        if seq > self._durable:
+            self.wait(seq)
 
     def wait(self, seq: int) -> None:
         """Return once record ``seq`` is on disk; may do the write itself."""
@@ -358,6 +381,7 @@ class Journal:
         """Write and sync everything buffered. Caller holds ``_io_lock``."""
         with self._buf_lock:
             batch, self._buf = self._buf, []
+            self._buf_bytes = 0
             upto = self._seq
         if batch:
             data = b"".join(batch)
