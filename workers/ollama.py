@@ -340,16 +340,22 @@ class OllamaCall:
         """Yield the NDJSON records of a streamed answer, each as soon as it arrives."""
         resp = self._response
         assert resp is not None
+        if resp.chunked and resp.fp is not None:
+            # http.client's readline cannot tell a chunked body cut before its first
+            # chunk from a complete one (both leave chunk_left None and fp closed):
+            # decode the framing ourselves, which sees the missing last chunk.
+            for batch in self.arrived():
+                yield from batch
+            return
         try:
             while True:
                 line = resp.readline(MAX_LINE_BYTES + 1)
                 if not line:
                     # readline hides a truncated body (it peeks and swallows
-                    # IncompleteRead): after a complete chunked body chunk_left is
-                    # None, after a complete sized body length is 0.
-                    truncated = (resp.chunked and resp.chunk_left is not None) or bool(
-                        resp.length
-                    )
+                    # IncompleteRead): after a complete sized body length is 0.
+                    # (Chunked bodies never get here, see above.) A body framed by
+                    # the connection's close has no end to check.
+                    truncated = bool(resp.length)
                     if truncated and not self._aborted:
                         raise OllamaUnavailable("ollama closed the stream before its end")
                     if not truncated:

@@ -27,6 +27,7 @@ import grpc
 
 from olol import __version__
 from olol.rpc import node_pb2, node_pb2_grpc
+from workers.aggregate import AggregateError, Aggregator
 from workers.hardware import HardwareProbe
 from workers.ollama import (
     OllamaCall,
@@ -41,6 +42,10 @@ _LOG = logging.getLogger(__name__)
 
 STATUS_METADATA = "x-ollama-status"
 STREAM_ERROR_METADATA = "x-ollama-stream-error"
+#: Request metadata: "build the non-streamed answer here and show progress every
+#: N seconds" (value: N). See :mod:`workers.aggregate`.
+AGGREGATE_METADATA = "x-olol-aggregate"
+TRUNCATED_MESSAGE = "ollama ended the stream without its final record"
 UNREACHABLE_STATUS = 502
 _DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _SUCCESS = b'{"status":"success"}'
@@ -85,6 +90,18 @@ def _abort_http(context: grpc.ServicerContext, exc: OllamaHTTPError) -> None:
 
 def _abort_unavailable(context: grpc.ServicerContext, exc: OllamaUnavailable) -> None:
     _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc), UNREACHABLE_STATUS)
+
+
+def _aggregate_interval(context: grpc.ServicerContext) -> float | None:
+    """The progress interval the caller asked for with ``x-olol-aggregate``, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == AGGREGATE_METADATA:
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                return None
+            return min(3600.0, max(0.01, seconds)) if seconds == seconds else None
+    return None
 
 
 def _pick(cls: Any, data: Any) -> dict[str, Any]:
@@ -175,6 +192,8 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
 
     def _stream(self, context: grpc.ServicerContext, path: str, request: Any,
                 track: bool = False) -> Iterator[node_pb2.OllamaChunk]:
+        """Relay a streamed answer. ``track``: an inference call (generate, chat),
+        counted in flight, whose stream must end with a final record."""
         model = request.model
         if track:
             self.in_flight.enter(model)
@@ -183,7 +202,12 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
             call = self._open(context, "POST", path, request.body or None)
             if call is None:
                 return
+            interval = _aggregate_interval(context) if track else None
             try:
+                if interval is not None:
+                    yield from self._aggregated(context, call, path == "/api/chat", interval)
+                    return
+                finished = False
                 for batch in call.arrived():
                     good = []
                     done = False
@@ -196,7 +220,12 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
                             _abort(context, grpc.StatusCode.INTERNAL, error, 500,
                                    stream_error=True)
                         good.append(line)
+                    finished = finished or done
                     yield node_pb2.OllamaChunk(body=b"\n".join(good), done=done)
+                if track and not finished and context.is_active():
+                    # A clean end with no final record (or no record at all) is a cut
+                    # stream all the same: the answer is incomplete.
+                    _abort_unavailable(context, OllamaUnavailable(TRUNCATED_MESSAGE))
             except OllamaUnavailable as exc:
                 if context.is_active():
                     _abort_unavailable(context, exc)
@@ -205,6 +234,37 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
                 call.close(reusable=False)
             if track:
                 self.in_flight.leave(model)
+
+    def _aggregated(self, context: grpc.ServicerContext, call: OllamaCall, chat: bool,
+                    interval: float) -> Iterator[node_pb2.OllamaChunk]:
+        """Build the non-streamed answer from Ollama's stream (the request body asks
+        Ollama to stream). While records arrive, an empty message goes out whenever
+        ``interval`` seconds passed since the last message: the coordinator's proof
+        that Ollama is working. The last message is the answer (``done``)."""
+        agg = Aggregator(chat)
+        last_sent = self._monotonic()
+        for batch in call.arrived():
+            for line in batch:
+                try:
+                    done, error = agg.add(line)
+                except AggregateError as exc:
+                    call.close(reusable=False)
+                    _abort_unavailable(context, OllamaUnavailable(str(exc)))
+                if error is not None:
+                    call.close(reusable=False)
+                    # nothing reached the caller: an error like any before the answer
+                    _abort(context, grpc.StatusCode.INTERNAL, error, 500)
+            if agg.complete:
+                continue  # read the body to its end: the connection can be reused
+            now = self._monotonic()
+            if now - last_sent >= interval:
+                last_sent = now
+                yield node_pb2.OllamaChunk(body=b"", done=False)
+        if not agg.complete:
+            if context.is_active():
+                _abort_unavailable(context, OllamaUnavailable(TRUNCATED_MESSAGE))
+            return
+        yield node_pb2.OllamaChunk(body=agg.result_bytes(), done=True)
 
     def _unary(self, context: grpc.ServicerContext, method: str, path: str, request: Any,
                track: bool = False) -> node_pb2.OllamaResponse:

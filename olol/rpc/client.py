@@ -28,6 +28,7 @@ from olol.rpc import node_pb2, node_pb2_grpc
 
 STATUS_METADATA = "x-ollama-status"
 STREAM_ERROR_METADATA = "x-ollama-stream-error"
+AGGREGATE_METADATA = "x-olol-aggregate"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 BLOB_CHUNK_BYTES = 1024 * 1024
 
@@ -147,6 +148,13 @@ class NodeStream:
 
     Yields dicts, or the raw NDJSON record bytes when built with ``raw=True``.
     Raises :class:`NodeError` from ``next()`` when the call fails.
+
+    An empty message that does not end the call is the agent saying that Ollama
+    is making progress on an answer it builds itself (``aggregate``, see
+    :meth:`NodeClient.chat`): it is counted in :attr:`received` and skipped.
+
+    :ivar received: messages received so far, progress messages included (a
+        watchdog reads it from another thread to see that the call is alive).
     """
 
     def __init__(self, call: Any, raw: bool = False) -> None:
@@ -155,6 +163,7 @@ class NodeStream:
         self._pending: list[bytes] = []
         self._last_done = False
         self.done = False
+        self.received = 0
 
     def __iter__(self) -> NodeStream:
         return self
@@ -175,7 +184,11 @@ class NodeStream:
 
     def _receive(self) -> Any:
         try:
-            return next(self._call)
+            while True:
+                chunk = next(self._call)
+                self.received += 1
+                if chunk.body or chunk.done:
+                    return chunk
         except grpc.RpcError as exc:
             raise node_error(exc) from None
 
@@ -290,25 +303,38 @@ class NodeClient:
         return _decode(reply.body)
 
     def _stream(self, name: str, body: dict | bytes | None, timeout: float | None,
-                raw: bool) -> NodeStream:
+                raw: bool, aggregate: float | None = None) -> NodeStream:
+        metadata = self._metadata
+        if aggregate is not None:
+            if isinstance(body, dict):
+                body = {**body, "stream": True}
+            metadata = (*(metadata or ()), (AGGREGATE_METADATA, f"{max(0.01, aggregate):g}"))
         data, model = _encode(body)
         call = getattr(self._stub, name)(
             node_pb2.OllamaRequest(model=model, body=data), timeout=timeout,
-            metadata=self._metadata,
+            metadata=metadata,
         )
         return NodeStream(call, raw=raw)
 
     # -- relayed Ollama endpoints -------------------------------------------
 
     def generate(self, body: dict | bytes, timeout: float | None = None,
-                 raw: bool = False) -> NodeStream:
-        """``/api/generate``: the records Ollama writes (one when ``stream`` is false)."""
-        return self._stream("Generate", body, timeout, raw)
+                 raw: bool = False, aggregate: float | None = None) -> NodeStream:
+        """``/api/generate``: the records Ollama writes (one when ``stream`` is false).
+
+        ``aggregate`` (seconds; ``body`` a dict): for a caller that wants one
+        object, ask Ollama for a stream and have the agent build the object, sending
+        an empty progress message at most every ``aggregate`` seconds while Ollama
+        produces records. The call then yields exactly one record, like
+        ``stream: false``, and :attr:`NodeStream.received` shows progress.
+        """
+        return self._stream("Generate", body, timeout, raw, aggregate)
 
     def chat(self, body: dict | bytes, timeout: float | None = None,
-             raw: bool = False) -> NodeStream:
-        """``/api/chat``: the records Ollama writes (one when ``stream`` is false)."""
-        return self._stream("Chat", body, timeout, raw)
+             raw: bool = False, aggregate: float | None = None) -> NodeStream:
+        """``/api/chat``: the records Ollama writes (one when ``stream`` is false);
+        ``aggregate`` as for :meth:`generate`."""
+        return self._stream("Chat", body, timeout, raw, aggregate)
 
     def pull(self, body: dict | bytes, timeout: float | None = None,
              raw: bool = False) -> NodeStream:

@@ -75,7 +75,7 @@ class Exchange:
         self.started = False  # response status line sent
         self.streaming = False
         self.records = 0
-        self.drop_after: int | None = None
+        self.stream_fault: Any = None  # an armed olol.sim.faults.StreamFault
         self._body: bytes | None = None
 
     # -- request -----------------------------------------------------------------------
@@ -150,12 +150,30 @@ class Exchange:
         self._write("".join(lines).encode("latin-1"))
 
     def write_record(self, data: bytes) -> None:
-        """Send one record as one chunk; honours an armed drop fault."""
-        if self.drop_after is not None and self.records >= self.drop_after:
-            self.abort()
-            raise ClientGone("stream dropped by fault injection")
+        """Send one record as one chunk; honours an armed stream fault."""
+        fault = self.stream_fault
+        if fault is not None and self.records >= fault.after:
+            self._apply_fault(fault)
         self._write(b"%x\r\n%s\r\n" % (len(data), data))
         self.records += 1
+
+    def _apply_fault(self, fault: Any) -> None:
+        self.stream_fault = None
+        if fault.how == "stall":
+            fault.wait(self.gone)  # then the stream goes on
+            return
+        if fault.how == "end":
+            self._write(b"0\r\n\r\n")
+        elif fault.how == "error":
+            line = dumps({"error": fault.error})
+            if self.path.startswith("/v1/"):
+                line = b"data: " + line + b"\n"
+            line += b"\n"
+            self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
+        else:
+            self.abort()
+        self._h.close_connection = True
+        raise ClientGone(f"stream cut by fault injection ({fault.how})")
 
     def end_stream(self) -> None:
         self._write(b"0\r\n\r\n")

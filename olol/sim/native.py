@@ -443,7 +443,7 @@ class _NativeEmitter(Emitter):
 
     def begin(self) -> None:
         if self.stream:
-            self.ex.drop_after = self.api.sim.faults.take_drop()
+            self.ex.stream_fault = self.api.sim.faults.take_stream_fault()
             self.ex.start_stream(NDJSON)
 
     def _record(self, content: str, thinking: str = "", tool_calls: list | None = None) -> dict:

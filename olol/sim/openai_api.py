@@ -185,7 +185,7 @@ class _SSEEmitter(Emitter):
 
     def begin(self) -> None:
         if self.stream:
-            self.ex.drop_after = self.api.sim.faults.take_drop()
+            self.ex.stream_fault = self.api.sim.faults.take_stream_fault()
             self.ex.start_stream("text/event-stream")
 
     def event(self, obj: dict) -> None:

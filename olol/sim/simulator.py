@@ -203,7 +203,8 @@ class Simulator:
                 return
             fn, args, faultable = target
             if faultable:
-                self.faults.maybe_hang()
+                ex.body()  # read first: a hung request was accepted, and ex.gone() works
+                self.faults.maybe_hang(ex.gone)
                 failure = self.faults.take_failure()
                 if failure is not None:
                     raise ApiError(failure.status, failure.error)
