@@ -267,6 +267,10 @@ class Proxy:
             self.cluster.close()
         except Exception:  # noqa: BLE001
             pass
+        try:
+            self.stats.close()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the request statistics failed")
         self.db.close()
         if get_db_default() is self.db:
             reset_default_db()

@@ -447,7 +447,7 @@ class RequestStats:
         with self._lock, contextlib.suppress(OSError):
             self._close_fd()
 
-    def __del__(self) -> None:  # the proxy does not close its stats: do not leak the fd
+    def __del__(self) -> None:  # a caller that forgets close(): do not leak the fd
         with contextlib.suppress(Exception):
             self._close_fd()
 
