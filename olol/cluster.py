@@ -35,6 +35,7 @@ from olol.node_state import (
     status_problem,
     tag_entry,
 )
+from olol.outliers import EMPTY_VIEW, ModelView, OutlierDetector, Ticket
 from olol.store.database import iso_utc
 
 __all__ = [
@@ -84,13 +85,18 @@ class ClusterManager:
     :param clock: seconds since the epoch; circuit timers and ``last_check`` use it.
     :param client_factory: ``factory(address) -> client``; by default a
         :class:`olol.rpc.client.NodeClient` with ``token`` and ``tls``.
+    :param outliers: the :class:`~olol.outliers.OutlierDetector` that ejects a
+        node×model failing where its peers succeed (default: one with its default
+        settings on ``clock``).
     """
 
     def __init__(self, db: Any, *, clock: Callable[[], float] = time.time,
                  client_factory: Callable[[str], Any] | None = None,
-                 token: str | None = None, tls: Any = None) -> None:
+                 token: str | None = None, tls: Any = None,
+                 outliers: OutlierDetector | None = None) -> None:
         self.db = db
         self.clock = clock
+        self.outliers = outliers if outliers is not None else OutlierDetector(clock=clock)
         self._token, self._tls = token, tls
         self._factory = client_factory or self._default_client
         self._lock = threading.RLock()
@@ -159,6 +165,7 @@ class ClusterManager:
         with self._lock:
             removed = self.db.remove("servers", {"address": address})
             known = self._drop(address)
+        self.outliers.forget_node(address)
         if known or removed:
             log.info("node %s removed", address)
         return bool(known or removed)
@@ -187,13 +194,20 @@ class ClusterManager:
         return state is not None
 
     def list_nodes(self) -> list[NodeState]:
+        ejected = self.outliers.ejected()
         with self._lock:
-            return [_snapshot(s) for s in sorted(self._nodes.values(), key=lambda s: s.address)]
+            nodes = [_snapshot(s) for s in sorted(self._nodes.values(), key=lambda s: s.address)]
+        for n in nodes:
+            n.ejected = ejected.get(n.address, {})
+        return nodes
 
     def node(self, address: str) -> NodeState | None:
         with self._lock:
             state = self._nodes.get(address)
-            return _snapshot(state) if state else None
+            snap = _snapshot(state) if state else None
+        if snap is not None:
+            snap.ejected = self.outliers.ejected().get(address, {})
+        return snap
 
     def client(self, address: str) -> Any:
         """The node's client, created once and reused by every thread.
@@ -312,12 +326,45 @@ class ClusterManager:
             if state is not None:
                 state.suspect, state.suspect_reason = True, str(reason)[:500]
 
-    def record_success(self, address: str) -> None:
-        """A call to the node succeeded: it is not suspect any more."""
+    def record_success(self, address: str, model_key: str | None = None) -> None:
+        """A call to the node succeeded: it is not suspect any more. With the model,
+        the success also counts for outlier detection."""
         with self._lock:
             state = self._nodes.get(address)
             if state is not None:
                 state.suspect, state.suspect_reason = False, None
+        if model_key is not None:
+            self.outliers.success(address, model_key)
+
+    # -- outlier detection (olol.outliers) ----------------------------------------------
+
+    def model_peers(self, model_key: str) -> list[str]:
+        """Addresses of the serving nodes (healthy, circuit closed, suspect or not)
+        that have the model: the peers an outlier is compared with."""
+        key = _key(model_key)
+        if key is None:
+            return []
+        return [n.address for n in self._serving_nodes()
+                if key in n.available_models or key in n.loaded_models]
+
+    def record_failure(self, address: str, model_key: str, *,
+                       count: bool | None = None) -> Ticket:
+        """A call to the node for the model failed on the node's side (see
+        :meth:`OutlierDetector.failure`); returns the failure's ticket."""
+        return self.outliers.failure(address, model_key, self.model_peers(model_key),
+                                     count=count)
+
+    def confirm_failure(self, ticket: Ticket) -> None:
+        """The request behind a pending failure succeeded elsewhere: count it."""
+        self.outliers.confirm(ticket, self.model_peers(ticket.model))
+
+    def retract_failure(self, ticket: Ticket) -> None:
+        """The failure was the request's own doing: forget it."""
+        self.outliers.retract(ticket)
+
+    def outlier_view(self, model_key: str) -> ModelView:
+        """Ejected, held and limited nodes for the model (for the scheduler)."""
+        return self.outliers.view(model_key) if model_key else EMPTY_VIEW
 
     def record_poll(self, address: str, status: dict, latency_ms: float) -> NodeState | None:
         """A good status poll (see :func:`status_problem`): the node is healthy, its

@@ -2,10 +2,21 @@
 
 Each thread asks the scheduler for the next batch, calls the node over gRPC,
 and publishes every record to the waiting callers through the ResponseHub as
-it arrives. A node failure before the first record sends the work back to
-the queue (bounded retries with backoff) and marks the node suspect; after
-the first record the request fails with an error event (the front door ends
-the stream with an error line). Every state change is written to the store.
+it arrives. A failure on the node's side before any output reached the client
+(a 5xx, a cut stream, a missed first-record or stall deadline, a transport
+error) sends the work back to the queue for another node (bounded retries with
+backoff) and counts for outlier detection (:mod:`olol.outliers`), unless the
+same request already failed alike on another node: then the request is the
+cause, it fails as it is and nobody is blamed. After output reached the client
+the request fails with an error event (the front door ends the stream with an
+error line). Every state change is written to the store.
+
+Deadlines (:class:`~olol.node_faults.CallWatch`): a node call must deliver its
+first record within ``first_record_timeout_s`` (plus the model's expected load
+time when it was cold on the node), then never stay silent longer than
+``stall_timeout_s`` before output reached the client (``stream_idle_timeout_s``
+after). A non-streamed answer is built by the agent from Ollama's stream, and
+the agent shows progress meanwhile, so a hung node is told from a long answer.
 
 A streamed request with one synchronous caller is not relayed record by record:
 after its first record the dispatcher hands the node stream to the caller's
@@ -30,6 +41,19 @@ from typing import Any
 import grpc
 
 from olol.hub import CHUNK, DONE, ERROR, RELAY
+from olol.node_faults import (
+    BUSY,
+    NODE,
+    Attempt,
+    Attempts,
+    CallWatch,
+    LoadTimes,
+    conclusive,
+    failure_kind,
+    missed,
+    signature,
+    transport_fault,
+)
 from olol.relay import StreamRelay
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment, RequestScheduler
@@ -64,7 +88,20 @@ class Dispatcher:
         lease_refresh_s: float = 60.0,
         stream_idle_timeout_s: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
+        first_record_timeout_s: float = 120.0,
+        stall_timeout_s: float = 60.0,
+        cold_start_s: float = 30.0,
+        node_progress: bool = True,
     ):
+        """:param first_record_timeout_s: longest wait for a node call's first record
+            (0: none); a call placed where the model is cold gets the model's
+            expected load time on top (learned, at least ``cold_start_s``).
+        :param stall_timeout_s: longest silence between records before any output
+            reached the client (0: none); after, ``stream_idle_timeout_s``.
+        :param node_progress: have agents build non-streamed answers and show
+            progress (needs agents of this version); without it a non-streamed
+            call's deadline is its whole answer's.
+        """
         self.queue = queue_manager
         self.scheduler = scheduler
         self.cluster = cluster_manager
@@ -80,7 +117,13 @@ class Dispatcher:
         self.publish_timeout_s = publish_timeout_s
         self.idle_wait_s = idle_wait_s
         self.stream_idle_timeout_s = stream_idle_timeout_s
+        self.first_record_timeout_s = first_record_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self.node_progress = node_progress
         self.monotonic = monotonic
+        self.load_times = LoadTimes(cold_start_s)
+        self._calls = CallWatch(monotonic)  # deadlines of node calls in flight
+        self._attempts = Attempts()  # node-side failures per request, until it ends
         self._relays: dict[str, StreamRelay] = {}  # request id -> relay being read
         self._inline: dict[str, Callable[[], bool]] = {}  # request id -> "client gone?"
         self._local = threading.local()  # .after: where a front-door thread defers work
@@ -211,10 +254,19 @@ class Dispatcher:
             self._active -= 1
             self._active_lock.notify_all()
 
+    def _watch_period(self) -> float:
+        limits = [t for t in (self.stream_idle_timeout_s, self.first_record_timeout_s,
+                              self.stall_timeout_s) if t and t > 0]
+        return max(0.01, min([1.0, *(t / 4 for t in limits)]))
+
     def _watch(self) -> None:
-        """End relayed streams that have sent nothing for ``stream_idle_timeout_s``."""
-        period = max(0.01, min(1.0, self.stream_idle_timeout_s / 4))
-        while not self._stop.wait(period):
+        """Cancel node calls that miss a deadline, end relayed streams that have sent
+        nothing for ``stream_idle_timeout_s``, notice inline callers that left."""
+        while not self._stop.wait(self._watch_period()):
+            try:
+                self._calls.sweep()
+            except Exception:  # noqa: BLE001 - the watchdog must keep running
+                log.exception("checking node call deadlines failed")
             now = self.monotonic()
             with self._running_lock:
                 relays = list(self._relays.values())
@@ -240,6 +292,7 @@ class Dispatcher:
         head = a.requests[0]
         started_ts = self.clock()
         client = self.cluster.client(a.node)
+        final: Any = None
         try:
             if a.mode == "embed_merge":
                 self._run_embed_merge(client, a)
@@ -251,7 +304,7 @@ class Dispatcher:
             elif self._can_relay(a):
                 return self._start_relay(client, a, started_ts)
             else:
-                self._run_stream(client, a)
+                final = self._run_stream(client, a)
         except _AllGone:
             for req in a.requests:
                 self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
@@ -264,13 +317,17 @@ class Dispatcher:
                 return False
             self._node_failed(a, exc)
             return False
-        self._later(lambda: self._succeeded(a, started_ts))
+        self._later(lambda: self._succeeded(a, started_ts, final))
         self._local.ok = True
         return False
 
-    def _succeeded(self, a: Assignment, started_ts: float) -> None:
-        self.cluster.record_success(a.node)
+    def _succeeded(self, a: Assignment, started_ts: float, final: Any = None) -> None:
+        for req in a.requests:
+            self._settle_attempts(req["id"], succeeded=True)
+        self.cluster.record_success(a.node, a.model_key)
         self.cluster.note_loaded(a.node, a.model_key)
+        if a.cold and final is not None:
+            self.load_times.note(a.model_key, final)
         if self.stats is not None:
             latency_ms = (self.clock() - started_ts) * 1000
             for req in a.requests:
@@ -278,6 +335,20 @@ class Dispatcher:
         if self.registry is not None:
             for _ in a.requests:
                 self.registry.note_usage(a.model_key, a.node)
+
+    # ---------------------------------------------------------------- deadlines
+    def _first_record_s(self, a: Assignment) -> float:
+        if not self.first_record_timeout_s or self.first_record_timeout_s <= 0:
+            return 0.0
+        extra = self.load_times.allowance(a.model_key) if a.cold else 0.0
+        return self.first_record_timeout_s + extra
+
+    def _progress_s(self) -> float | None:
+        """How often an agent building a non-streamed answer shows progress."""
+        if not self.node_progress:
+            return None
+        limits = [t for t in (self.first_record_timeout_s, self.stall_timeout_s) if t and t > 0]
+        return max(0.05, min(limits) / 4) if limits else None
 
     # ---------------------------------------------------------------- relaying
     def _can_relay(self, a: Assignment) -> bool:
@@ -298,14 +369,21 @@ class Dispatcher:
         with self._running_lock:
             self._running[a.batch_id] = stream
             self._batch_of[rid] = (a.batch_id, [rid])
+        self._calls.watch(a.batch_id, stream, self._first_record_s(a), 0.0)
         try:
             try:
                 body, done = stream.next_message()
             except StopIteration:
                 raise NodeError(None, "the node closed the stream before it finished", 502) from None  # type: ignore[arg-type]
+            except NodeError as exc:
+                exc = missed(self._calls, a.batch_id, exc)
+                exc.mid_stream = False  # nothing reached the client yet
+                raise exc from None
         except BaseException:
+            self._calls.unwatch(a.batch_id)
             self._forget(a)
             raise
+        self._calls.unwatch(a.batch_id)  # the relay's own watchdog takes over
         next_refresh = [self.monotonic() + self.lease_refresh_s]
 
         def keep_lease() -> None:
@@ -342,35 +420,45 @@ class Dispatcher:
             self._forget(a)
             if outcome == "completed":
                 self.queue.update_request_status(req["id"], "completed")
-                self._succeeded(a, started_ts)
+                self._succeeded(a, started_ts, info)
             elif outcome == "failed" and not self.queue.is_cancelled(req["id"]):
                 exc: NodeError = info
                 self.queue.update_request_status(
                     req["id"], "failed", error=exc.message, error_status=exc.http_status)
                 if self.stats is not None:
                     self.stats.record(req["endpoint"], 0.0, False)
-                stopping = not self._claiming.is_set()
-                node_fault = exc.code is None or exc.retryable or exc.code in _NODE_GONE
-                if node_fault and not stopping:
-                    self.scheduler.handle_server_failure(a.node, exc.message)
+                if self._claiming.is_set() and failure_kind(exc) == NODE:
+                    self._blame_mid_stream(a, exc)
+                self._settle_attempts(req["id"], succeeded=False)
             elif outcome == "cancelled":
                 self.queue.update_request_status(req["id"], "cancelled", error=str(info))
+                self._settle_attempts(req["id"], succeeded=False)
         except Exception:
             log.exception("settling request %s failed", req["id"])
         finally:
             self._release(a)
 
-    def _run_stream(self, client: Any, a: Assignment) -> None:
+    def _run_stream(self, client: Any, a: Assignment) -> dict:
+        """Run a batch record by record; returns the final record."""
         head = a.requests[0]
         call = client.chat if head["endpoint"] == "chat" else client.generate
-        stream = call(head["body"], timeout=self.request_timeout_s)
+        progress = None if head.get("stream") else self._progress_s()
+        if progress is not None and isinstance(head["body"], dict):
+            stream = call(head["body"], timeout=self.request_timeout_s, aggregate=progress)
+            stall_s = self.stall_timeout_s
+        else:
+            stream = call(head["body"], timeout=self.request_timeout_s)
+            # a non-streamed answer with no progress shown: its first record is its end
+            stall_s = self.stall_timeout_s if head.get("stream") else 0.0
         ids = [r["id"] for r in a.requests]
         with self._running_lock:
             self._running[a.batch_id] = stream
             for rid in ids:
                 self._batch_of[rid] = (a.batch_id, ids)
+        first_s = self._first_record_s(a) if (head.get("stream") or progress) else 0.0
+        self._calls.watch(a.batch_id, stream, first_s, stall_s)
         waiting = list(a.requests)
-        started = False
+        delivered = False  # output reached a synchronous caller
         next_refresh = time.monotonic() + self.lease_refresh_s
         try:
             for record in stream:
@@ -381,7 +469,7 @@ class Dispatcher:
                     next_refresh = time.monotonic() + self.lease_refresh_s
                 done = bool(record.get("done")) or stream.done
                 if "error" in record and not done:
-                    raise NodeError(None, str(record["error"]), 500, mid_stream=started)  # type: ignore[arg-type]
+                    raise NodeError(None, str(record["error"]), 500, mid_stream=delivered)  # type: ignore[arg-type]
                 kind = DONE if done else CHUNK
                 still = []
                 for req in waiting:
@@ -390,12 +478,14 @@ class Dispatcher:
                         continue
                     if self.hub.publish(req["id"], kind, record, timeout=self.publish_timeout_s):
                         still.append(req)
+                        if not delivered and not done:
+                            delivered = True
+                            self._calls.delivered(a.batch_id, self.stream_idle_timeout_s)
                     else:
                         self.queue.update_request_status(
                             req["id"], "cancelled", error="the client went away"
                         )
                 waiting = still
-                started = True
                 if not waiting:
                     stream.cancel()
                     raise _AllGone()
@@ -406,15 +496,17 @@ class Dispatcher:
                         stream.drain()
 
                     self._later(tail)
-                    return
+                    return record
             # the stream ended without a final record
             raise NodeError(None, "the node closed the stream before it finished", 502,  # type: ignore[arg-type]
-                            mid_stream=started)
+                            mid_stream=delivered)
         except NodeError as exc:
-            exc.mid_stream = exc.mid_stream or started
+            exc = missed(self._calls, a.batch_id, exc)
+            exc.mid_stream = delivered
             a.requests[:] = waiting
-            raise
+            raise exc from None
         finally:
+            self._calls.unwatch(a.batch_id)
             with self._running_lock:
                 self._running.pop(a.batch_id, None)
                 for rid in ids:
@@ -483,38 +575,88 @@ class Dispatcher:
         self._fail(req, 404, message, started=False)
 
     def _node_failed(self, a: Assignment, exc: NodeError) -> None:
-        # The dispatcher only cancels a call when every caller left (handled
-        # above), so a CANCELLED or UNKNOWN status here means the node went away.
-        node_fault = exc.code is not None and (exc.retryable or exc.code in _NODE_GONE)
-        if exc.mid_stream:
+        kind = failure_kind(exc)
+        stopping = not self._claiming.is_set()
+        if exc.mid_stream:  # output reached the client: nothing can be retried
             for req in a.requests:
                 self._fail(req, exc.http_status, exc.message, started=True)
-            if node_fault or exc.code is None:
-                self.scheduler.handle_server_failure(a.node, exc.message)
+                self._settle_attempts(req["id"], succeeded=False)
+            if kind == NODE and not stopping:
+                self._blame_mid_stream(a, exc)
             return
-        if not node_fault:
-            # the request itself was refused (unknown model, bad option, busy...)
-            if exc.http_status == 503 and self._retry(a, exc, busy=True):
-                return
+        if kind != NODE:
+            # the request itself was refused (unknown model, bad option), or the node
+            # is busy (503: try again later)
             for req in a.requests:
+                if kind == BUSY and self._retry(req, exc, busy=True):
+                    continue
                 self._fail(req, exc.http_status, exc.message, started=False)
+                self._settle_attempts(req["id"], succeeded=False)
             return
-        self.scheduler.handle_server_failure(a.node, exc.message)
-        self._retry(a, exc)
-
-    def _retry(self, a: Assignment, exc: NodeError, busy: bool = False) -> bool:
-        retried = False
+        if stopping:  # a call cut by the shutdown: back to the queue, nobody to blame
+            for req in a.requests:
+                self._retry(req, exc)
+            return
+        if transport_fault(exc):
+            self.scheduler.handle_server_failure(a.node, exc.message)
+        ticket = self.cluster.record_failure(a.node, a.model_key)
+        sig = signature(exc)
         for req in a.requests:
-            attempts = int(req.get("attempts") or 1)
-            gone = req.get("kind") != "job" and not self.hub.listening(req["id"])
-            if gone:
-                self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
-            elif attempts < self.max_attempts:
-                delay = self.retry_backoff_s * (2 ** (attempts - 1))
-                self.queue.requeue(req["id"], delay_s=delay, reason=exc.message)
-                retried = True
-            else:
-                status = 503 if busy else 502
-                self._fail(req, status, f"no node could serve the request: {exc.message}", started=False)
-                retried = True
-        return retried
+            rid = req["id"]
+            alike = self._attempts.record(rid, Attempt(a.node, sig, ticket))
+            if alike:
+                # The same failure on another node: the request is the cause (or the
+                # whole model is broken). Blame nobody.
+                for attempt in (*alike, Attempt(a.node, sig, ticket)):
+                    self.cluster.retract_failure(attempt.ticket)
+                log.info("request %s failed alike on %s and %s: %s", rid, alike[0].node,
+                         a.node, exc.message)
+                if conclusive(exc):  # answer what the node said, try no further
+                    self._settle_attempts(rid, succeeded=False)
+                    self._fail(req, exc.http_status, exc.message, started=False)
+                    continue
+            self.scheduler.avoid(rid, a.node)
+            if not transport_fault(exc) and not self._another_node(rid, a.model_key):
+                # a 5xx with no other node to ask: answer it as Ollama did
+                self._settle_attempts(rid, succeeded=False)
+                self._fail(req, exc.http_status, exc.message, started=False)
+                continue
+            self._retry(req, exc)
+
+    def _another_node(self, request_id: str, model_key: str) -> bool:
+        """Whether a node this request has not failed on could serve its model."""
+        tried = self._attempts.nodes(request_id)
+        return any(n not in tried for n in self.cluster.model_peers(model_key))
+
+    def _blame_mid_stream(self, a: Assignment, exc: NodeError) -> None:
+        """A node failed after output reached the client: suspect it when the call
+        itself broke, and count the failure when its peers are doing fine."""
+        if transport_fault(exc):
+            self.scheduler.handle_server_failure(a.node, exc.message)
+        self.cluster.record_failure(a.node, a.model_key)
+
+    def _settle_attempts(self, request_id: str, *, succeeded: bool) -> None:
+        """The request is over. When it succeeded after failures, those failures
+        were the nodes' doing: count the ones still pending."""
+        attempts = self._attempts.pop(request_id)
+        self.scheduler.forget(request_id)
+        if succeeded:
+            for attempt in attempts:
+                self.cluster.confirm_failure(attempt.ticket)
+
+    def _retry(self, req: dict, exc: NodeError, busy: bool = False) -> bool:
+        """Send the request back to the queue (with backoff), or fail it when its
+        attempts are used up; False when it was neither (the caller answers it)."""
+        attempts = int(req.get("attempts") or 1)
+        gone = req.get("kind") != "job" and not self.hub.listening(req["id"])
+        if gone:
+            self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
+            self._settle_attempts(req["id"], succeeded=False)
+        elif attempts < self.max_attempts:
+            delay = self.retry_backoff_s * (2 ** (attempts - 1))
+            self.queue.requeue(req["id"], delay_s=delay, reason=exc.message)
+        else:
+            status = 503 if busy else 502
+            self._fail(req, status, f"no node could serve the request: {exc.message}", started=False)
+            self._settle_attempts(req["id"], succeeded=False)
+        return True

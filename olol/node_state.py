@@ -47,6 +47,9 @@ class NodeState:
     source: str = "api"
     first_seen: str | None = None
     hardware: dict = field(default_factory=dict)
+    # models the node is ejected for (olol.outliers), with the end of each ejection
+    # (on the cluster's clock); filled in by ClusterManager.list_nodes() and node()
+    ejected: dict[str, float] = field(default_factory=dict)
 
     def circuit_open(self, now: float) -> bool:
         return self.circuit_open_until > now
@@ -76,6 +79,7 @@ class NodeState:
             "ram_free": self.ram_free,
             "models": sorted(self.available_models),
             "loaded": sorted(k for k, v in self.loaded_models.items() if not v.get("_noted")),
+            "ejected": {m: iso_utc(until) for m, until in sorted(self.ejected.items())},
         }
 
 
@@ -86,6 +90,7 @@ def _snapshot(state: NodeState) -> NodeState:
         state,
         available_models=dict(state.available_models),
         loaded_models=dict(state.loaded_models),
+        ejected={},
     )
 
 

@@ -7,7 +7,11 @@ load goes first; patience bounds how long that can last.
 
 Placement (strategy ``smart``):
 
-1. only healthy nodes that have the model on disk;
+1. only healthy nodes that have the model on disk, and are not ejected for it by
+   outlier detection (:mod:`olol.outliers`; a node×model that failed where its
+   peers succeed); a node that failed this very request before, or whose failure
+   for the model is being checked, only when no other node can take it; at most
+   one call in flight on a node×model whose last call failed;
 2. session affinity: an ``X-OLOL-Session`` stays on its node while that node is healthy;
 3. a node that has the model loaded and a free slot (never more in flight on a
    node and model than its parallel slots), the one with the most headroom;
@@ -33,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from olol.outliers import EMPTY_VIEW
+
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("smart", "least-busy", "round-robin")
@@ -47,6 +53,7 @@ class Assignment:
     model_key: str
     batch_id: str
     mode: str = "single"  # single | coalesced | embed_merge
+    cold: bool = False  # the model was not believed loaded on the node when placed
 
 
 class NoNodeForModel(Exception):
@@ -85,6 +92,7 @@ class RequestScheduler:
         self._synced_check: dict[str, float | None] = {}
         self._capacity: dict[str, int] = {}
         self._sessions: dict[str, str] = {}
+        self._avoid: OrderedDict[str, set[str]] = OrderedDict()  # request id -> nodes
         self._rr = itertools.count()
 
     # ------------------------------------------------------------ node views
@@ -151,6 +159,10 @@ class RequestScheduler:
     def _healthy(self) -> dict[str, Any]:
         return {n.address: n for n in self.cluster_manager.healthy_nodes()}
 
+    def _outlier_view(self, model_key: str) -> Any:
+        view = getattr(self.cluster_manager, "outlier_view", None)
+        return view(model_key) if view is not None else None
+
     def _assign(self, batch: list[dict], demand: Counter, healthy: dict[str, Any]) -> str | None:
         first = batch[0]
         model_key = first["model_key"]
@@ -160,6 +172,9 @@ class RequestScheduler:
                        for n in self.cluster_manager.list_nodes()):
                 raise NoNodeForModel(model_key)
             return None  # the model lives only on nodes that are down now: wait
+        nodes = self._outlier_filter(nodes, model_key, self._avoid.get(first["id"]))
+        if not nodes:
+            return None  # ejected, or one call at a time: wait
         for n in nodes:
             self._sync_loaded(n)
         if self.strategy == "round-robin":
@@ -204,6 +219,40 @@ class RequestScheduler:
         if displaced(best) == 0 and self._free(best, model_key):
             return best.address
         return best.address if waited >= self.patience_s and self._free(best, model_key) else None
+
+    def _outlier_filter(self, nodes: list[Any], model_key: str,
+                        avoid: set[str] | None) -> list[Any]:
+        """Drop nodes ejected for the model, and limited ones that have their one
+        call; drop those this request failed on, or whose failure for the model is
+        being checked, while another node can take it (now or once it is free).
+        Caller holds the lock."""
+        view = self._outlier_view(model_key)
+        if view is None:
+            view = EMPTY_VIEW
+        serving = [n for n in nodes if n.address not in view.ejected]
+        usable = [n for n in serving if not (
+            n.address in view.limited and self._inflight[(n.address, model_key)] > 0)]
+        shun = (avoid or set()) | view.held
+        if shun:
+            others = [n for n in usable if n.address not in shun]
+            if others:
+                return others
+            if any(n.address not in shun for n in serving):
+                return []  # another node can take it once it is free: wait for it
+        return usable
+
+    def avoid(self, request_id: str, node: str) -> None:
+        """The request failed on the node: place its retry elsewhere when possible."""
+        with self._lock:
+            self._avoid.setdefault(request_id, set()).add(node)
+            self._avoid.move_to_end(request_id)
+            while len(self._avoid) > 10_000:  # bounded: forget the oldest
+                self._avoid.popitem(last=False)
+
+    def forget(self, request_id: str) -> None:
+        """The request is over: drop what was noted about it."""
+        with self._lock:
+            self._avoid.pop(request_id, None)
 
     def _eviction_key(self, node: Any) -> tuple:
         """Loading here costs least: a node with room first, else the one whose
@@ -264,6 +313,7 @@ class RequestScheduler:
             if not claimed:
                 self._reserve(node, head["model_key"], -1)
                 return None
+            cold = head["model_key"] not in self._loaded.get(node, {})
             self._note_dispatch(node, head["model_key"])
             session = head.get("session")
             if session and self.strategy == "smart":
@@ -273,7 +323,7 @@ class RequestScheduler:
         if mode != "single" and len(claimed) == 1:
             mode = "single"
         return Assignment(node=node, requests=claimed, model_key=head["model_key"],
-                          batch_id=batch_id, mode=mode)
+                          batch_id=batch_id, mode=mode, cold=cold)
 
     def _unplaceable(self, req: dict) -> None:
         for r in self.queue_manager.dequeue(ids=[req["id"]]):
