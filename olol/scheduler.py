@@ -232,13 +232,15 @@ class RequestScheduler:
         serving = [n for n in nodes if n.address not in view.ejected]
         usable = [n for n in serving if not (
             n.address in view.limited and self._inflight[(n.address, model_key)] > 0)]
-        shun = (avoid or set()) | view.held
-        if shun:
-            others = [n for n in usable if n.address not in shun]
-            if others:
-                return others
-            if any(n.address not in shun for n in serving):
-                return []  # another node can take it once it is free: wait for it
+        if not avoid and not view.held:
+            return usable
+        avoid = avoid or set()
+        fresh = [n for n in usable if n.address not in avoid]
+        best = [n for n in fresh if n.address not in view.held]
+        if best or fresh:
+            return best or fresh  # a node being checked beats one this request failed on
+        if any(n.address not in avoid for n in serving):
+            return []  # a node it has not failed on can take it once free: wait for it
         return usable
 
     def avoid(self, request_id: str, node: str) -> None:

@@ -5,7 +5,9 @@ Two kinds of knobs:
 * counted ones (``fail_next``, ``drop_next_stream``, ``stall_next_stream``,
   ``hang_next``): each matching request consumes one unit;
 * sticky ones (``fail_all``, ``hang_all``): every matching request is affected
-  until :meth:`Faults.clear` (a node that has gone bad and stays bad).
+  until :meth:`Faults.clear` (a node that has gone bad and stays bad);
+  ``fail_when`` fails every request whose body contains a text (a request that
+  makes Ollama fail by itself, on any node).
 
 "Matching" requests are the ones a node does work for: ``POST`` and ``DELETE``
 on Ollama's routes (inference, embeddings, model commands). ``GET`` routes
@@ -63,6 +65,7 @@ class Faults:
         self._fail_n = 0
         self._fail = Failure(500, "simulated failure")
         self._fail_always: Failure | None = None
+        self._fail_when: list[tuple[bytes, Failure]] = []
         self._drop_n = 0
         self._drop_after = 1
         self._drop_how = "close"
@@ -89,6 +92,13 @@ class Faults:
         failure = _failure(status, error)
         with self._lock:
             self._fail_always = failure
+
+    def fail_when(self, text: str, status: int = 500, error: str = "simulated failure") -> None:
+        """Every matching request whose body contains ``text`` answers ``status`` with
+        ``{"error": error}`` until :meth:`clear`."""
+        failure = _failure(status, error)
+        with self._lock:
+            self._fail_when.append((str(text).encode(), failure))
 
     def drop_next_stream(self, n: int = 1, after_chunks: int = 1, how: str = "close",
                          error: str = "simulated failure") -> None:
@@ -139,6 +149,7 @@ class Faults:
         with self._lock:
             self._fail_n = self._drop_n = self._stall_n = 0
             self._fail_always = None
+            self._fail_when = []
             self._hang_always = False
         self.release()
 
@@ -154,8 +165,14 @@ class Faults:
 
     # -- consumed by the request handlers ---------------------------------------------
 
-    def take_failure(self) -> Failure | None:
+    def take_failure(self, body: bytes = b"") -> Failure | None:
+        """The failure this request answers with, if one is armed (``body``: the
+        request's body, for :meth:`fail_when`)."""
         with self._lock:
+            for text, failure in self._fail_when:
+                if text in body:
+                    self._counts["fail"] += 1
+                    return failure
             if self._fail_always is not None:
                 self._counts["fail"] += 1
                 return self._fail_always
@@ -244,6 +261,9 @@ class Faults:
                            text("error", "simulated failure"))
         if body.get("fail_all"):
             self.fail_all(num("status", 500), text("error", "simulated failure"))
+        if "fail_when" in body:
+            self.fail_when(text("fail_when", ""), num("status", 500),
+                           text("error", "simulated failure"))
         if "drop_next_stream" in body:
             self.drop_next_stream(num("drop_next_stream", 0), num("after_chunks", 1),
                                   text("how", "close"), text("error", "simulated failure"))

@@ -203,9 +203,9 @@ class Simulator:
                 return
             fn, args, faultable = target
             if faultable:
-                ex.body()  # read first: a hung request was accepted, and ex.gone() works
+                body = ex.body()  # read first: a hung request was accepted, ex.gone() works
                 self.faults.maybe_hang(ex.gone)
-                failure = self.faults.take_failure()
+                failure = self.faults.take_failure(body)
                 if failure is not None:
                     raise ApiError(failure.status, failure.error)
             fn(ex, *args)

@@ -123,3 +123,11 @@ def test_a_stalled_stream_goes_on_when_released(sim):
     sim.faults.release()
     t.join(timeout=5)
     assert got[-1]["done"] and len(got) == 7
+
+
+def test_fail_when_fails_only_the_requests_that_carry_the_text(sim):
+    sim.faults.fail_when("poison", 500, "runner crashed on this input")
+    bad = post(sim, "/api/generate", dict(BODY, prompt="some poison here"))
+    assert (bad.status_code, bad.json()) == (500, {"error": "runner crashed on this input"})
+    assert post(sim, "/api/generate", dict(BODY, stream=False)).status_code == 200
+    assert sim.faults.counts()["fail"] == 1
