@@ -237,7 +237,7 @@ class Simulator:
         elif path == "/_sim/stats":
             methods, owner = {"GET": "sim_stats"}, self
         elif path == "/_sim/faults":
-            methods, owner = {"POST": "sim_faults"}, self
+            methods, owner = {"POST": "sim_faults", "GET": "sim_fault_counts"}, self
         if methods is None:
             ex.send(404, b"404 page not found", "text/plain")
             return None
@@ -263,6 +263,10 @@ class Simulator:
 
     def sim_stats(self, ex: Exchange) -> None:
         ex.send_json(200, self.stats())
+
+    def sim_fault_counts(self, ex: Exchange) -> None:
+        """How many requests each kind of fault hit (:meth:`Faults.counts`)."""
+        ex.send_json(200, self.faults.counts())
 
     def sim_faults(self, ex: Exchange) -> None:
         body = ex.json("faults")

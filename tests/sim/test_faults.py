@@ -131,3 +131,10 @@ def test_fail_when_fails_only_the_requests_that_carry_the_text(sim):
     assert (bad.status_code, bad.json()) == (500, {"error": "runner crashed on this input"})
     assert post(sim, "/api/generate", dict(BODY, stream=False)).status_code == 200
     assert sim.faults.counts()["fail"] == 1
+
+
+def test_fault_counts_over_http(sim):
+    post(sim, "/_sim/faults", {"fail_next": 1})
+    post(sim, "/api/generate", BODY)
+    assert requests.get(sim.url + "/_sim/faults", timeout=5).json() == {
+        "fail": 1, "drop": 0, "stall": 0, "hang": 0}
