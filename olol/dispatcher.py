@@ -308,6 +308,7 @@ class Dispatcher:
         except _AllGone:
             for req in a.requests:
                 self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
+                self._settle_attempts(req["id"], succeeded=False)
             return False
         except NodeError as exc:
             with self._running_lock:
@@ -569,6 +570,7 @@ class Dispatcher:
         self.queue.update_request_status(req["id"], "failed", error=message, error_status=status)
         if self.stats is not None:
             self.stats.record(req["endpoint"], 0.0, False)
+        self._settle_attempts(req["id"], succeeded=False)
 
     def fail_unplaceable(self, req: dict, message: str) -> None:
         """A claimed request no node can serve (its model is nowhere)."""
@@ -580,7 +582,6 @@ class Dispatcher:
         if exc.mid_stream:  # output reached the client: nothing can be retried
             for req in a.requests:
                 self._fail(req, exc.http_status, exc.message, started=True)
-                self._settle_attempts(req["id"], succeeded=False)
             if kind == NODE and not stopping:
                 self._blame_mid_stream(a, exc)
             return
@@ -588,10 +589,10 @@ class Dispatcher:
             # the request itself was refused (unknown model, bad option), or the node
             # is busy (503: try again later)
             for req in a.requests:
-                if kind == BUSY and self._retry(req, exc, busy=True):
-                    continue
-                self._fail(req, exc.http_status, exc.message, started=False)
-                self._settle_attempts(req["id"], succeeded=False)
+                if kind == BUSY:
+                    self._retry(req, exc, busy=True)
+                else:
+                    self._fail(req, exc.http_status, exc.message, started=False)
             return
         if stopping:  # a call cut by the shutdown: back to the queue, nobody to blame
             for req in a.requests:
@@ -612,13 +613,11 @@ class Dispatcher:
                 log.info("request %s failed alike on %s and %s: %s", rid, alike[0].node,
                          a.node, exc.message)
                 if conclusive(exc):  # answer what the node said, try no further
-                    self._settle_attempts(rid, succeeded=False)
                     self._fail(req, exc.http_status, exc.message, started=False)
                     continue
             self.scheduler.avoid(rid, a.node)
             if not transport_fault(exc) and not self._another_node(rid, a.model_key):
                 # a 5xx with no other node to ask: answer it as Ollama did
-                self._settle_attempts(rid, succeeded=False)
                 self._fail(req, exc.http_status, exc.message, started=False)
                 continue
             self._retry(req, exc)
@@ -633,7 +632,9 @@ class Dispatcher:
         itself broke, and count the failure when its peers are doing fine."""
         if transport_fault(exc):
             self.scheduler.handle_server_failure(a.node, exc.message)
-        self.cluster.record_failure(a.node, a.model_key)
+        ticket = self.cluster.record_failure(a.node, a.model_key)
+        if not ticket.counted:  # no retry will ever confirm it: do not hold the node
+            self.cluster.retract_failure(ticket)
 
     def _settle_attempts(self, request_id: str, *, succeeded: bool) -> None:
         """The request is over. When it succeeded after failures, those failures
@@ -644,9 +645,9 @@ class Dispatcher:
             for attempt in attempts:
                 self.cluster.confirm_failure(attempt.ticket)
 
-    def _retry(self, req: dict, exc: NodeError, busy: bool = False) -> bool:
+    def _retry(self, req: dict, exc: NodeError, busy: bool = False) -> None:
         """Send the request back to the queue (with backoff), or fail it when its
-        attempts are used up; False when it was neither (the caller answers it)."""
+        attempts are used up (or cancel it when its caller is gone)."""
         attempts = int(req.get("attempts") or 1)
         gone = req.get("kind") != "job" and not self.hub.listening(req["id"])
         if gone:
@@ -658,5 +659,3 @@ class Dispatcher:
         else:
             status = 503 if busy else 502
             self._fail(req, status, f"no node could serve the request: {exc.message}", started=False)
-            self._settle_attempts(req["id"], succeeded=False)
-        return True
