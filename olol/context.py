@@ -19,6 +19,7 @@ class ProxyConfig:
     nodes: list[str] = field(default_factory=list)
     max_body_bytes: int = 32 * 1024 * 1024
     waitress_threads: int = 64
+    malloc_arenas: int = 2  # glibc malloc arenas (0: glibc's default, 8 per core)
     keys_enabled: bool = False
     request_timeout_s: float = 600.0
     stream_idle_timeout_s: float = 300.0

@@ -2,7 +2,8 @@
 
 ``python -m tests.bench soak [--quick]`` (env ``OLOL_SOAK_REQUESTS``, default 100,000;
 ``OLOL_BENCH_BASELINE``, default ``1c3beb0``, the last commit before bodies left the
-store; ``OLOL_SOAK_BASELINE_REQUESTS``, default 10,000).
+store; ``OLOL_SOAK_BASELINE_REQUESTS``, default 3,000: the baseline grows by ~0.3 MB a
+request, so a long baseline run would take the machine's memory).
 
 Real processes: one simulator (instant answers, 64 slots), one agent, one proxy with a
 data folder on disk. 8 client threads send generate, chat and embed requests (a quarter
@@ -134,15 +135,16 @@ def soak(root: Path | None, total: int, label: str) -> dict:
 def main(quick: bool = False) -> str:
     total = int(os.environ.get("OLOL_SOAK_REQUESTS", 5_000 if quick else 100_000))
     base_total = min(total, int(os.environ.get("OLOL_SOAK_BASELINE_REQUESTS", 2_000 if quick
-                                               else 10_000)))
+                                               else 3_000)))
     rev = os.environ.get("OLOL_BENCH_BASELINE", "1c3beb0")
     load_before = os.getloadavg()
     results = [soak(None, total, "this tree")]
-    tree = export_tree(rev)
-    try:
-        results.append(soak(tree, base_total, f"baseline {rev}"))
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
+    if base_total > 0:  # 0: no baseline (experiments)
+        tree = export_tree(rev)
+        try:
+            results.append(soak(tree, base_total, f"baseline {rev}"))
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
     load_after = os.getloadavg()
     rows = []
     for r in results:
