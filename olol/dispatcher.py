@@ -446,18 +446,18 @@ class Dispatcher:
         progress = None if head.get("stream") else self._progress_s()
         if progress is not None and isinstance(head["body"], dict):
             stream = call(head["body"], timeout=self.request_timeout_s, aggregate=progress)
-            stall_s = self.stall_timeout_s
         else:
+            progress = None
             stream = call(head["body"], timeout=self.request_timeout_s)
-            # a non-streamed answer with no progress shown: its first record is its end
-            stall_s = self.stall_timeout_s if head.get("stream") else 0.0
         ids = [r["id"] for r in a.requests]
         with self._running_lock:
             self._running[a.batch_id] = stream
             for rid in ids:
                 self._batch_of[rid] = (a.batch_id, ids)
-        first_s = self._first_record_s(a) if (head.get("stream") or progress) else 0.0
-        self._calls.watch(a.batch_id, stream, first_s, stall_s)
+        if head.get("stream") or progress is not None:
+            self._calls.watch(a.batch_id, stream, self._first_record_s(a), self.stall_timeout_s)
+        # else a non-streamed answer that shows no progress: its first record is its end,
+        # and only request_timeout_s bounds it
         waiting = list(a.requests)
         delivered = False  # output reached a synchronous caller
         next_refresh = time.monotonic() + self.lease_refresh_s
