@@ -1,26 +1,36 @@
-"""``olol keys create|ls|revoke``: manage API keys in a data folder.
+"""``olol keys create|ls|revoke``: manage API keys.
 
-These commands open the store directly, so the proxy that owns the folder must be
-stopped (the store's lock says so otherwise). That is how the first admin key is made.
+Without ``--url`` the commands open the data folder directly (that is how the first
+admin key is made, before the proxy runs). When a running proxy owns the folder, or
+with ``--url``, they go through that proxy's admin API instead (``/olol/v1/keys``, with
+the admin key in ``$OLOL_API_KEY``): keys are created and revoked while it serves, and a
+revoked key is refused on its next request.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from typing import Any
 
+from olol.clientconf import proxy_url
 from olol.keys import KeyStore
 from olol.store import journal as jr
 from olol.store.database import DatabaseManager, default_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    keys = subparsers.add_parser("keys", help="manage API keys (the proxy must be stopped)")
+    keys = subparsers.add_parser("keys", help="manage API keys (offline or through the proxy)")
     sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--data-dir", help="data folder (default: $OLOL_DATA_DIR, else $XDG_DATA_HOME/olol)"
+    )
+    common.add_argument(
+        "--url", help="manage the keys of the proxy running at this URL (admin key from "
+        "$OLOL_API_KEY); also used when a running proxy owns the data folder"
     )
 
     p = sub.add_parser("create", parents=[common], help="create a key and print it once")
@@ -41,48 +51,106 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_revoke)
 
 
-def _open(args: argparse.Namespace) -> DatabaseManager | None:
+class _Remote:
+    """The admin API of a running proxy."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = proxy_url(url)
+        key = os.environ.get("OLOL_API_KEY")
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        import requests
+
+        try:
+            resp = requests.request(method, self.url + "/olol/v1/keys" + path, json=body,
+                                    headers=self.headers, timeout=10)
+        except requests.RequestException as exc:
+            raise _Failed(f"cannot reach the olol proxy at {self.url}: {exc}") from None
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if resp.status_code >= 400:
+            message = data.get("error") if isinstance(data, dict) else None
+            if resp.status_code in (401, 403):
+                message = f"{message or 'refused'} (set OLOL_API_KEY to an admin key)"
+            raise _Failed(f"the proxy at {self.url} answered {resp.status_code}: "
+                          f"{message or resp.text[:200]}")
+        return resp.status_code, data
+
+
+class _Failed(Exception):
+    pass
+
+
+def _open(args: argparse.Namespace) -> DatabaseManager | _Remote | None:
+    """The store, or the running proxy that owns it (or that ``--url`` names)."""
+    if args.url:
+        return _Remote(args.url)
     try:
         return DatabaseManager(default_data_dir(args.data_dir), background_checkpoints=False)
     except jr.StoreLockedError as exc:
-        print(f"olol keys: {exc}", file=sys.stderr)
+        remote = _Remote(None)
+        print(f"olol keys: {exc}; asking the proxy at {remote.url} instead", file=sys.stderr)
+        return remote
     except jr.StoreError as exc:
         print(f"olol keys: cannot open the store: {exc}", file=sys.stderr)
     return None
 
 
-def cmd_create(args: argparse.Namespace) -> int:
-    db = _open(args)
-    if db is None:
-        return 1
+def _run(args: argparse.Namespace, offline: Any, online: Any) -> tuple[int, Any]:
+    """``offline(KeyStore)`` on the store, or ``online(_Remote)`` through the proxy."""
+    where = _open(args)
+    if where is None:
+        return 1, None
     try:
-        key_id, token = KeyStore(db).create(args.name, admin=args.admin,
-                                            default_priority=args.priority)
+        if isinstance(where, _Remote):
+            return 0, online(where)
+        try:
+            return 0, offline(KeyStore(where))
+        finally:
+            where.close()
+    except _Failed as exc:
+        print(f"olol keys: {exc}", file=sys.stderr)
+        return 1, None
     except ValueError as exc:
         print(f"olol keys: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        db.close()
+        return 2, None
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    def offline(store: KeyStore) -> dict:
+        key_id, token = store.create(args.name, admin=args.admin,
+                                     default_priority=args.priority)
+        return {"id": key_id, "key": token, "name": args.name.strip(), "admin": args.admin,
+                "default_priority": args.priority}
+
+    def online(remote: _Remote) -> dict:
+        _, data = remote.call("POST", "", {"name": args.name, "admin": args.admin,
+                                           "default_priority": args.priority})
+        return data
+
+    rc, made = _run(args, offline, online)
+    if rc:
+        return rc
     if args.json:
-        print(json.dumps({"id": key_id, "key": token, "name": args.name.strip(),
-                          "admin": args.admin, "default_priority": args.priority}))
+        print(json.dumps({k: made[k] for k in ("id", "key", "name", "admin",
+                                                "default_priority")}))
     else:
-        print(f"id:  {key_id}")
-        print(f"key: {token}")
+        print(f"id:  {made['id']}")
+        print(f"key: {made['key']}")
         print("Store the key now: it is not shown again.")
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    db = _open(args)
-    if db is None:
-        return 1
-    try:
-        infos = KeyStore(db).list()
-    finally:
-        db.close()
+    rc, infos = _run(args, lambda store: [i.to_dict() for i in store.list()],
+                     lambda remote: remote.call("GET", "")[1]["keys"])
+    if rc:
+        return rc
     if args.json:
-        print(json.dumps([info.to_dict() for info in infos], indent=2))
+        print(json.dumps(infos, indent=2))
         return 0
     if not infos:
         print("no keys")
@@ -90,20 +158,26 @@ def cmd_ls(args: argparse.Namespace) -> int:
     print(f"{'ID':<21} {'PREFIX':<13} {'ADMIN':<5} {'PRIO':>4} {'STATE':<7} "
           f"{'LAST USED':<32} NAME")
     for info in infos:
-        state = "revoked" if info.revoked else "active"
-        print(f"{info.id:<21} {info.prefix:<13} {'yes' if info.admin else 'no':<5} "
-              f"{info.default_priority:>4} {state:<7} {info.last_used_at or '-':<32} {info.name}")
+        state = "revoked" if info["revoked"] else "active"
+        print(f"{info['id']:<21} {info['prefix']:<13} {'yes' if info['admin'] else 'no':<5} "
+              f"{info['default_priority']:>4} {state:<7} {info['last_used_at'] or '-':<32} "
+              f"{info['name']}")
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    db = _open(args)
-    if db is None:
-        return 1
-    try:
-        ok = KeyStore(db).revoke(args.key_id)
-    finally:
-        db.close()
+    def online(remote: _Remote) -> bool:
+        try:
+            remote.call("DELETE", "/" + args.key_id)
+        except _Failed as exc:
+            if "answered 404" in str(exc):
+                return False
+            raise
+        return True
+
+    rc, ok = _run(args, lambda store: store.revoke(args.key_id), online)
+    if rc:
+        return rc
     if not ok:
         print(f"olol keys: no key with id {args.key_id!r}", file=sys.stderr)
         return 1

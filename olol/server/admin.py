@@ -1,7 +1,12 @@
-"""The admin API: nodes, queue statistics, liveness.
+"""The admin API: nodes, queue statistics, API keys, liveness and readiness.
 
-When keys are enabled every route but ``/olol/v1/health`` needs an admin key (403
-otherwise; the key itself was already checked by the app, 401 when missing).
+When keys are enabled every route but ``/olol/v1/health`` and ``/olol/v1/ready`` needs
+an admin key (403 otherwise; the key itself was already checked by the app, 401 when
+missing).
+
+Keys can be created, listed and revoked while the proxy serves (``/olol/v1/keys``): a
+key is looked up in the store on every request, so a revoked key is refused on its
+next request.
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ from flask import Blueprint, Response, request
 from olol import __version__
 from olol.api.errors import ApiError
 from olol.cluster import normalize_address
+from olol.keys import KeyStore
 from olol.server.common import current_key, get_ctx, json_response, read_json_body
 
 bp = Blueprint("admin", __name__, url_prefix="/olol/v1")
 
 #: Paths of this blueprint that need no key at all.
-PUBLIC_PATHS = frozenset({"/olol/v1/health"})
-
+PUBLIC_PATHS = frozenset({"/olol/v1/health", "/olol/v1/ready"})
 
 
 @bp.before_request
@@ -76,3 +81,90 @@ def queue_stats() -> Response:
 @bp.route("/health", methods=["GET", "HEAD"])
 def health() -> Response:
     return json_response({"status": "ok", "version": __version__})
+
+
+@bp.route("/ready", methods=["GET", "HEAD"])
+def ready() -> Response:
+    """Readiness for load balancers: 200 when the proxy can serve inference, else 503
+    with the reasons (shutting down, store closed, no healthy node)."""
+    ctx = get_ctx()
+    reasons = []
+    if ctx.draining.is_set():
+        reasons.append("the proxy is shutting down")
+    if getattr(ctx.db, "closed", False):
+        reasons.append("the store is closed")
+    nodes = ctx.cluster.list_nodes()
+    healthy = [n for n in nodes if n.healthy]
+    if not nodes:
+        reasons.append("no node is configured (olol nodes add HOST:PORT)")
+    elif not healthy:
+        why = "; ".join(f"{n.address}: {n.last_error or 'not checked yet'}" for n in nodes[:10])
+        reasons.append(f"no healthy node among {len(nodes)} ({why})")
+    body = {"status": "not ready" if reasons else "ready", "healthy_nodes": len(healthy),
+            "nodes": len(nodes)}
+    if reasons:
+        body["reasons"] = reasons
+    return json_response(body, status=503 if reasons else 200)
+
+
+# -- API keys ------------------------------------------------------------------------------
+
+def _keys() -> KeyStore:
+    ctx = get_ctx()
+    if ctx.keys is None:  # keys disabled: they can still be prepared before enabling them
+        ctx.keys = KeyStore(ctx.db, ctx.clock)
+    return ctx.keys
+
+
+@bp.route("/keys", methods=["GET"])
+def list_keys() -> Response:
+    """Every key (never the secret nor its hash); ``?revoked=false`` hides revoked ones."""
+    include = request.args.get("revoked", "true").lower() not in ("0", "false", "no")
+    return json_response({"keys": [_key_view(k) for k in _keys().list(include_revoked=include)]})
+
+
+@bp.route("/keys", methods=["POST"])
+def create_key() -> Response:
+    """``{"name", "admin"?, "default_priority"?}`` -> 201 with the key, shown this once."""
+    body = read_json_body()
+    name = body.get("name")
+    admin = body.get("admin", False)
+    priority = body.get("default_priority", 0)
+    if not isinstance(name, str):
+        raise ApiError(400, "name must be a string")
+    if not isinstance(admin, bool):
+        raise ApiError(400, "admin must be true or false")
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > 100:
+        raise ApiError(400, "default_priority must be an integer in -100..100")
+    try:
+        key_id, token = _keys().create(name, admin=admin, default_priority=priority)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    info = _keys().get(key_id)
+    return json_response({**_key_view(info), "key": token}, status=201,
+                         headers={"Location": f"/olol/v1/keys/{key_id}"})
+
+
+@bp.route("/keys/<key_id>", methods=["DELETE"])
+def revoke_key(key_id: str) -> Response:
+    """Revoke a key: refused from its next request on. The last active admin key cannot
+    be revoked while keys are enabled (nobody could manage keys any more)."""
+    store = _keys()
+    info = store.get(key_id)
+    if info is None:
+        raise ApiError(404, f"key '{key_id}' not found")
+    if info.revoked:
+        return json_response({"revoked": key_id})
+    if info.admin and get_ctx().config.keys_enabled:
+        admins = [k for k in store.list(include_revoked=False) if k.admin]
+        if len(admins) <= 1:
+            raise ApiError(409, "this is the last active admin key: create another admin key "
+                           "before revoking it")
+    store.revoke(key_id)
+    return json_response({"revoked": key_id})
+
+
+def _key_view(info: Any) -> dict[str, Any]:
+    data = info.to_dict()
+    data.pop("hash", None)
+    return data

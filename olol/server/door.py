@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 BLOB_PATH = re.compile(r"^/api/blobs/[^/]+/?$")
 #: Paths answered without a key even when keys are enabled (liveness probes).
-PUBLIC_PATHS = frozenset({"/", "/olol/v1/health"})
+PUBLIC_PATHS = frozenset({"/", "/olol/v1/health", "/olol/v1/ready"})
 UNAUTHORIZED_MESSAGE = "a valid API key is required (Authorization: Bearer <key>)"
 
 

@@ -117,6 +117,13 @@ class DatabaseManager:
     def durable(self) -> bool:
         return self.data_dir is not None
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran, or after a failed journal write (which refuses
+        every later write until olol is restarted)."""
+        j = self._journal
+        return self._closed or (j is not None and j._error is not None)
+
     # ------------------------------------------------------------------ opening
     def _open_durable(self, sync: Callable[[int], None] | None) -> None:
         assert self.data_dir is not None
