@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "olol.proxy_cli",
     "olol.nodes_cli",
     "olol.keys_cli",
+    "olol.certs_cli",
     "olol.models_cli",
 ]
 

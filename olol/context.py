@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +45,16 @@ class ProxyConfig:
     batch_size: int = 8
     # nodes
     node_token: str | None = None
-    node_tls: Any = None
+    # a file holding the token (never put secrets on a command line); default: the
+    # systemd credential "node-token" ($CREDENTIALS_DIRECTORY/node-token) when present
+    node_token_file: str | None = None
+    # TLS to the node agents (olol certs init / issue): the CA that signed them, and a
+    # client certificate + key for mutual TLS; node_server_name overrides the checked name
+    node_ca: str | None = None
+    node_cert: str | None = None
+    node_key: str | None = None
+    node_server_name: str | None = None
+    node_tls: Any = None  # a TLSConfig built in code (wins over the node_* paths)
     health_interval_s: float = 5.0
     health_timeout_s: float = 2.0
     failure_threshold: int = 3
@@ -74,3 +84,50 @@ class ProxyContext:
     clock: Callable[[], float] = time.time
     # set when the proxy shuts down: the front door stops admitting (503)
     draining: threading.Event = field(default_factory=threading.Event)
+
+
+def node_token_of(config: ProxyConfig) -> str | None:
+    """The token for the node agents: ``node_token``, else the contents of
+    ``node_token_file``, else the systemd credential ``node-token``.
+
+    :raises ValueError: the file cannot be read or is empty.
+    """
+    if config.node_token:
+        return config.node_token
+    path = config.node_token_file
+    if path is None:
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        candidate = Path(creds) / "node-token" if creds else None
+        if candidate is None or not candidate.is_file():
+            return None
+        path = str(candidate)
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"node_token_file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise ValueError(f"node_token_file {path} is empty")
+    return token
+
+
+def node_tls_of(config: ProxyConfig) -> Any:
+    """The TLS settings for the node agents (None: plaintext).
+
+    :raises ValueError: a client certificate without its key, or a file that is missing.
+    """
+    if config.node_tls is not None:
+        return config.node_tls
+    if not (config.node_ca or config.node_cert or config.node_key):
+        return None
+    if bool(config.node_cert) != bool(config.node_key):
+        raise ValueError("node_cert and node_key go together (mutual TLS needs both)")
+    from olol.rpc.client import TLSConfig
+
+    for name in ("node_ca", "node_cert", "node_key"):
+        value = getattr(config, name)
+        if value and not Path(value).is_file():
+            raise ValueError(f"{name}: no such file {value}")
+    return TLSConfig(root_cert=Path(config.node_ca) if config.node_ca else None,
+                     client_cert=Path(config.node_cert) if config.node_cert else None,
+                     client_key=Path(config.node_key) if config.node_key else None,
+                     server_name=config.node_server_name)

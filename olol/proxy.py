@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from olol.context import ProxyConfig, ProxyContext
+from olol.context import ProxyConfig, ProxyContext, node_tls_of, node_token_of
 from olol.hub import ResponseHub
 from olol.store.database import configured_db as get_db_default
 from olol.store.database import reset_default_db
@@ -152,7 +152,8 @@ class Proxy:
             )
             self.recovered = self.queue.recover()
             self.hub = ResponseHub()
-            kw: dict[str, Any] = {"clock": clock, "token": config.node_token, "tls": config.node_tls}
+            kw: dict[str, Any] = {"clock": clock, "token": node_token_of(config),
+                                  "tls": node_tls_of(config)}
             if client_factory is not None:
                 kw["client_factory"] = client_factory
             self.cluster = ClusterManager(db, **kw)

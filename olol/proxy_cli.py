@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keys", action="store_true", help="require API keys (create them with olol keys)")
     p.add_argument("--strategy", choices=["smart", "least-busy", "round-robin"])
     p.add_argument("--threads", type=int, help="waitress threads (concurrent HTTP requests)")
-    p.add_argument("--node-token", help="bearer token for the node agents")
+    p.add_argument("--node-token-file", help="file holding the bearer token for the node "
+                   "agents (default: the systemd credential node-token, if any)")
+    p.add_argument("--node-token", help=argparse.SUPPRESS)  # visible in ps: use the file
     p.add_argument("--node-ca", help="CA certificate (PEM) that signed the agents' TLS certificates")
     p.add_argument("--node-cert", help="client certificate (PEM) for mutual TLS with the agents")
     p.add_argument("--node-key", help="client private key (PEM) for mutual TLS with the agents")
@@ -53,7 +55,10 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> ProxyConfig:
                 values = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SystemExit(f"olol: cannot read config {path}: {exc}") from None
-        known = {f.name for f in fields(ProxyConfig)}
+        known = {f.name for f in fields(ProxyConfig)} - {"node_tls"}
+        if "node_tls" in values:
+            raise SystemExit(f"olol: node_tls in {path}: use node_ca, node_cert and node_key "
+                             "(paths to PEM files) instead")
         unknown = set(values) - known
         if unknown:
             raise SystemExit(f"olol: unknown config keys in {path}: {', '.join(sorted(unknown))}")
@@ -126,17 +131,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     config = load_config(args.config, {
         "listen": args.listen, "nodes": args.node, "keys_enabled": args.keys,
         "strategy": args.strategy, "waitress_threads": args.threads,
-        "node_token": args.node_token,
+        "node_token": args.node_token, "node_token_file": args.node_token_file,
+        "node_ca": args.node_ca, "node_cert": args.node_cert, "node_key": args.node_key,
     })
-    if args.node_ca or args.node_cert or args.node_key:
-        from olol.rpc.client import TLSConfig
-
-        if bool(args.node_cert) != bool(args.node_key):
-            print("olol proxy: --node-cert and --node-key go together", file=sys.stderr)
-            return 2
-        config.node_tls = TLSConfig(root_cert=args.node_ca and Path(args.node_ca),
-                                    client_cert=args.node_cert and Path(args.node_cert),
-                                    client_key=args.node_key and Path(args.node_key))
+    if bool(config.node_cert) != bool(config.node_key):
+        print("olol proxy: --node-cert and --node-key go together", file=sys.stderr)
+        return 2
     if config.data_dir is None:
         config.data_dir = default_data_dir(args.data_dir)
     elif args.data_dir:
