@@ -305,6 +305,12 @@ class Proxy:
     def _close_server(self) -> None:
         close_waitress(self._server, self._thread)
 
+    def alive(self) -> bool:
+        """True while the HTTP loop runs and the store accepts writes (the watchdog's
+        health check)."""
+        return (not self._stopped.is_set() and self._thread is not None
+                and self._thread.is_alive() and not self.db.closed)
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
 

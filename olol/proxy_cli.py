@@ -112,9 +112,15 @@ def stop_on_signals() -> threading.Event:
 
 
 def _serve(proxy: Any, extra_stop: list[Any] = (), stop: threading.Event | None = None) -> int:
+    from olol.sdnotify import notify, start_service_notifications
+
     stop = stop if stop is not None else stop_on_signals()
+    watchdog = start_service_notifications(proxy.alive, status=f"serving on {proxy.url}")
     while not stop.wait(timeout=1.0):
         pass
+    notify("STOPPING=1")
+    if watchdog is not None:
+        watchdog.stop()
     proxy.stop(grace_s=30)
     for thing in extra_stop:
         try:
