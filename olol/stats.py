@@ -297,7 +297,7 @@ class RequestStats:
     def _open(self, gen: int) -> int:
         assert self.log_dir is not None
         path = self.log_dir / f"{LOG_PREFIX}{gen:08d}.log"
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -312,7 +312,7 @@ class RequestStats:
         tmp = path.with_name(path.name + ".tmp")
         payload = b"".join(encode_line(h, c.fields()) for h, c in sorted(self._pending.items()))
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 view = memoryview(payload)
                 while view:

@@ -129,7 +129,8 @@ class DatabaseManager:
         assert self.data_dir is not None
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise jr.StoreError(f"{self.data_dir} exists and is not a folder")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Prompts pass through the store: the folder and its files are the owner's only.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._dirlock = jr.DirLock(self.data_dir)
         self._dirlock.acquire()
         try:

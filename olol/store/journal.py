@@ -268,7 +268,7 @@ class DirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -321,7 +321,7 @@ class Journal:
     def _open(self, gen: int) -> int:
         path = self.data_dir / journal_name(gen)
         existed = path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if not existed:
             fsync_dir(self.data_dir)
         return fd
@@ -436,7 +436,7 @@ class Journal:
 def write_snapshot(data_dir: Path, payload: bytes) -> None:
     """Atomically replace db.json: temp file, fsync, rename, fsync of the folder."""
     tmp = data_dir / (SNAPSHOT + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(payload)
         while view:

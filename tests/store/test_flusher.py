@@ -54,3 +54,18 @@ def test_without_background_work_nothing_is_flushed_behind_the_callers_back(tmp_
         time.sleep(0.2)
         assert b"marker-2" not in on_disk(data)
     assert b"marker-2" in on_disk(data) or b"marker-2" in (data / jr.SNAPSHOT).read_bytes()
+
+
+def test_the_data_folder_and_its_files_are_private(tmp_path):
+    import os
+    import stat
+
+    data = tmp_path / "new" / "data"
+    with DatabaseManager(data) as db:
+        db.insert("config", {"key": "k", "value": 1})
+        db.checkpoint()
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    files = [p for p in data.iterdir() if p.is_file()]
+    assert files
+    for path in files:
+        assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0, path
