@@ -118,16 +118,39 @@ def _slow_decode(raw: bytes) -> Any:
         # Syntactically fine for Go but not for orjson: invalid UTF-8 (Go substitutes
         # U+FFFD) or integers beyond 64 bits.
         # Integers beyond 64 bits become floats, as Go decodes numbers into interface{}
-        # (and as the store and orjson can carry them).
-        return json.loads(first.decode("utf-8", errors="replace"), parse_int=_go_int)
+        # (and as the store and orjson can carry them); numbers beyond float64 are a 400.
+        return json.loads(first.decode("utf-8", errors="replace"), parse_int=_go_int,
+                          parse_float=_go_float)
 
 
 _INT64 = 2**63
+#: Length past which an integer is beyond float64 for sure (float64 ends near 1.8e308);
+#: checked before ``int()``, which refuses texts over 4,300 digits with a ValueError.
+_MAX_INT_DIGITS = 400
+
+
+def _number_out_of_range(text: str) -> errors.ApiError:
+    shown = text if len(text) <= 100 else text[:100] + "..."
+    return errors.ApiError(400, f"json: cannot unmarshal number {shown} into Go value of type float64")
 
 
 def _go_int(text: str) -> int | float:
+    if len(text) > _MAX_INT_DIGITS:
+        raise _number_out_of_range(text)
     value = int(text)
-    return value if -_INT64 <= value < _INT64 else float(value)
+    if -_INT64 <= value < _INT64:
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        raise _number_out_of_range(text) from None
+
+
+def _go_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # e.g. 1e400: Go's ParseFloat fails with a range error
+        raise _number_out_of_range(text)
+    return value
 
 
 def keep_alive_seconds(value: Any) -> float | None:
