@@ -193,3 +193,26 @@ def invalid_input_type() -> ApiError:
 def body_too_large(limit: int) -> ApiError:
     """413 for a body over the configured limit (gin has no limit; this is the proxy's own)."""
     return ApiError(413, f"http: request body too large (limit {limit} bytes)")
+
+
+#: What a node's failure message says about whose fault it is.
+_NOT_FOUND_HINTS = ("file does not exist", "not found", "no such")
+_BAD_INPUT_HINTS = ("invalid", "unknown", "unsupported", "must ", "required", "bad ")
+
+
+def node_failure(message: str, status: int | None = None) -> ApiError:
+    """A model-management operation that failed on its node(s), as the proxy answers it.
+
+    Ollama answers many of these 500 (a pull of a model the registry does not have, a
+    create from a bad name); the proxy does not pass a 500 on: a 4xx the node gave is
+    kept, a message that says the request was at fault becomes 404 or 400, anything
+    else is the node's failure, 502.
+    """
+    if status is not None and 400 <= status < 500:
+        return ApiError(status, message)
+    lower = message.lower()
+    if any(hint in lower for hint in _NOT_FOUND_HINTS):
+        return ApiError(404, message)
+    if any(hint in lower for hint in _BAD_INPUT_HINTS):
+        return ApiError(400, message)
+    return ApiError(502, message)

@@ -104,6 +104,7 @@ def ready() -> Response:
             "nodes": len(nodes)}
     if reasons:
         body["reasons"] = reasons
+        body["error"] = "not ready: " + "; ".join(reasons)
     return json_response(body, status=503 if reasons else 200)
 
 

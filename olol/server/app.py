@@ -27,7 +27,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
-from olol.server import admin, jobs, models, ollama, openai
+from olol.server import admin, jobs, models, ollama, openai, openapi
 from olol.server.common import (
     AFTER_RESPONSE,
     EXTENSION,
@@ -129,5 +129,6 @@ def create_app(ctx: Any) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(models.admin_bp)
+    app.register_blueprint(openapi.bp)
     app.wsgi_app = AfterResponse(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -148,6 +148,10 @@ class GatedParser(HTTPRequestParser):
                 # waitress's bound is the largest of all routes; the door decides
                 # (a missing key is a 401 whatever the size) and refuses it itself
                 self.error, self.completed = None, False
+            if self.expect_continue and self.body_rcv is None:
+                # no body to ask for: waitress would send "100 Continue" and then wait
+                # for a body that never comes, holding the connection
+                self.expect_continue = False
             if self.error is None and not self.empty:
                 self._decide()
             if self.error is not None:

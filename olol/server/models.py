@@ -128,7 +128,7 @@ def delete() -> Response:
         raise errors.model_not_found("delete", raw) from None
     failed = _failures(results)
     if failed:
-        raise ApiError(500, "delete failed on " + "; ".join(failed))
+        raise errors.node_failure("delete failed on " + "; ".join(failed))
     return Response(b"", status=200)
 
 
@@ -154,7 +154,7 @@ def copy() -> Response:
         raise errors.model_not_found("copy", source) from None
     failed = _failures(results)
     if failed:
-        raise ApiError(500, "copy failed on " + "; ".join(failed))
+        raise errors.node_failure("copy failed on " + "; ".join(failed))
     return Response(b"", status=200)
 
 
@@ -287,8 +287,7 @@ def _relay(ctx: Any, node: str, call: Callable[..., Any], body: dict[str, Any],
     """Run a progress-streaming node call and answer like Ollama: NDJSON records, or
     the last record; refresh the node's model list when it ends."""
     def fail(exc: NodeError) -> ApiError:
-        status = 500 if exc.mid_stream or not 400 <= exc.http_status < 600 else exc.http_status
-        return ApiError(status, exc.message)
+        return errors.node_failure(exc.message, None if exc.mid_stream else exc.http_status)
 
     progress = call(body, timeout=ctx.config.pull_timeout_s)
     try:
@@ -307,7 +306,7 @@ def _relay(ctx: Any, node: str, call: Callable[..., Any], body: dict[str, Any],
             progress.cancel()
             _refresh(ctx, [node])
         if "error" in last:
-            raise ApiError(500, str(last["error"]))
+            raise errors.node_failure(str(last["error"]))
         return json_response(last)
 
     def records() -> Iterator[bytes]:

@@ -129,9 +129,9 @@ def _pull_response(op: Any, stream: bool, idle_s: float) -> Response:
         for record in op.events(timeout=idle_s):
             last = record
             if "error" in record:
-                raise ApiError(500, str(record["error"]))
+                raise errors.node_failure(str(record["error"]))
         if last.get("status") != "success":
-            raise ApiError(500, "pull ended without an outcome")
+            raise ApiError(502, "pull ended without an outcome")
         return json_response(last)
 
     def records() -> Iterator[bytes]:

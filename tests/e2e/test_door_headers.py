@@ -268,3 +268,10 @@ def test_a_trickled_body_is_dropped(keyed):
                 dropped = True
                 break
         assert dropped, "a client trickling its body kept its connection"
+
+
+def test_expect_continue_without_a_body_is_answered(open_door):
+    with connect(open_door) as sock:
+        sock.sendall(head("GET", "/api/version", extra="Expect: 100-continue\r\n"))
+        status, _, body = read_response(sock)
+    assert status == 200 and "version" in json.loads(body)

@@ -139,7 +139,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     for key, count in summary["server_errors"].items():
         terminalreporter.write_line(f"  5xx: {key} x{count}")
     for key, count in summary["known_500"].items():
-        terminalreporter.write_line(f"  of which known (xfail in test_known_bugs.py): "
+        terminalreporter.write_line(f"  of which known (see harness.KNOWN_500): "
                                     f"{key} x{count}")
     path = _SUMMARY.get("file")
     if path:

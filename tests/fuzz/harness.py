@@ -268,19 +268,10 @@ def error_shape_problem(path: str, answer: Answer) -> str | None:
     return None
 
 
-#: Routes that still answer 500 on purpose when a node reports a failure (Ollama answers
-#: such failures 500 too), against issue 9's "no 500". Each is reproduced by a strict
-#: xfail in test_known_bugs.py; a 500 there is tolerated only with an error body in the
-#: API's shape that is not the app's "internal error" (an unexpected exception). Remove
-#: an entry when its xfail starts passing.
-KNOWN_500 = {
-    "models.create": "a node's create fails: _relay answers its error 500",
-    "models.push": "a node's push fails: _relay answers its error 500",
-    "models.pull": "a pull with stream:false fails on a node: 500",
-    "models_admin.admin_pull": "a pull with stream:false fails on a node: 500",
-    "models.delete": "a node fails the delete: 500 'delete failed on ...'",
-    "models.copy": "a node fails the copy: 500 'copy failed on ...'",
-}
+#: Routes allowed to answer 500 (with an error body in the API's shape that is not the
+#: app's "internal error"). None: every 500 is a failure. Model management used to pass
+#: a node's failure on as 500 (Ollama does); it answers 4xx or 502 since issue 9.
+KNOWN_500: dict[str, str] = {}
 
 
 def is_known_500(route: Route | None, answer: Answer) -> bool:

@@ -5,8 +5,7 @@ or get a 500).
 Routes are read from the app's url_map, so a new route is fuzzed without a change here.
 Each request is drawn by hypothesis (:mod:`tests.fuzz.strategies`) and must get:
 
-* no HTTP 500 (but the node failures ``harness.KNOWN_500`` lists, each tracked by a strict
-  xfail in ``test_known_bugs.py``); any other 4xx/5xx with a body in the API's own shape
+* no HTTP 500 (but what ``harness.KNOWN_500`` lists: nothing now); any other 4xx/5xx with a body in the API's own shape
   (``{"error": "..."}``, ``{"error": {"message": ...}}`` under ``/v1``; the router's
   plain-text 404/405 as gin answers them; the readiness probe's own documented 503 body),
   502/503/504 included;

@@ -114,7 +114,7 @@ SCHEMATHESIS_EXAMPLES = int(os.environ.get("OLOL_SCHEMATHESIS_EXAMPLES", "150"))
 
 #: Checks run on every response. Left out: ``not_a_server_error`` (replaced by
 #: ``no_unexpected_server_error`` below, which tolerates the documented pull 500 that
-#: test_known_bugs.py tracks, and 502/503/504 with an error body);
+#: harness.KNOWN_500 lists (none now), and 502/503/504 with an error body);
 #: ``use_after_free`` and ``ensure_resource_availability`` (stateful checks that need
 #: OpenAPI links, which the document has none of); ``positive_data_acceptance`` (valid
 #: data for an id that does not exist is rightly a 404/409, e.g. a random job id).

@@ -1,6 +1,6 @@
-"""Bugs the fuzzer found that are not fixed yet, each as a strict xfail: when one is
-fixed its test passes, the run fails on XPASS, and the xfail (and its entry in
-``harness.KNOWN_500`` or the strategy's workaround) must go."""
+"""Bugs the fuzzer found, each kept as a regression test: model management answered
+a node's failure 500, and a bodyless request with ``Expect: 100-continue`` was never
+answered (waitress sent 100 Continue and then waited for a body)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,6 @@ import requests
 from tests.fuzz.harness import MODEL
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "olol/server/models.py _relay answers a create/push that fails on the node before "
-    "its first progress record with 500 (issue 9: no 500; the node's failure is a 502, "
-    "or its own 4xx status)"))
 def test_create_that_fails_on_the_node_is_not_a_500(fuzz_env):
     live = fuzz_env.proxy("open")
     # stream defaults to true; the node rejects the source name
@@ -25,9 +21,6 @@ def test_create_that_fails_on_the_node_is_not_a_500(fuzz_env):
     assert resp.status_code != 500, resp.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "olol/server/models_common.py _pull_response answers a pull that failed on a node "
-    "with 500 when stream is false (issue 9: no 500)"))
 @pytest.mark.parametrize("path", ["/api/pull", "/olol/v1/models/pull"])
 def test_pull_that_fails_on_the_node_is_not_a_500(fuzz_env, path):
     live = fuzz_env.proxy("open")
@@ -36,10 +29,6 @@ def test_pull_that_fails_on_the_node_is_not_a_500(fuzz_env, path):
     assert resp.status_code != 500, resp.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "waitress 3.0.2 sends 100 Continue for 'Expect: 100-continue' on a request without a "
-    "body and then never runs it (channel.send_continue resets request.completed): the "
-    "client waits until channel_timeout (120 s here), holding a connection slot"))
 def test_expect_100_continue_without_a_body_is_answered(fuzz_env):
     live = fuzz_env.proxy("open")
     host, port = live.url.removeprefix("http://").split(":")
