@@ -13,59 +13,108 @@ from typing import Any
 DEFAULT_LISTEN = "127.0.0.1:11435"
 
 
+def opt(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None,
+        runtime_only: bool = False) -> Any:
+    """A ProxyConfig field with the sentence that documents it (docs/config.md is
+    generated from these: ``python -m olol.config_doc``). ``runtime_only`` fields are
+    set in code, never from the file, the environment or a flag."""
+    meta = {"help": help, "runtime_only": runtime_only}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ProxyConfig:
-    listen: str = DEFAULT_LISTEN
-    data_dir: Path | None = None  # None: in-memory store (tests)
-    nodes: list[str] = field(default_factory=list)
-    max_body_bytes: int = 32 * 1024 * 1024
-    waitress_threads: int = 64
-    malloc_arenas: int = 2  # glibc malloc arenas (0: glibc's default, 8 per core)
-    keys_enabled: bool = False
-    request_timeout_s: float = 600.0
-    stream_idle_timeout_s: float = 300.0
-    # connections (olol.server.door): strangers can reach the port
-    max_connections: int = 4096  # open HTTP connections; new ones wait past this
-    idle_timeout_s: float = 30.0  # an idle keep-alive connection is closed after this
-    header_timeout_s: float = 10.0  # a request's headers must arrive within this
-    body_timeout_s: float = 60.0  # a bounded body must arrive within this of its headers
-    default_priority: int = 0
-    # queue
-    max_queue_depth: int = 10_000
-    max_queue_depth_per_model: int = 2_000
-    retention_hours: float = 24.0
-    lease_s: float = 600.0  # a claim expires unless the dispatcher renews it
-    max_queued_bytes: int = 1 << 30  # request bodies that pending + running requests hold
-    max_finished_sync: int = 2_000  # finished sync records kept as history (newest)
-    # dispatch
-    dispatcher_threads: int = 32
-    strategy: str = "smart"
-    max_attempts: int = 3
-    retry_backoff_s: float = 0.2
-    batch_size: int = 8
-    # nodes
-    node_token: str | None = None
-    # a file holding the token (never put secrets on a command line); default: the
-    # systemd credential "node-token" ($CREDENTIALS_DIRECTORY/node-token) when present
-    node_token_file: str | None = None
-    # TLS to the node agents (olol certs init / issue): the CA that signed them, and a
-    # client certificate + key for mutual TLS; node_server_name overrides the checked name
-    node_ca: str | None = None
-    node_cert: str | None = None
-    node_key: str | None = None
-    node_server_name: str | None = None
-    node_tls: Any = None  # a TLSConfig built in code (wins over the node_* paths)
-    health_interval_s: float = 5.0
-    health_timeout_s: float = 2.0
-    failure_threshold: int = 3
-    # models (issue 5)
-    model_copies: int = 1  # copies a pull without target nodes places in the cluster
-    pinned_models: list[str] = field(default_factory=list)  # never removed by a plan
-    auto_optimize: bool = False  # apply optimize_model_distribution() on a timer
-    pull_timeout_s: float = 3600.0
-    max_blob_bytes: int = 64 * 1024**3  # one /api/blobs upload
-    # maintenance job intervals in seconds (olol.maintenance.DEFAULT_JOB_INTERVALS names)
-    job_intervals: dict[str, float] = field(default_factory=dict)
+    """The proxy's settings: the single source for the TOML file (``--config``), the
+    ``OLOL_<KEY>`` environment variables, the command-line flags and docs/config.md."""
+
+    # -- front door ------------------------------------------------------------------
+    listen: str = opt(DEFAULT_LISTEN, "HOST:PORT the Ollama-compatible API is served on.")
+    data_dir: Path | None = opt(None, "Data folder (store, journal, request statistics); "
+                                "`olol proxy` defaults it to $OLOL_DATA_DIR, else "
+                                "$XDG_DATA_HOME/olol. Unset in code: an in-memory store.")
+    keys_enabled: bool = opt(False, "Require an API key (`Authorization: Bearer`) on every "
+                             "route but the liveness and readiness probes.")
+    default_priority: int = opt(0, "Queue priority of requests without a key default or an "
+                                "X-OLOL-Priority header (-100..100).")
+    max_body_bytes: int = opt(32 * 1024 * 1024, "Largest request body on every route but "
+                              "blob uploads; checked on the headers (413).")
+    max_blob_bytes: int = opt(64 * 1024**3, "Largest `/api/blobs` upload (admin keys only).")
+    waitress_threads: int = opt(64, "HTTP worker threads: requests served at once.")
+    max_connections: int = opt(4096, "Open HTTP connections; the open-file limit is raised "
+                               "to fit.")
+    idle_timeout_s: float = opt(30.0, "An idle keep-alive connection is closed after this.")
+    header_timeout_s: float = opt(10.0, "A request's headers must arrive within this of its "
+                                  "first byte.")
+    body_timeout_s: float = opt(60.0, "A bounded body must arrive within this of its headers.")
+    malloc_arenas: int = opt(2, "glibc malloc arenas (0: glibc's default of 8 per core, "
+                             "which keeps far more memory after large bodies).")
+    request_timeout_s: float = opt(600.0, "Longest a synchronous request may wait and run.")
+    stream_idle_timeout_s: float = opt(300.0, "A stream that sent output and then nothing "
+                                       "for this long is ended.")
+    # -- queue -------------------------------------------------------------------------
+    max_queue_depth: int = opt(10_000, "Pending + running requests of all models; past it "
+                               "503 with Retry-After.")
+    max_queue_depth_per_model: int = opt(2_000, "The same bound for one model.")
+    max_queued_bytes: int = opt(1 << 30, "Request bodies (as received) that pending and "
+                                "running requests may hold; past it 503.")
+    max_finished_sync: int = opt(2_000, "Finished synchronous requests kept as history.")
+    retention_hours: float = opt(24.0, "Finished requests and job results are removed after "
+                                 "this.")
+    lease_s: float = opt(600.0, "A claimed request returns to the queue unless its "
+                         "dispatcher renews the claim within this.")
+    # -- dispatch ----------------------------------------------------------------------
+    dispatcher_threads: int = opt(32, "Dispatcher threads (requests placed and run at once, "
+                                  "besides those run on the front door's thread).")
+    strategy: str = opt("smart", "Placement: smart | least-busy | round-robin.")
+    batch_size: int = opt(8, "Most requests one scheduling pass places together.")
+    max_attempts: int = opt(3, "Tries of one request (on different nodes) before it fails; "
+                            "also the claims after which a job that crashed the proxy fails.")
+    retry_backoff_s: float = opt(0.2, "Wait before a failed request is tried again.")
+    first_record_timeout_s: float = opt(120.0, "Longest wait for a node's first record "
+                                        "(0: none); a cold model adds its learned load time.")
+    stall_timeout_s: float = opt(60.0, "Longest silence between a node's records before any "
+                                 "output reached the client (0: none).")
+    cold_start_s: float = opt(30.0, "Least load time assumed for a model cold on its node.")
+    node_progress: bool = opt(True, "Agents build non-streamed answers from a stream and "
+                              "send progress, so that deadlines tell a hung node from a "
+                              "long answer (needs agents of this version).")
+    # -- nodes -------------------------------------------------------------------------
+    nodes: list[str] = opt(help="Node agents (HOST:PORT) to dispatch to; more are added "
+                           "with `olol nodes add`.", factory=list)
+    node_token: str | None = opt(None, "Bearer token for the node agents (prefer "
+                                 "node_token_file: a command line is visible in ps).")
+    node_token_file: str | None = opt(None, "File holding the node token; default: the "
+                                      "systemd credential node-token when present.")
+    node_ca: str | None = opt(None, "CA certificate (PEM) that signed the agents' "
+                              "certificates: turns TLS on (`olol certs init`).")
+    node_cert: str | None = opt(None, "Client certificate (PEM) for mutual TLS "
+                                "(`olol certs issue proxy`).")
+    node_key: str | None = opt(None, "Its private key (PEM).")
+    node_server_name: str | None = opt(None, "Name checked against the agents' certificates "
+                                       "instead of their host.")
+    node_tls: Any = opt(None, "A TLSConfig built in code (wins over the node_* paths).",
+                        runtime_only=True)
+    health_interval_s: float = opt(5.0, "Seconds between health polls of each node.")
+    health_timeout_s: float = opt(2.0, "Timeout of one health poll.")
+    failure_threshold: int = opt(3, "Failed polls in a row before a node is unhealthy.")
+    outlier_consecutive_failures: int = opt(3, "Node-side failures in a row that eject a "
+                                            "node for a model.")
+    outlier_failure_rate: float = opt(0.5, "A node failing this share of a model's recent "
+                                      "calls, while its peers fail half as often, is ejected.")
+    outlier_base_ejection_s: float = opt(5.0, "First ejection; each further one adds this.")
+    outlier_max_ejection_s: float = opt(20.0, "Longest ejection.")
+    outlier_max_ejected_fraction: float = opt(0.5, "Most of a model's nodes ejected at once "
+                                              "(never its only node).")
+    # -- models ------------------------------------------------------------------------
+    model_copies: int = opt(1, "Nodes a pull without target nodes places the model on.")
+    pinned_models: list[str] = opt(help="Models a distribution plan never removes.",
+                                   factory=list)
+    auto_optimize: bool = opt(False, "Apply the model distribution plan on a timer.")
+    pull_timeout_s: float = opt(3600.0, "Longest pull, push or blob upload.")
+    job_intervals: dict[str, float] = opt(help="Maintenance job intervals in seconds, by job "
+                                          "name (`olol jobs ls` lists them).", factory=dict)
 
 
 @dataclass

@@ -127,6 +127,7 @@ class Proxy:
         from olol.cluster import ClusterManager
         from olol.dispatcher import Dispatcher
         from olol.health import HealthMonitor
+        from olol.outliers import OutlierDetector
         from olol.queue import QueueManager
         from olol.registry import ModelRegistry
         from olol.scheduler import RequestScheduler
@@ -156,6 +157,13 @@ class Proxy:
                                   "tls": node_tls_of(config)}
             if client_factory is not None:
                 kw["client_factory"] = client_factory
+            kw["outliers"] = OutlierDetector(
+                clock=clock, consecutive_failures=config.outlier_consecutive_failures,
+                failure_rate=config.outlier_failure_rate,
+                base_ejection_s=config.outlier_base_ejection_s,
+                max_ejection_s=config.outlier_max_ejection_s,
+                max_ejected_fraction=config.outlier_max_ejected_fraction,
+            )
             self.cluster = ClusterManager(db, **kw)
             self.cluster.sync_config_nodes(config.nodes)
             self.stats = RequestStats(db, clock=clock)
@@ -175,6 +183,9 @@ class Proxy:
                 request_timeout_s=config.request_timeout_s, registry=self.registry,
                 lease_refresh_s=max(0.05, config.lease_s / 3),
                 stream_idle_timeout_s=config.stream_idle_timeout_s,
+                first_record_timeout_s=config.first_record_timeout_s,
+                stall_timeout_s=config.stall_timeout_s, cold_start_s=config.cold_start_s,
+                node_progress=config.node_progress,
             )
             self.health = HealthMonitor(
                 self.cluster, db, clock=clock, interval_s=config.health_interval_s,

@@ -20,21 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("proxy", help="run the coordinator (the Ollama-compatible endpoint)")
-    p.add_argument("--listen", help=f"HOST:PORT to serve on (default {DEFAULT_LISTEN})")
-    p.add_argument("--data-dir", help="data folder (default: $OLOL_DATA_DIR, else $XDG_DATA_HOME/olol)")
-    p.add_argument("--node", action="append", default=[], metavar="ADDR",
-                   help="node agent HOST:PORT (repeatable); nodes also come from the store and --config")
-    p.add_argument("--config", help="TOML config file (keys as ProxyConfig fields, nodes = [...])")
-    p.add_argument("--keys", action="store_true", help="require API keys (create them with olol keys)")
-    p.add_argument("--strategy", choices=["smart", "least-busy", "round-robin"])
-    p.add_argument("--threads", type=int, help="waitress threads (concurrent HTTP requests)")
-    p.add_argument("--node-token-file", help="file holding the bearer token for the node "
-                   "agents (default: the systemd credential node-token, if any)")
-    p.add_argument("--node-token", help=argparse.SUPPRESS)  # visible in ps: use the file
-    p.add_argument("--node-ca", help="CA certificate (PEM) that signed the agents' TLS certificates")
-    p.add_argument("--node-cert", help="client certificate (PEM) for mutual TLS with the agents")
-    p.add_argument("--node-key", help="client private key (PEM) for mutual TLS with the agents")
+    p = subparsers.add_parser(
+        "proxy", help="run the coordinator (the Ollama-compatible endpoint)",
+        description="Every setting can come from the config file (--config), an "
+        "OLOL_<KEY> environment variable or its flag, in that order of precedence; "
+        "docs/config.md describes them.")
+    p.add_argument("--config", help="TOML config file (keys as in docs/config.md)")
+    add_config_flags(p)
     p.set_defaults(func=cmd_proxy)
 
     u = subparsers.add_parser(
@@ -47,7 +39,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     u.set_defaults(func=cmd_up)
 
 
-def load_config(path: str | None, overrides: dict[str, Any]) -> ProxyConfig:
+#: Short spellings kept for the most used flags.
+FLAG_ALIASES = {"nodes": ["--node"], "keys_enabled": ["--keys"],
+                "waitress_threads": ["--threads"]}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, generated from ProxyConfig (help, type, default)."""
+    import json
+
+    for f in config_fields():
+        names = [f"--{f.name.replace('_', '-')}", *FLAG_ALIASES.get(f.name, [])]
+        default = _default_of(f.name)
+        text = f.metadata.get("help", "")
+        kw: dict[str, Any] = {"dest": f.name, "default": None}
+        if f.name == "node_token":
+            kw["help"] = argparse.SUPPRESS  # visible in ps: use --node-token-file
+        elif default is None or isinstance(default, (str, int, float)) and not isinstance(
+                default, bool):
+            kw["help"] = f"{text} (default {default})" if default is not None else text
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+            kw.setdefault("help", f"{text} (default {'on' if default else 'off'})")
+        elif isinstance(default, int):
+            kw["type"] = int
+        elif isinstance(default, float):
+            kw["type"] = float
+        elif isinstance(default, list):
+            kw.update(action="append", metavar="VALUE", help=f"{text} (repeatable)")
+        elif isinstance(default, dict):
+            kw.update(type=json.loads, metavar="JSON", help=f"{text} (a JSON object)")
+        if f.name == "strategy":
+            kw["choices"] = ["smart", "least-busy", "round-robin"]
+        parser.add_argument(*names, **kw)
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name, None) for f in config_fields()}
+
+
+def config_fields() -> list[Any]:
+    """ProxyConfig's fields that the file, the environment and flags may set."""
+    return [f for f in fields(ProxyConfig) if not f.metadata.get("runtime_only")]
+
+
+def env_name(key: str) -> str:
+    return "OLOL_" + key.upper()
+
+
+def load_config(path: str | None, overrides: dict[str, Any],
+                env: dict[str, str] | None = None) -> ProxyConfig:
+    """Defaults, then the TOML file, then ``OLOL_<KEY>`` environment variables, then the
+    flags in ``overrides`` (None, [] and False mean "not given").
+
+    :raises SystemExit: an unknown key or a value of the wrong type, naming the key.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    known = {f.name for f in config_fields()}
     values: dict[str, Any] = {}
     if path:
         try:
@@ -55,7 +105,6 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> ProxyConfig:
                 values = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SystemExit(f"olol: cannot read config {path}: {exc}") from None
-        known = {f.name for f in fields(ProxyConfig)} - {"node_tls"}
         if "node_tls" in values:
             raise SystemExit(f"olol: node_tls in {path}: use node_ca, node_cert and node_key "
                              "(paths to PEM files) instead")
@@ -65,16 +114,62 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> ProxyConfig:
     problems = [p for k, v in values.items() if (p := _type_problem(k, v))]
     if problems:
         raise SystemExit(f"olol: bad config in {path}: " + "; ".join(problems))
-    values.update({k: v for k, v in overrides.items() if v not in (None, [], False)})
+    for f in config_fields():
+        raw = env.get(env_name(f.name))
+        if raw is None or raw == "":
+            continue
+        value = _from_env(f.name, raw)
+        if (p := _type_problem(f.name, value)):
+            raise SystemExit(f"olol: bad environment variable {env_name(f.name)}: {p}")
+        values[f.name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None and v != []})
     if "data_dir" in values and values["data_dir"] is not None:
         values["data_dir"] = Path(values["data_dir"])
     return ProxyConfig(**values)
 
 
+def _default_of(key: str) -> Any:
+    spec = next(f for f in fields(ProxyConfig) if f.name == key)
+    return spec.default_factory() if callable(spec.default_factory) else spec.default
+
+
+def _from_env(key: str, raw: str) -> Any:
+    """An environment variable's text as the type of field ``key`` (judged by its
+    default); a text that does not parse is returned as is, for _type_problem to name."""
+    import json
+
+    default = _default_of(key)
+    text = raw.strip()
+    if isinstance(default, bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return raw
+    if isinstance(default, int):
+        try:
+            return int(text, 10)
+        except ValueError:
+            return raw
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            return raw
+    if isinstance(default, list):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(default, dict):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return raw
+    return raw
+
+
 def _type_problem(key: str, value: Any) -> str | None:
     """Why ``value`` does not fit ProxyConfig's field ``key`` (judged by its default)."""
-    spec = next(f for f in fields(ProxyConfig) if f.name == key)
-    default = spec.default_factory() if callable(spec.default_factory) else spec.default
+    default = _default_of(key)
     if default is None:  # optional paths and secrets
         ok = isinstance(value, str)
         want = "a string"
@@ -134,12 +229,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from olol.proxy import Proxy
     from olol.store import StoreError, default_data_dir
 
-    config = load_config(args.config, {
-        "listen": args.listen, "nodes": args.node, "keys_enabled": args.keys,
-        "strategy": args.strategy, "waitress_threads": args.threads,
-        "node_token": args.node_token, "node_token_file": args.node_token_file,
-        "node_ca": args.node_ca, "node_cert": args.node_cert, "node_key": args.node_key,
-    })
+    config = load_config(args.config, flag_overrides(args))
     if bool(config.node_cert) != bool(config.node_key):
         print("olol proxy: --node-cert and --node-key go together", file=sys.stderr)
         return 2

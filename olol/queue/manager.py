@@ -110,6 +110,7 @@ class QueueManager(QueueMaintenance):
         self._seen = threading.local()  # per thread: the generation it last returned at
         self._news = False  # an event happened that no thread has looked at since
         self._cancel_listeners: list[Callable[[str], None]] = []
+        self._finish_listeners: list[Callable[[dict], None]] = []
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -345,8 +346,8 @@ class QueueManager(QueueMaintenance):
         return group_similar(entries)
 
     # ------------------------------------------------------------------ transitions
-    def _transition(self, request_id: str, allowed: Iterable[str], make_patch: Patch
-                    ) -> dict | None:
+    def _transition(self, request_id: str, allowed: Iterable[str], make_patch: Patch,
+                    usage: dict | None = None) -> dict | None:
         """Check-and-write one record in a store transaction, then update RAM."""
         with self._lock:
             e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
@@ -381,7 +382,25 @@ class QueueManager(QueueMaintenance):
                 self._trimming = True
         if trim:
             self._trim_finished_sync()
+        if new["status"] in FINISHED and doc.get("status") not in FINISHED:
+            self._tell_finished(new if usage is None else {**new, "usage": usage})
         return new
+
+    def add_finish_listener(self, listener: Callable[[dict], None]) -> None:
+        """Call ``listener(record)`` once per request that reaches a finished state,
+        after the write, outside the queue's lock (metrics, request logs). The record is
+        a copy without the body; it carries ``usage`` when the finisher passed one."""
+        self._finish_listeners.append(listener)
+
+    def _tell_finished(self, record: dict) -> None:
+        if not self._finish_listeners:
+            return
+        view = {k: v for k, v in record.items() if k != "body"}
+        for listener in list(self._finish_listeners):
+            try:
+                listener(view)
+            except Exception:  # a listener must not fail the request
+                log.exception("finish listener failed for %s", record.get("id"))
 
     def _trim_at(self) -> int:
         return self.max_finished_sync + max(50, self.max_finished_sync // 10)
@@ -413,11 +432,13 @@ class QueueManager(QueueMaintenance):
         error: str | None = None,
         error_status: int | None = None,
         server: str | None = None,
+        usage: dict | None = None,
     ) -> bool:
         """Finish a pending or processing request (``completed``, ``failed``,
         ``cancelled`` or ``interrupted``); stamps ``completed_at``. ``result`` is kept
-        for jobs only. Finished states are final: returns False for them, and for
-        unknown ids."""
+        for jobs only. ``usage`` (time to first token, token counts...) is not stored:
+        finish listeners receive it. Finished states are final: returns False for them,
+        and for unknown ids."""
         if status not in FINISHED:
             raise ValueError(
                 f"status must be one of {', '.join(sorted(FINISHED))}; got {status!r} "
@@ -435,7 +456,8 @@ class QueueManager(QueueMaintenance):
                 p["result"] = result
             return p
 
-        return self._transition(request_id, ACTIVE, patch) is not None
+        new = self._transition(request_id, ACTIVE, patch, usage=usage)
+        return new is not None
 
     def requeue(self, request_id: str, *, delay_s: float = 0.0, reason: str = "") -> bool:
         """Processing -> pending again (a node failed before answering). Keeps ``seq``,

@@ -117,3 +117,19 @@ def test_the_bodies_held_by_active_requests_are_bounded(make_queue):
 def test_body_bytes_must_be_a_size(q):
     with pytest.raises(ValueError, match="body_bytes"):
         q.enqueue(make_request(body_bytes=-1))
+
+
+def test_finish_listeners_hear_each_finish_once_without_the_body(make_queue):
+    q = make_queue()
+    heard: list[dict] = []
+    q.add_finish_listener(heard.append)
+    q.add_finish_listener(lambda record: 1 / 0)  # a failing listener harms nobody
+    rid, _ = q.enqueue(make_request(prompt=BIG))
+    q.dequeue(1)
+    assert q.update_request_status(rid, "completed", usage={"eval_count": 7})
+    assert not q.update_request_status(rid, "failed")  # final: no second finish
+    other, _ = q.enqueue(make_request())
+    q.cancel(other)
+    assert [(r["id"], r["status"]) for r in heard] == [(rid, "completed"),
+                                                       (other, "cancelled")]
+    assert "body" not in heard[0] and heard[0]["usage"] == {"eval_count": 7}
