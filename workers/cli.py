@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 RET_OK = 0
@@ -33,8 +35,15 @@ def register(subparsers: Any) -> None:
     worker = subparsers.add_parser("worker", help="run the node agent in front of a local Ollama")
     worker.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to bind")
     worker.add_argument("--ollama-url", default="http://127.0.0.1:11434")
-    worker.add_argument("--token", default=None, help="bearer token required on every call")
-    worker.add_argument("--admin-token", default=None, help="bearer token for model commands")
+    worker.add_argument("--token-file", default=None,
+                        help="file holding the bearer token required on every call "
+                             "(default: the systemd credential 'token', if any)")
+    worker.add_argument("--admin-token-file", default=None,
+                        help="file holding the bearer token for model commands "
+                             "(default: the systemd credential 'admin-token', if any)")
+    # visible in ps: use the files
+    worker.add_argument("--token", default=None, help=argparse.SUPPRESS)
+    worker.add_argument("--admin-token", default=None, help=argparse.SUPPRESS)
     worker.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
     worker.add_argument("--tls-key", default=None, help="server private key (PEM)")
     worker.add_argument("--tls-client-ca", default=None, help="CA for client certs (mutual TLS)")
@@ -79,11 +88,14 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
+        token = secret(args.token, getattr(args, "token_file", None), "token")
+        admin_token = secret(args.admin_token, getattr(args, "admin_token_file", None),
+                             "admin-token")
         agent = Agent(AgentConfig(
             listen=args.listen,
             ollama_url=args.ollama_url,
-            token=args.token,
-            admin_token=args.admin_token,
+            token=token,
+            admin_token=admin_token,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
@@ -100,11 +112,41 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
         print(f"olol worker: {exc}", file=sys.stderr)
         return RET_CONFIG
     print(f"olol worker listening on {agent.address}", flush=True)
+    from olol.sdnotify import notify, start_service_notifications
+
+    watchdog = start_service_notifications(lambda: not stop.is_set(),
+                                           status=f"serving on {agent.address}")
     while not stop.wait(1.0):
         pass
+    notify("STOPPING=1")
+    if watchdog is not None:
+        watchdog.stop()
     _LOG.info("stopping: letting running calls finish (grace %.1fs)", args.grace)
     agent.stop(args.grace)
     return RET_OK
+
+
+def secret(value: str | None, path: str | None, credential: str) -> str | None:
+    """A secret from its flag, else the file named, else the systemd credential
+    ``credential`` ($CREDENTIALS_DIRECTORY/<credential>) when present.
+
+    :raises ValueError: the file cannot be read or is empty.
+    """
+    if value:
+        return value
+    if path is None:
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        candidate = Path(creds) / credential if creds else None
+        if candidate is None or not candidate.is_file():
+            return None
+        path = str(candidate)
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not text:
+        raise ValueError(f"{path} is empty")
+    return text
 
 
 def _gib(n: Any) -> str:

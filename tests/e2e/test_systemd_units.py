@@ -18,7 +18,7 @@ SYSTEM_UNITS = next((p for p in (Path("/lib/systemd/system"), Path("/usr/lib/sys
 
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 
-UNITS = [("olol-proxy.service", 2.0)]
+UNITS = [("olol-proxy.service", 2.0), ("olol-worker.service", 3.0)]
 
 
 @pytest.mark.parametrize("unit,bar", UNITS)
