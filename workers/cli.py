@@ -66,7 +66,8 @@ def register(subparsers: Any) -> None:
     status = node_sub.add_parser("status", help="print a node's complete status")
     status.add_argument("address", help="HOST:PORT of the agent")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
-    status.add_argument("--token", default=None)
+    status.add_argument("--token", default=None, help="the agent's token (or --token-file)")
+    status.add_argument("--token-file", default=None, help="file holding the agent's token")
     status.add_argument("--tls-ca", default=None, help="CA that signed the agent (enables TLS)")
     status.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
     status.add_argument("--tls-key", default=None, help="client key (mutual TLS)")
@@ -203,7 +204,12 @@ def run_node_status(args: argparse.Namespace) -> int:
     tls = None
     if args.tls_ca or args.tls_cert:
         tls = TLSConfig(root_cert=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key)
-    client = NodeClient(args.address, token=args.token, tls=tls, timeout=args.timeout)
+    try:
+        token = secret(args.token, getattr(args, "token_file", None), "token")
+    except ValueError as exc:
+        print(f"olol node status: {exc}", file=sys.stderr)
+        return RET_CONFIG
+    client = NodeClient(args.address, token=token, tls=tls, timeout=args.timeout)
     try:
         st = client.status()
     except NodeError as exc:
