@@ -112,6 +112,9 @@ class KeyStore:
             raise ValueError(f"key name longer than {MAX_NAME_LEN} characters")
         if isinstance(default_priority, bool) or not isinstance(default_priority, int):
             raise ValueError("default_priority must be an integer")
+        if any(not k.revoked and k.name == name for k in self.list(include_revoked=False)):
+            raise ValueError(f"an active key is already named {name!r}: names tell keys "
+                             "apart in logs and listings")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + uuid.uuid4().hex[:16]
         self.db.insert(

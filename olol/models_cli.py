@@ -136,15 +136,20 @@ def cmd_pull(args: argparse.Namespace) -> int:
             body["nodes"] = args.node
         view = None if args.json else ProgressView(sys.stdout, sys.stdout.isatty())
         outcome = None
-        for record in api.stream("/models/pull", body, args.idle_timeout):
-            if view is None:
-                print(json.dumps(record, sort_keys=True), flush=True)
-            else:
-                view.feed(record)
-            if "error" in record:
-                outcome = f"error: {record['error']}"
-            elif record.get("status") == "success" and "node" not in record:
-                outcome = "success"
+        try:
+            for record in api.stream("/models/pull", body, args.idle_timeout):
+                if view is None:
+                    print(json.dumps(record, sort_keys=True), flush=True)
+                else:
+                    view.feed(record)
+                if "error" in record:
+                    outcome = f"error: {record['error']}"
+                elif record.get("status") == "success" and "node" not in record:
+                    outcome = "success"
+        except KeyboardInterrupt:
+            print(f"\nolol models: stopped watching; the pull of {args.name} goes on on the "
+                  "nodes (olol models ls shows it)", file=sys.stderr)
+            return 130
         if outcome == "success":
             if view is not None:
                 print(f"pulled {args.name}")

@@ -30,9 +30,12 @@ def split_hostport(listen: str, default_port: int) -> tuple[str, int]:
         return listen, default_port
     host = host.strip("[]") or "127.0.0.1"
     try:
-        return host, int(port)
+        number = int(port)
     except ValueError:
         raise ValueError(f"bad listen address {listen!r}: the port must be a number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"bad listen address {listen!r}: the port must be 0-65535")
+    return host, number
 
 
 def limit_malloc_arenas(arenas: int) -> bool:
@@ -100,7 +103,13 @@ def close_waitress(server: Any, thread: threading.Thread | None, timeout: float 
     def close_all() -> None:
         for channel in list(server._map.values()):
             try:
-                channel.handle_close()
+                # HTTP channels close through handle_close (their own cleanup); the
+                # listening socket and the trigger have none and would log "unhandled
+                # close event", so they are simply closed
+                if hasattr(channel, "requests"):
+                    channel.handle_close()
+                else:
+                    channel.close()
             except Exception:  # noqa: BLE001 - best effort while tearing down
                 pass
 
@@ -257,7 +266,23 @@ class Proxy:
         app = create_app(self.context)
         cfg = self.config
         connections = raise_fd_limit(cfg.max_connections)
-        self._server = waitress.create_server(
+        try:
+            self._server = self._create_server(waitress, app, host, port, cfg, connections)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {self.config.listen}: "
+                          f"{exc.strerror or exc}") from None
+        door.install(self._server, door.DoorPolicy(cfg, lambda: self.context.keys),
+                     header_timeout_s=cfg.header_timeout_s, body_timeout_s=cfg.body_timeout_s)
+        real_port = self._server.effective_port
+        self.address = f"{host}:{real_port}"
+        self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{real_port}"
+        self._thread = threading.Thread(target=self._server.run, name="olol-http", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _create_server(waitress: Any, app: Any, host: str, port: int, cfg: ProxyConfig,
+                       connections: int) -> Any:
+        return waitress.create_server(
             app, host=host, port=port, threads=cfg.waitress_threads,
             # only connections with no request in progress are idle: a stream is not
             channel_timeout=max(1, math.ceil(cfg.idle_timeout_s)),
@@ -269,13 +294,6 @@ class Proxy:
             max_request_body_size=max(cfg.max_body_bytes, cfg.max_blob_bytes) + 1,
             ident="olol",
         )
-        door.install(self._server, door.DoorPolicy(cfg, lambda: self.context.keys),
-                     header_timeout_s=cfg.header_timeout_s, body_timeout_s=cfg.body_timeout_s)
-        real_port = self._server.effective_port
-        self.address = f"{host}:{real_port}"
-        self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{real_port}"
-        self._thread = threading.Thread(target=self._server.run, name="olol-http", daemon=True)
-        self._thread.start()
 
     # ------------------------------------------------------------------ stop
     def stop(self, grace_s: float = 30.0) -> None:

@@ -139,3 +139,9 @@ def test_readiness_flips_with_node_health(make_cluster):
     while requests.get(c.url + "/olol/v1/ready", timeout=10).status_code != 503:
         assert time.monotonic() < deadline, "still ready 30 s after its only node stopped"
         time.sleep(0.2)
+
+
+def test_two_active_keys_cannot_share_a_name(served):
+    r = requests.post(served.url + "/olol/v1/keys", json={"name": "first admin"},
+                      headers=bearer(served.admin), timeout=10)
+    assert r.status_code == 400 and "already named" in r.json()["error"]

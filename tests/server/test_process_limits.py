@@ -42,3 +42,59 @@ def test_malloc_arenas_are_capped_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     assert limit_malloc_arenas(2) is True
+
+
+def test_a_clean_stop_logs_no_waitress_warning(caplog):
+    import logging
+
+    import requests
+
+    from olol.context import ProxyConfig
+    from olol.proxy import Proxy
+
+    with caplog.at_level(logging.WARNING):
+        proxy = Proxy(ProxyConfig(listen="127.0.0.1:0")).start()
+        requests.get(proxy.url + "/api/version", timeout=10)
+        proxy.stop(grace_s=1)
+    assert not [r for r in caplog.records if "unhandled" in r.getMessage()]
+
+
+def test_log_level_must_be_a_level(capsys):
+    from olol.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--log-level", "LOUD", "proxy"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert build_parser().parse_args(["--log-level", "debug", "proxy"]).log_level == "DEBUG"
+
+
+def test_a_bad_or_busy_listen_address_is_named():
+    import socket
+
+    from olol.context import ProxyConfig
+    from olol.proxy import Proxy
+
+    with pytest.raises(ValueError, match="port must be 0-65535"):
+        Proxy(ProxyConfig(listen="127.0.0.1:999999")).start()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(OSError, match=f"cannot listen on {address}"):
+            Proxy(ProxyConfig(listen=address)).start()
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
+    from olol.store import DatabaseManager
+
+    with DatabaseManager(tmp_path / "d") as db:
+        for i in range(3000):
+            db.insert("config", {"key": f"k{i}", "value": "x" * 100})
+    proc = subprocess.Popen([sys.executable, "-m", "olol", "db", "dump", "--data-dir",
+                             str(tmp_path / "d")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
