@@ -31,11 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     u = subparsers.add_parser(
         "up", help="everything on one machine: a proxy plus an agent per local Ollama "
-                   "(or two simulated nodes when none is found)")
-    u.add_argument("--listen", default=DEFAULT_LISTEN)
-    u.add_argument("--data-dir")
+                   "(or two simulated nodes when none is found)",
+        description="Start a proxy and one node agent per local Ollama on this machine; "
+        "with no Ollama answering, two simulated nodes (generated text, no model) so that "
+        "olol can be tried without a GPU. Ctrl-C stops everything.")
+    u.add_argument("--listen", default=DEFAULT_LISTEN,
+                   help=f"HOST:PORT of the proxy (default {DEFAULT_LISTEN})")
+    u.add_argument("--data-dir", default=None,
+                   help="data folder (default $OLOL_DATA_DIR, else $XDG_DATA_HOME/olol)")
     u.add_argument("--ollama-url", action="append", default=[],
-                   help="Ollama to put behind an agent (default http://127.0.0.1:11434)")
+                   help="Ollama to put behind an agent, repeatable "
+                        "(default http://127.0.0.1:11434)")
     u.set_defaults(func=cmd_up)
 
 
@@ -261,6 +267,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from olol.store import StoreError, default_data_dir
     from workers.agent import Agent, AgentConfig
 
+    # Handlers before any port opens: a signal as soon as it answers still stops cleanly.
+    stop = stop_on_signals()
     urls = args.ollama_url or ["http://127.0.0.1:11434"]
     found = [u for u in urls if ollama_answers(u)]
     started: list[Any] = []
@@ -292,7 +300,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         for thing in agents + started:
             thing.stop()
         return 1
-    print(f"olol up: proxy on {proxy.url} with {len(agents)} node(s); try:\n"
+    model = "llama3.2:1b"
+    print(f"olol up: proxy on {proxy.url} with {len(agents)} node(s); data (queue, keys, "
+          f"statistics; private to this user) in {config.data_dir}; try:\n"
           f"  curl {proxy.url}/api/tags\n"
-          f"  OLLAMA_HOST={proxy.url} ollama run llama3.2:1b   (or any Ollama client)", flush=True)
-    return _serve(proxy, agents + started)
+          f"  curl {proxy.url}/api/chat -d '{{\"model\": \"{model}\", \"messages\": "
+          f"[{{\"role\": \"user\", \"content\": \"hi\"}}]}}'\n"
+          f"  or any Ollama or OpenAI client with base URL {proxy.url}", flush=True)
+    return _serve(proxy, agents + started, stop=stop)
