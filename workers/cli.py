@@ -219,4 +219,10 @@ def run_node_status(args: argparse.Namespace) -> int:
     finally:
         client.close()
     print(json.dumps(st, indent=2, sort_keys=True) if args.json else format_status(st))
+    ollama = st.get("ollama") or {}
+    if not ollama.get("reachable", False):
+        # the agent answers but cannot serve: say so in the exit status too
+        print(f"olol node status: {args.address}: its Ollama is not reachable"
+              + (f" ({ollama.get('error')})" if ollama.get("error") else ""), file=sys.stderr)
+        return RET_ERROR
     return RET_OK

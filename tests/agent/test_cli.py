@@ -42,6 +42,23 @@ def test_node_status_unreachable_exits_1(capsys):
     assert "UNAVAILABLE" in capsys.readouterr().err
 
 
+def test_node_status_exits_1_when_the_agents_ollama_is_down(capsys):
+    import socket
+
+    from workers.agent import Agent, AgentConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    agent = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=dead)).start()
+    try:
+        args = _parser().parse_args(["node", "status", agent.address, "--timeout", "10"])
+        assert args.func(args) == 1
+        assert "Ollama is not reachable" in capsys.readouterr().err
+    finally:
+        agent.stop(0)
+
+
 def test_worker_refuses_public_bind_without_tls(capsys):
     args = _parser().parse_args(["worker", "--listen", "0.0.0.0:0"])
     assert args.func(args) == 2
