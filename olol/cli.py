@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "olol.keys_cli",
     "olol.certs_cli",
     "olol.models_cli",
+    "olol.jobs_cli",
 ]
 
 

@@ -114,7 +114,7 @@ class ProxyConfig:
     auto_optimize: bool = opt(False, "Apply the model distribution plan on a timer.")
     pull_timeout_s: float = opt(3600.0, "Longest pull, push or blob upload.")
     job_intervals: dict[str, float] = opt(help="Maintenance job intervals in seconds, by job "
-                                          "name (`olol jobs ls` lists them).", factory=dict)
+                                          "name (`olol maintenance ls` lists them).", factory=dict)
 
 
 @dataclass

@@ -86,8 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--apply", action="store_true", help="run the plan")
     p.set_defaults(func=cmd_optimize)
 
-    jobs = subparsers.add_parser("jobs", help="the proxy's maintenance jobs")
-    sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    jobs = subparsers.add_parser("maintenance", help="the proxy's maintenance jobs")
+    sub = jobs.add_subparsers(dest="maintenance_command", metavar="ACTION", required=True)
     p = sub.add_parser("ls", parents=[common], help="each job, its last run and next run")
     p.set_defaults(func=cmd_jobs_ls)
 

@@ -36,7 +36,7 @@ def test_maintenance_jobs_are_listed_and_runnable(make_cluster, capsys):
     c = make_cluster(nodes=1)
     jobs = {j["id"]: j for j in requests.get(c.url + "/olol/v1/maintenance", timeout=10).json()["jobs"]}
     assert {"health-poll", "queue-cleanup", "registry-sync", "stats-rollup", "store-checkpoint"} <= set(jobs)
-    assert main(["jobs", "ls", "--url", c.url, "--json"]) == 0
+    assert main(["maintenance", "ls", "--url", c.url, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert {"health-poll", "registry-sync"} <= {j["id"] for j in listed}
     ran = requests.post(c.url + "/olol/v1/maintenance/registry-sync/run", timeout=30)

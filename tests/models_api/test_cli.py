@@ -1,4 +1,4 @@
-"""``olol models ...`` and ``olol jobs ls`` against a live front door."""
+"""``olol models ...`` and ``olol maintenance ls`` against a live front door."""
 
 from __future__ import annotations
 
@@ -101,14 +101,14 @@ def test_jobs_ls_human_and_json(capsys):
         jobs.add("broken", broken, 60)
         jobs.run_now("broken")
         jobs.run_now("queue-cleanup")
-        assert run(["jobs", "ls", "--url", c.url]) == 0
+        assert run(["maintenance", "ls", "--url", c.url]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert lines[0].split()[:2] == ["JOB", "EVERY"]
         broken_row = next(line for line in lines if line.startswith("broken "))
         assert "error: no disk" in broken_row and " 60s " in broken_row
         ok_row = next(line for line in lines if line.startswith("queue-cleanup "))
         assert " ok " in ok_row
-        assert run(["jobs", "ls", "--url", c.url, "--json"]) == 0
+        assert run(["maintenance", "ls", "--url", c.url, "--json"]) == 0
         data = {j["id"]: j for j in json.loads(capsys.readouterr().out)}
         assert data["broken"]["failures"] == 1 and data["queue-cleanup"]["runs"] == 1
 
@@ -120,7 +120,7 @@ def test_unreachable_proxy_and_admin_key(capsys, monkeypatch):
         _, user = c.ctx.keys.create("user")
         _, admin = c.ctx.keys.create("ops", admin=True)
         monkeypatch.setenv("OLOL_API_KEY", user)
-        assert run(["jobs", "ls", "--url", c.url]) == 1
+        assert run(["maintenance", "ls", "--url", c.url]) == 1
         assert "admin API key" in capsys.readouterr().err
         monkeypatch.setenv("OLOL_API_KEY", admin)
         assert run(["models", "ls", "--url", c.url, "--json"]) == 0
@@ -145,7 +145,7 @@ def test_progress_view_draws_one_bar_per_node_in_a_terminal():
 
 def test_cli_main_dispatches_to_models_commands(two_nodes, capsys, monkeypatch):
     monkeypatch.setattr(cli, "COMMAND_MODULES", ["olol.models_cli"])
-    assert cli.main(["jobs", "ls", "--url", two_nodes.url]) == 0
+    assert cli.main(["maintenance", "ls", "--url", two_nodes.url]) == 0
     assert capsys.readouterr().out.strip() == "no maintenance jobs"
     with pytest.raises(SystemExit):
         cli.main(["models", "pull"])  # NAME is required
