@@ -149,3 +149,24 @@ def test_cli_main_dispatches_to_models_commands(two_nodes, capsys, monkeypatch):
     assert capsys.readouterr().out.strip() == "no maintenance jobs"
     with pytest.raises(SystemExit):
         cli.main(["models", "pull"])  # NAME is required
+
+
+def test_progress_view_shows_speed_eta_and_a_cluster_row_that_moves():
+    now = [100.0]
+    out = io.StringIO()
+    view = ProgressView(out, tty=True, clock=lambda: now[0])
+    view.feed({"status": "pulling manifest", "nodes": ["a:1", "b:2"]})
+    for step in range(5):
+        now[0] += 1.0
+        for node in ("a:1", "b:2"):
+            view.feed({"status": "pulling abc", "digest": "sha256:x", "total": 100_000_000,
+                       "completed": step * 10_000_000, "node": node})
+    frame = out.getvalue().rsplit("\x1b[3A", 1)[-1]
+    a_line = next(line for line in frame.splitlines() if "a:1" in line)
+    assert "/s, " in a_line and " left" in a_line  # 10 MB/s, 6 s left
+    assert "6s left" in a_line
+    cluster = next(line for line in frame.splitlines() if "cluster" in line)
+    assert "pulling on 2 node(s), 0 done" in cluster and " 40%" in cluster
+    view.feed({"status": "node succeeded", "node": "a:1"})
+    frame = out.getvalue().rsplit("\x1b[3A", 1)[-1]
+    assert "1 done" in next(line for line in frame.splitlines() if "cluster" in line)
