@@ -33,8 +33,11 @@ def _size(text: str) -> int:
 
 def register(subparsers: Any) -> None:
     worker = subparsers.add_parser("worker", help="run the node agent in front of a local Ollama")
-    worker.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to bind")
-    worker.add_argument("--ollama-url", default="http://127.0.0.1:11434")
+    worker.add_argument("--listen", default="127.0.0.1:50051",
+                        help="HOST:PORT the proxy connects to (default 127.0.0.1:50051; any "
+                             "other than loopback needs TLS)")
+    worker.add_argument("--ollama-url", default="http://127.0.0.1:11434",
+                        help="the local Ollama's API (default http://127.0.0.1:11434)")
     worker.add_argument("--token-file", default=None,
                         help="file holding the bearer token required on every call "
                              "(default: the systemd credential 'token', if any)")
@@ -47,8 +50,10 @@ def register(subparsers: Any) -> None:
     worker.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
     worker.add_argument("--tls-key", default=None, help="server private key (PEM)")
     worker.add_argument("--tls-client-ca", default=None, help="CA for client certs (mutual TLS)")
-    worker.add_argument("--parallel", type=int, default=4, help="Ollama's parallel slots")
-    worker.add_argument("--models-dir", default=None, help="Ollama's models folder")
+    worker.add_argument("--parallel", type=int, default=4,
+                        help="Ollama's parallel slots (OLLAMA_NUM_PARALLEL; default 4)")
+    worker.add_argument("--models-dir", default=None,
+                        help="Ollama's models folder, for its disk use (default: Ollama's)")
     worker.add_argument("--disk-budget", type=_size, default=None, metavar="BYTES",
                         help="declared disk for models (K/M/G suffixes); reported instead of "
                              "the measured disk")
@@ -56,7 +61,8 @@ def register(subparsers: Any) -> None:
                         help="declared memory for loaded models (K/M/G suffixes); reported "
                              "instead of the measured memory")
     worker.add_argument("--grace", type=float, default=30.0,
-                        help="seconds running calls may take to finish on SIGTERM")
+                        help="seconds running calls may take to finish on SIGTERM "
+                             "(default 30)")
     worker.add_argument("--insecure-bind-any", action="store_true",
                         help="allow a non-loopback address without TLS")
     worker.set_defaults(func=run_worker)
@@ -71,7 +77,8 @@ def register(subparsers: Any) -> None:
     status.add_argument("--tls-ca", default=None, help="CA that signed the agent (enables TLS)")
     status.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
     status.add_argument("--tls-key", default=None, help="client key (mutual TLS)")
-    status.add_argument("--timeout", type=float, default=10.0)
+    status.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the agent (default 10)")
     status.set_defaults(func=run_node_status)
     node.set_defaults(func=lambda args: (node.print_help(), RET_CONFIG)[1])
 
