@@ -33,6 +33,8 @@ class Job:
     spec: ModelSpec
     prompt: str  # the text the answer is derived from
     seed: object = None
+    temperature: object = None  # 0: greedy (deterministic without a seed)
+    prefix: str = ""  # the start of the answer, given (a trailing assistant message)
     num_predict: int | None = None
     fmt: object = None
     tools: list | None = None
@@ -90,7 +92,17 @@ class Emitter:
 
 
 def make_plan(job: Job, token_range: tuple[int, int]) -> Plan:
-    rng = random.Random(textgen.make_seed(job.spec.name, job.prompt, job.seed))
+    """The answer to ``job``: a function of its prompt and seed only.
+
+    With a ``prefix`` (the answer begun: a trailing assistant message, or raw text
+    that ends with the start of the answer), the plan is the rest of the answer
+    the prompt alone would get, as a model continues its own text: the prefix's
+    tokens count as prompt, no thinking comes first, ``num_predict`` and ``stop``
+    apply to the new tokens only. A prefix that is not how this answer begins is
+    continued with other words (still deterministic).
+    """
+    seed = textgen.make_seed(job.spec.name, job.prompt, job.seed, job.temperature)
+    rng = random.Random(seed)
     thinking = textgen.thinking_tokens(rng) if job.think else []
     tool_calls: list[dict] = []
     call = textgen.pick_tool_call(job.tools, job.prompt.rsplit("\x00", 1)[-1], rng)
@@ -102,6 +114,18 @@ def make_plan(job: Job, token_range: tuple[int, int]) -> Plan:
     else:
         lo, hi = token_range
         content = textgen.text_tokens(rng, rng.randint(lo, max(lo, hi)))
+    prompt_tokens = max(1, textgen.count_tokens(job.prompt))
+    if job.prefix:
+        thinking, tool_calls = [], []  # the answer has begun: its thinking is over
+        rest = textgen.strip_prefix(content, job.prefix)
+        if rest is not None:
+            content, covered = rest
+            prompt_tokens += covered
+        else:
+            other = random.Random(textgen.make_seed(
+                job.spec.name, f"{job.prompt}\x00{job.prefix}", job.seed, job.temperature))
+            content = textgen.more_tokens(other, other.randint(1, max(1, token_range[0])))
+            prompt_tokens += textgen.count_tokens(job.prefix)
     done_reason = "stop"
     if job.num_predict is not None and 0 <= job.num_predict < len(content):
         content = content[: job.num_predict]
@@ -113,8 +137,7 @@ def make_plan(job: Job, token_range: tuple[int, int]) -> Plan:
             if any(s and s in text for s in job.stop):
                 content = content[:i]
                 break
-    return Plan(thinking, content, tool_calls, done_reason,
-                max(1, textgen.count_tokens(job.prompt)))
+    return Plan(thinking, content, tool_calls, done_reason, prompt_tokens)
 
 
 class Engine:
@@ -131,6 +154,14 @@ class Engine:
         self.ttft = ttft
         self.tps = tokens_per_second
         self.token_range = token_range
+        self._active_lock = threading.Lock()
+        self._active: dict[int, str] = {}  # id(exchange) -> the prompt's last part
+
+    def active(self) -> list[str]:
+        """The last part of the prompt (``role: content``) of every generation in
+        progress: which node serves which request, for tests and benchmarks."""
+        with self._active_lock:
+            return list(self._active.values())
 
     def acquire(self, ex: Exchange, spec: ModelSpec, keep_alive: float | None, waiter: Waiter):
         try:
@@ -149,6 +180,8 @@ class Engine:
         lease = self.acquire(ex, job.spec, job.keep_alive, waiter)
         self.stats.add("generations_started")
         self.stats.add("active_generations")
+        with self._active_lock:
+            self._active[id(ex)] = job.prompt.rsplit("\x00", 1)[-1]
         try:
             plan = make_plan(job, self.token_range)
             emitter.begin()
@@ -189,6 +222,8 @@ class Engine:
             ex.abort()
             raise ClientGone("client went away") from None
         finally:
+            with self._active_lock:
+                self._active.pop(id(ex), None)
             self.stats.add("active_generations", -1)
             lease.release()
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from olol.sim import textgen
-from olol.sim.engine import Emitter, Engine, Job, Result, rfc3339
+from olol.sim.engine import Emitter, Engine, Job, Result, make_plan, rfc3339
 from olol.sim.httpserver import ApiError, Exchange, dumps
 from olol.sim.models import Installed
 from olol.sim.scheduler import Waiter
@@ -193,7 +194,7 @@ class NativeApi:
         return entry, options
 
     def _job(self, name: str, entry: Installed, body: dict, options: dict, prompt: str,
-             tools: list | None) -> Job:
+             tools: list | None, prefix: str = "") -> Job:
         think = parse_think(body.get("think"))
         if think and not entry.spec.thinking:
             raise ApiError(400, f'"{name}" does not support thinking')
@@ -202,6 +203,7 @@ class NativeApi:
         if isinstance(stop, str):
             stop = [stop]
         return Job(model=name, spec=entry.spec, prompt=prompt, seed=options.get("seed"),
+                   temperature=options.get("temperature"), prefix=prefix,
                    num_predict=_opt_int(options, "num_predict"),
                    fmt=fmt if fmt == "json" or isinstance(fmt, dict) else None,
                    tools=tools, think=think, keep_alive=keep_alive_of(body),
@@ -236,8 +238,19 @@ class NativeApi:
             self._load_or_unload(ex, entry, body, {
                 "model": name, "created_at": self.now(), "response": "", "done": True})
             return
-        system = body.get("system") if isinstance(body.get("system"), str) else entry.spec.system
-        job = self._job(name, entry, body, options, f"{system}\x00{prompt}", None)
+        if raw:
+            job = self._job(name, entry, body, options, f"raw\x00{prompt}", None)
+            if job.fmt is None and not job.think:
+                base, prefix = raw_split(job, self.engine.token_range)
+                if prefix:
+                    job = self._job(name, entry, body, options, f"raw\x00{base}", None, prefix)
+        else:
+            # Ollama renders a prompt as the conversation [system, user] (server/routes.go,
+            # GenerateHandler → chatPrompt): the same answer as /api/chat gives it
+            system = body.get("system") if isinstance(body.get("system"), str) else ""
+            convo = [{"role": "system", "content": system or entry.spec.system},
+                     {"role": "user", "content": prompt}]
+            job = self._job(name, entry, body, options, conversation_text(convo), None)
         emitter = _NativeEmitter(ex, self, name, stream, chat=False, raw=raw)
         emitter.prompt_text = prompt
         self.engine.run(ex, job, emitter)
@@ -264,16 +277,21 @@ class NativeApi:
                 "model": name, "created_at": self.now(),
                 "message": {"role": "assistant", "content": ""}, "done": True})
             return
-        parts = []
         for m in messages:
-            content = m.get("content") or ""
-            if not isinstance(content, str):
+            if not isinstance(m.get("content") or "", str):
                 raise ApiError(400, "json: cannot unmarshal into Go struct field "
                                     "Message.messages.content of type string")
-            parts.append(f"{str(m.get('role', '')).lower()}: {content}")
+        convo = list(messages)
+        if str(convo[0].get("role", "")).lower() != "system" and entry.spec.system:
+            convo.insert(0, {"role": "system", "content": entry.spec.system})
+        prefix = ""
+        if len(convo) > 1 and str(convo[-1].get("role", "")).lower() == "assistant":
+            # a trailing assistant message is continued, not answered (Ollama's
+            # templates leave the last assistant turn open)
+            prefix = convo.pop().get("content") or ""
         last_is_user = str(messages[-1].get("role", "")).lower() == "user"
-        job = self._job(name, entry, body, options, "\x00".join(parts),
-                        tools if last_is_user else None)
+        job = self._job(name, entry, body, options, conversation_text(convo),
+                        tools if last_is_user else None, prefix)
         emitter = _NativeEmitter(ex, self, name, stream, chat=True, raw=False)
         self.engine.run(ex, job, emitter)
 
@@ -425,6 +443,40 @@ class NativeApi:
 def _renorm(vec: list[float]) -> list[float]:
     norm = sum(v * v for v in vec) ** 0.5 or 1.0
     return [v / norm for v in vec]
+
+
+def conversation_text(messages: list[dict]) -> str:
+    """What an answer to a conversation is derived from: ``role: content`` per
+    message (empty system messages left out)."""
+    parts = []
+    for m in messages:
+        role = str(m.get("role", "")).lower()
+        content = m.get("content") or ""
+        if role == "system" and not content:
+            continue
+        parts.append(f"{role}: {content}")
+    return "\x00".join(parts)
+
+
+def raw_split(job: Job, token_range: tuple[int, int]) -> tuple[str, str]:
+    """``(text, answer begun)``: a raw prompt that ends with the beginning of the
+    answer the text before it gets (a stream carried over to this node) is split
+    there, so the rest of that same answer follows. ``(prompt, "")`` otherwise.
+
+    Candidates are the word starts in the prompt's last 4 KB where a capitalised
+    word follows a non-letter (every answer starts with one).
+    """
+    prompt = job.prompt.split("\x00", 1)[1]
+    start = max(1, len(prompt) - 4096)
+    for i in range(start, len(prompt)):
+        if not prompt[i].isupper() or prompt[i - 1].isalpha():
+            continue
+        base, given = prompt[:i], prompt[i:]
+        probe = dataclasses.replace(job, prompt=f"raw\x00{base}", num_predict=None, stop=[])
+        plan = make_plan(probe, token_range)
+        if "".join(plan.content).startswith(given):
+            return base, given
+    return prompt, ""
 
 
 def context_ids(prompt: str, text: str) -> list[int]:

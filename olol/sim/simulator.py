@@ -236,6 +236,8 @@ class Simulator:
             args = (path[len("/v1/models/"):],)
         elif path == "/_sim/stats":
             methods, owner = {"GET": "sim_stats"}, self
+        elif path == "/_sim/active":
+            methods, owner = {"GET": "sim_active"}, self
         elif path == "/_sim/faults":
             methods, owner = {"POST": "sim_faults", "GET": "sim_fault_counts"}, self
         if methods is None:
@@ -263,6 +265,11 @@ class Simulator:
 
     def sim_stats(self, ex: Exchange) -> None:
         ex.send_json(200, self.stats())
+
+    def sim_active(self, ex: Exchange) -> None:
+        """``{"prompts": [...]}``: the last part of the prompt of every generation in
+        progress (:meth:`Engine.active`)."""
+        ex.send_json(200, {"prompts": self.engine.active()})
 
     def sim_fault_counts(self, ex: Exchange) -> None:
         """How many requests each kind of fault hit (:meth:`Faults.counts`)."""

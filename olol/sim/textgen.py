@@ -1,7 +1,11 @@
 """Deterministic fake model output: text tokens, JSON, tool calls and embeddings.
 
 Everything is derived from a seed built from the model name, the prompt and
-``options.seed``; the same inputs always give the same output, streamed or not.
+``options.seed`` (or ``temperature: 0``, greedy decoding); the same inputs always
+give the same output, streamed or not. Like a real model, an answer is a
+function of the text before it: asked to continue a prefix of its own answer
+(a trailing assistant message), the simulator gives the rest of that answer
+(:func:`strip_prefix`).
 """
 
 from __future__ import annotations
@@ -28,10 +32,19 @@ _THINK_WORDS = (
 ).split()
 
 
-def make_seed(model: str, prompt: str, seed: object) -> int:
-    """A 64-bit seed; a missing or negative ``options.seed`` gives a random one."""
-    if isinstance(seed, int | float) and not isinstance(seed, bool) and seed >= 0:
-        material = f"{model.lower()}\x00{prompt}\x00{int(seed)}".encode()
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def make_seed(model: str, prompt: str, seed: object, temperature: object = None) -> int:
+    """A 64-bit seed. ``options.seed`` (non-negative) fixes it; without one,
+    ``temperature: 0`` (greedy decoding, deterministic in Ollama too) fixes it as
+    well; otherwise it is random."""
+    if _number(seed) and seed >= 0:  # type: ignore[operator]
+        material = f"{model.lower()}\x00{prompt}\x00{int(seed)}".encode()  # type: ignore[call-overload]
+        return int.from_bytes(hashlib.sha256(material).digest()[:8], "big")
+    if _number(temperature) and temperature == 0:
+        material = f"{model.lower()}\x00{prompt}\x00greedy".encode()
         return int.from_bytes(hashlib.sha256(material).digest()[:8], "big")
     return int.from_bytes(os.urandom(8), "big")
 
@@ -55,6 +68,36 @@ def text_tokens(rng: random.Random, count: int) -> list[str]:
         else:
             tokens.append(" " + word)
     return tokens
+
+
+def more_tokens(rng: random.Random, count: int) -> list[str]:
+    """``count`` word tokens that carry on a text already begun (each with its
+    leading space, the last one ends the sentence)."""
+    tokens = [" " + rng.choice(_WORDS) for _ in range(max(1, count))]
+    tokens[-1] += "."
+    return tokens
+
+
+def strip_prefix(tokens: list[str], prefix: str) -> tuple[list[str], int] | None:
+    """What is left of an answer once ``prefix`` (the start of its text) is given.
+
+    :returns: ``(rest, covered)``: the tokens after the prefix (the first one cut
+        when the prefix ends inside a token) and how many tokens the prefix spans;
+        None when the answer's text does not start with ``prefix``.
+    """
+    text = ""
+    for i, token in enumerate(tokens):
+        if text == prefix:
+            return tokens[i:], i
+        longer = text + token
+        if len(longer) > len(prefix):
+            if longer.startswith(prefix):
+                return [longer[len(prefix):], *tokens[i + 1:]], i + 1
+            return None
+        if not prefix.startswith(longer):
+            return None
+        text = longer
+    return ([], len(tokens)) if text == prefix else None
 
 
 def thinking_tokens(rng: random.Random) -> list[str]:
