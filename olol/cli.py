@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "olol.certs_cli",
     "olol.models_cli",
     "olol.jobs_cli",
+    "olol.config_cli",
 ]
 
 

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from olol.proxy_cli import FLAG_ALIASES, _default_of, config_fields, env_name
+from olol.context import config_fields, default_of
+from olol.proxy_cli import FLAG_ALIASES, env_name
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
@@ -54,7 +55,11 @@ def render() -> str:
         "file given with `--config` (keys as below; see `deploy/olol.example.toml`), the "
         "environment variable `OLOL_<KEY>` (booleans `true`/`false`, lists comma-separated, "
         "tables as JSON), and its flag. A key the file does not know, or a value of the "
-        "wrong type, stops the start with the key's name. Secrets are read from files "
+        "wrong type, stops the start with the key's name. Settings marked **Live** can "
+        "also be changed while the proxy serves (`olol config set NAME=VALUE`, or "
+        "`PATCH /olol/v1/config`): the change applies to the next request, is kept across "
+        "restarts until `olol config reset NAME`, and `olol config history` says who made "
+        "it. Secrets are read from files "
         "(`node_token_file`, or the systemd credential `node-token`), never from argv.",
     ]
     for f in config_fields():
@@ -62,13 +67,15 @@ def render() -> str:
             lines += ["", f"## {starts[f.name]}", "",
                       "| key | type | default | flag · environment | meaning |",
                       "|---|---|---|---|---|"]
-        default = _default_of(f.name)
+        default = default_of(f.name)
         flags = [f"--{f.name.replace('_', '-')}", *FLAG_ALIASES.get(f.name, [])]
         if f.name == "node_token":
             flags = []
         where = " ".join(f"`{x}`" for x in flags) + (" · " if flags else "") + \
             f"`{env_name(f.name)}`"
         text = f.metadata.get("help", "").replace("|", "\\|")
+        if f.metadata.get("live"):
+            text = "**Live** (`olol config set`). " + text
         lines.append(f"| `{f.name}` | {_type(default)} | {_shown(default)} | {where} | {text} |")
     return "\n".join(lines) + "\n"
 

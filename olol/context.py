@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ DEFAULT_LISTEN = "127.0.0.1:11435"
 
 
 def opt(default: Any = None, help: str = "", *, factory: Callable[[], Any] | None = None,
-        runtime_only: bool = False) -> Any:
+        runtime_only: bool = False, live: bool = False) -> Any:
     """A ProxyConfig field with the sentence that documents it (docs/config.md is
     generated from these: ``python -m olol.config_doc``). ``runtime_only`` fields are
-    set in code, never from the file, the environment or a flag."""
-    meta = {"help": help, "runtime_only": runtime_only}
+    set in code, never from the file, the environment or a flag; ``live`` ones can also
+    be changed while the proxy serves (``PATCH /olol/v1/config``, olol.settings)."""
+    meta = {"help": help, "runtime_only": runtime_only, "live": live}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -37,9 +38,9 @@ class ProxyConfig:
     keys_enabled: bool = opt(False, "Require an API key (`Authorization: Bearer`) on every "
                              "route but the liveness and readiness probes.")
     default_priority: int = opt(0, "Queue priority of requests without a key default or an "
-                                "X-OLOL-Priority header (-100..100).")
+                                "X-OLOL-Priority header (-100..100).", live=True)
     max_body_bytes: int = opt(32 * 1024 * 1024, "Largest request body on every route but "
-                              "blob uploads; checked on the headers (413).")
+                              "blob uploads; checked on the headers (413).", live=True)
     max_blob_bytes: int = opt(64 * 1024**3, "Largest `/api/blobs` upload (admin keys only).")
     waitress_threads: int = opt(64, "HTTP worker threads: requests served at once.")
     max_connections: int = opt(4096, "Open HTTP connections; the open-file limit is raised "
@@ -53,29 +54,38 @@ class ProxyConfig:
     request_timeout_s: float = opt(600.0, "Longest a synchronous request may wait and run.")
     stream_idle_timeout_s: float = opt(300.0, "A stream that sent output and then nothing "
                                        "for this long is ended.")
+    metrics_public: bool = opt(False, "Serve `/metrics` without an API key when keys are "
+                               "enabled (otherwise it needs an admin key).")
+    metrics_max_models: int = opt(100, "Most distinct model names used as metric labels; "
+                                  "other models are counted as `other`.")
+    log_format: str = opt("text", "Format of the logs: text | json (one JSON object per "
+                          "line, request lines with their fields at the top level).")
+    request_log: bool = opt(True, "Log one line per finished request (id, key name, model, "
+                            "node, status, queue wait, time to first token, duration, "
+                            "tokens) on the `olol.requests` logger.")
     # -- queue -------------------------------------------------------------------------
     max_queue_depth: int = opt(10_000, "Pending + running requests of all models; past it "
-                               "503 with Retry-After.")
-    max_queue_depth_per_model: int = opt(2_000, "The same bound for one model.")
+                               "503 with Retry-After.", live=True)
+    max_queue_depth_per_model: int = opt(2_000, "The same bound for one model.", live=True)
     max_queued_bytes: int = opt(1 << 30, "Request bodies (as received) that pending and "
-                                "running requests may hold; past it 503.")
-    max_finished_sync: int = opt(2_000, "Finished synchronous requests kept as history.")
+                                "running requests may hold; past it 503.", live=True)
+    max_finished_sync: int = opt(2_000, "Finished synchronous requests kept as history.", live=True)
     retention_hours: float = opt(24.0, "Finished requests and job results are removed after "
-                                 "this.")
+                                 "this.", live=True)
     lease_s: float = opt(600.0, "A claimed request returns to the queue unless its "
                          "dispatcher renews the claim within this.")
     # -- dispatch ----------------------------------------------------------------------
     dispatcher_threads: int = opt(32, "Dispatcher threads (requests placed and run at once, "
                                   "besides those run on the front door's thread).")
-    strategy: str = opt("smart", "Placement: smart | least-busy | round-robin.")
+    strategy: str = opt("smart", "Placement: smart | least-busy | round-robin.", live=True)
     batch_size: int = opt(8, "Most requests one scheduling pass places together.")
     max_attempts: int = opt(3, "Tries of one request (on different nodes) before it fails; "
-                            "also the claims after which a job that crashed the proxy fails.")
-    retry_backoff_s: float = opt(0.2, "Wait before a failed request is tried again.")
+                            "also the claims after which a job that crashed the proxy fails.", live=True)
+    retry_backoff_s: float = opt(0.2, "Wait before a failed request is tried again.", live=True)
     first_record_timeout_s: float = opt(120.0, "Longest wait for a node's first record "
-                                        "(0: none); a cold model adds its learned load time.")
+                                        "(0: none); a cold model adds its learned load time.", live=True)
     stall_timeout_s: float = opt(60.0, "Longest silence between a node's records before any "
-                                 "output reached the client (0: none).")
+                                 "output reached the client (0: none).", live=True)
     cold_start_s: float = opt(30.0, "Least load time assumed for a model cold on its node.")
     node_progress: bool = opt(True, "Agents build non-streamed answers from a stream and "
                               "send progress, so that deadlines tell a hung node from a "
@@ -100,13 +110,13 @@ class ProxyConfig:
     health_timeout_s: float = opt(2.0, "Timeout of one health poll.")
     failure_threshold: int = opt(3, "Failed polls in a row before a node is unhealthy.")
     outlier_consecutive_failures: int = opt(3, "Node-side failures in a row that eject a "
-                                            "node for a model.")
+                                            "node for a model.", live=True)
     outlier_failure_rate: float = opt(0.5, "A node failing this share of a model's recent "
-                                      "calls, while its peers fail half as often, is ejected.")
-    outlier_base_ejection_s: float = opt(5.0, "First ejection; each further one adds this.")
-    outlier_max_ejection_s: float = opt(20.0, "Longest ejection.")
+                                      "calls, while its peers fail half as often, is ejected.", live=True)
+    outlier_base_ejection_s: float = opt(5.0, "First ejection; each further one adds this.", live=True)
+    outlier_max_ejection_s: float = opt(20.0, "Longest ejection.", live=True)
     outlier_max_ejected_fraction: float = opt(0.5, "Most of a model's nodes ejected at once "
-                                              "(never its only node).")
+                                              "(never its only node).", live=True)
     # -- models ------------------------------------------------------------------------
     model_copies: int = opt(1, "Nodes a pull without target nodes places the model on.")
     pinned_models: list[str] = opt(help="Models a distribution plan never removes.",
@@ -114,7 +124,7 @@ class ProxyConfig:
     auto_optimize: bool = opt(False, "Apply the model distribution plan on a timer.")
     pull_timeout_s: float = opt(3600.0, "Longest pull, push or blob upload.")
     job_intervals: dict[str, float] = opt(help="Maintenance job intervals in seconds, by job "
-                                          "name (`olol maintenance ls` lists them).", factory=dict)
+                                          "name (`olol maintenance ls` lists them).", factory=dict, live=True)
 
 
 @dataclass
@@ -130,6 +140,8 @@ class ProxyContext:
     dispatcher: Any = None  # olol.dispatcher.Dispatcher: runs a request inline when it can
     registry: Any = None  # olol.registry.ModelRegistry
     maintenance: Any = None  # olol.maintenance.MaintenanceJobs
+    settings: Any = None  # olol.settings.RuntimeSettings: GET/PATCH /olol/v1/config
+    metrics: Any = None  # olol.metrics.ProxyMetrics: served at /metrics
     clock: Callable[[], float] = time.time
     # set when the proxy shuts down: the front door stops admitting (503)
     draining: threading.Event = field(default_factory=threading.Event)
@@ -180,3 +192,73 @@ def node_tls_of(config: ProxyConfig) -> Any:
                      client_cert=Path(config.node_cert) if config.node_cert else None,
                      client_key=Path(config.node_key) if config.node_key else None,
                      server_name=config.node_server_name)
+
+# -- the schema, read by the config file, the environment, the flags and the API --------
+
+def config_fields() -> list[Any]:
+    """ProxyConfig's fields that the file, the environment and flags may set."""
+    return [f for f in fields(ProxyConfig) if not f.metadata.get("runtime_only")]
+
+
+def default_of(key: str) -> Any:
+    spec = next(f for f in fields(ProxyConfig) if f.name == key)
+    return spec.default_factory() if callable(spec.default_factory) else spec.default
+
+
+def from_text(key: str, raw: str) -> Any:
+    """An environment variable's text as the type of field ``key`` (judged by its
+    default); a text that does not parse is returned as is, for _type_problem to name."""
+    import json
+
+    default = default_of(key)
+    text = raw.strip()
+    if isinstance(default, bool):
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return raw
+    if isinstance(default, int):
+        try:
+            return int(text, 10)
+        except ValueError:
+            return raw
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            return raw
+    if isinstance(default, list):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(default, dict):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return raw
+    return raw
+
+
+def type_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` does not fit ProxyConfig's field ``key`` (judged by its default)."""
+    default = default_of(key)
+    if default is None:  # optional paths and secrets
+        ok = isinstance(value, str)
+        want = "a string"
+    elif isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = "a number"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        want = "a list of strings"
+    elif isinstance(default, dict):
+        ok, want = isinstance(value, dict), "a table"
+    else:
+        return None
+    return None if ok else f"{key} must be {want}, got {value!r}"

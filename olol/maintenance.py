@@ -117,6 +117,24 @@ class MaintenanceJobs:
                 misfire_grace_time=max(1, int(interval)), replace_existing=True, **kw,
             )
 
+    def set_interval(self, name: str, interval_s: float) -> None:
+        """Run job ``name`` every ``interval_s`` seconds from now on (a run-time setting).
+
+        :raises KeyError: no such job. :raises ValueError: a bad interval.
+        """
+        interval = float(interval_s)
+        if interval < MIN_INTERVAL_S:
+            raise ValueError(f"job {name!r}: interval must be at least {MIN_INTERVAL_S} s")
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                raise KeyError(name)
+            if job.interval_s == interval:
+                return
+            job.interval_s = interval  # its run history stays
+        if self.scheduler is not None:
+            self.scheduler.reschedule_job(name, trigger="interval", seconds=interval)
+
     def remove(self, name: str) -> bool:
         with self._lock:
             job = self._jobs.pop(name, None)
@@ -310,7 +328,7 @@ def install_proxy_jobs(jobs: MaintenanceJobs, *, config: Any, queue: Any = None,
     """Add the proxy's jobs for the parts given; returns the names added.
 
     ``health-poll`` (``health.run_once``; do not also call ``health.start``),
-    ``queue-cleanup`` (``queue.clean_old_requests(config.retention_hours)``),
+    ``queue-cleanup`` (``queue.clean_old_requests()``, the queue's retention_hours),
     ``registry-sync`` (``queue.return_expired_leases`` + ``registry.synchronize_models``),
     ``stats-rollup`` (``stats.roll_up``), ``store-checkpoint`` (``db.checkpoint``, durable
     stores only), ``model-optimize`` (plan + apply; only when ``config.auto_optimize``).
@@ -325,8 +343,8 @@ def install_proxy_jobs(jobs: MaintenanceJobs, *, config: Any, queue: Any = None,
     if health is not None:
         add("health-poll", _health_job(health), start_now=True)
     if queue is not None:
-        retention = float(getattr(config, "retention_hours", 24.0))
-        add("queue-cleanup", lambda: queue.clean_old_requests(retention))
+        # the queue's own retention_hours (config at start-up, changed live by settings)
+        add("queue-cleanup", lambda: queue.clean_old_requests())
     if queue is not None or registry is not None:
         add("registry-sync", _registry_job(queue, registry))
     if stats is not None:

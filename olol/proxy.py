@@ -209,6 +209,9 @@ class Proxy:
             keys=self.keys, stats=self.stats, scheduler=self.scheduler, clock=clock,
             registry=self.registry, dispatcher=self.dispatcher,
         )
+        from olol.settings import install_settings
+
+        self.settings = self.context.settings = install_settings(self)
         self.maintenance: Any = None
         self._server: Any = None
         self._thread: threading.Thread | None = None

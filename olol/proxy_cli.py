@@ -8,13 +8,19 @@ import signal
 import sys
 import threading
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from olol.context import DEFAULT_LISTEN, ProxyConfig
+from olol.context import (
+    DEFAULT_LISTEN,
+    ProxyConfig,
+    config_fields,
+    default_of,
+    from_text,
+    type_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     for f in config_fields():
         names = [f"--{f.name.replace('_', '-')}", *FLAG_ALIASES.get(f.name, [])]
-        default = _default_of(f.name)
+        default = default_of(f.name)
         text = f.metadata.get("help", "")
         kw: dict[str, Any] = {"dest": f.name, "default": None}
         if f.name == "node_token":
@@ -82,11 +88,6 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f.name, None) for f in config_fields()}
-
-
-def config_fields() -> list[Any]:
-    """ProxyConfig's fields that the file, the environment and flags may set."""
-    return [f for f in fields(ProxyConfig) if not f.metadata.get("runtime_only")]
 
 
 def env_name(key: str) -> str:
@@ -117,85 +118,21 @@ def load_config(path: str | None, overrides: dict[str, Any],
         unknown = set(values) - known
         if unknown:
             raise SystemExit(f"olol: unknown config keys in {path}: {', '.join(sorted(unknown))}")
-    problems = [p for k, v in values.items() if (p := _type_problem(k, v))]
+    problems = [p for k, v in values.items() if (p := type_problem(k, v))]
     if problems:
         raise SystemExit(f"olol: bad config in {path}: " + "; ".join(problems))
     for f in config_fields():
         raw = env.get(env_name(f.name))
         if raw is None or raw == "":
             continue
-        value = _from_env(f.name, raw)
-        if (p := _type_problem(f.name, value)):
+        value = from_text(f.name, raw)
+        if (p := type_problem(f.name, value)):
             raise SystemExit(f"olol: bad environment variable {env_name(f.name)}: {p}")
         values[f.name] = value
     values.update({k: v for k, v in overrides.items() if v is not None and v != []})
     if "data_dir" in values and values["data_dir"] is not None:
         values["data_dir"] = Path(values["data_dir"])
     return ProxyConfig(**values)
-
-
-def _default_of(key: str) -> Any:
-    spec = next(f for f in fields(ProxyConfig) if f.name == key)
-    return spec.default_factory() if callable(spec.default_factory) else spec.default
-
-
-def _from_env(key: str, raw: str) -> Any:
-    """An environment variable's text as the type of field ``key`` (judged by its
-    default); a text that does not parse is returned as is, for _type_problem to name."""
-    import json
-
-    default = _default_of(key)
-    text = raw.strip()
-    if isinstance(default, bool):
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        return raw
-    if isinstance(default, int):
-        try:
-            return int(text, 10)
-        except ValueError:
-            return raw
-    if isinstance(default, float):
-        try:
-            return float(text)
-        except ValueError:
-            return raw
-    if isinstance(default, list):
-        return [part.strip() for part in text.split(",") if part.strip()]
-    if isinstance(default, dict):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return raw
-    return raw
-
-
-def _type_problem(key: str, value: Any) -> str | None:
-    """Why ``value`` does not fit ProxyConfig's field ``key`` (judged by its default)."""
-    default = _default_of(key)
-    if default is None:  # optional paths and secrets
-        ok = isinstance(value, str)
-        want = "a string"
-    elif isinstance(default, bool):
-        ok, want = isinstance(value, bool), "true or false"
-    elif isinstance(default, int):
-        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        want = "a number"
-    elif isinstance(default, str):
-        ok, want = isinstance(value, str), "a string"
-    elif isinstance(default, list):
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        want = "a list of strings"
-    elif isinstance(default, dict):
-        ok, want = isinstance(value, dict), "a table"
-    else:
-        return None
-    return None if ok else f"{key} must be {want}, got {value!r}"
 
 
 def stop_on_signals() -> threading.Event:

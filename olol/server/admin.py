@@ -169,3 +169,37 @@ def _key_view(info: Any) -> dict[str, Any]:
     data = info.to_dict()
     data.pop("hash", None)
     return data
+
+
+# -- run-time settings ---------------------------------------------------------------------
+
+@bp.route("/config", methods=["GET"])
+def get_config() -> Response:
+    """Every setting: its value, default, boot value and whether it can change live."""
+    return json_response({"settings": get_ctx().settings.view()})
+
+
+@bp.route("/config", methods=["PATCH"])
+def patch_config() -> Response:
+    """``{"name": value, ...}`` (``null`` resets to the boot value): applied at once,
+    kept across restarts, recorded with who changed it."""
+    from olol.settings import SettingError
+
+    body = read_json_body()
+    key = current_key()
+    who = key.name if key is not None else f"{request.remote_addr} (keys off)"
+    try:
+        changed = get_ctx().settings.change(body, who)
+    except SettingError as exc:
+        raise ApiError(400, str(exc)) from None
+    return json_response({"changed": changed})
+
+
+@bp.route("/config/history", methods=["GET"])
+def config_history() -> Response:
+    """The latest setting changes, newest first (``?limit=``, at most 1,000)."""
+    try:
+        limit = max(1, min(1000, int(request.args.get("limit", "100"))))
+    except ValueError:
+        raise ApiError(400, "limit must be an integer") from None
+    return json_response({"changes": get_ctx().settings.history(limit)})
