@@ -2,9 +2,11 @@
 
 Native endpoints answer ``{"error": "<message>"}``; the ``/v1`` layer answers
 ``{"error": {"message", "type", "param", "code"}}`` where ``type`` follows the
-status (OLLAMA-API.md §1.1 and §10.5). Handlers raise :class:`ApiError` and the
-blueprint renders it with :meth:`ApiError.ollama_body` or
-:meth:`ApiError.openai_body`.
+status (OLLAMA-API.md §1.1 and §10.5), and the Anthropic-compatible ``/v1/messages``
+answers ``{"type": "error", "error": {"type", "message"}}`` (``overloaded_error`` for
+503/529, as Ollama's ``anthropic.NewError``). Handlers raise :class:`ApiError` and the
+blueprint renders it with :meth:`ApiError.ollama_body`, :meth:`ApiError.openai_body`
+or :meth:`ApiError.anthropic_body`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class ApiError(Exception):
         """The ``/v1`` body for this error."""
         return openai_error_body(self.status, self.message, type=self.openai_type, code=self.code)
 
+    def anthropic_body(self) -> dict[str, Any]:
+        """The Anthropic Messages API body for this error."""
+        return anthropic_error_body(self.status, self.message)
+
     def __repr__(self) -> str:
         return f"ApiError({self.status}, {self.message!r})"
 
@@ -82,6 +88,32 @@ def openai_error_body(
             "param": param,
             "code": code,
         }
+    }
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic error ``type`` for a status, as Ollama's ``anthropic.NewError`` picks it
+    (plus ``request_too_large`` for 413, the type Anthropic's own API uses)."""
+    return _ANTHROPIC_TYPES.get(int(status), "api_error")
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    """``{"type": "error", "error": {"type": ..., "message": ...}}``."""
+    return {
+        "type": "error",
+        "error": {"type": anthropic_error_type(status), "message": str(message)},
     }
 
 

@@ -1,11 +1,14 @@
 """``create_app(ctx)``: the front door's Flask application.
 
 Blueprints: the native Ollama API (``ollama``), the OpenAI-compatible API under
-``/v1`` (``openai``), asynchronous jobs under ``/olol/v1/jobs`` (``jobs``) and the
+``/v1`` (``openai``, and ``responses`` for ``/v1/responses``), the Anthropic-compatible
+``/v1/messages`` (``anthropic``), asynchronous jobs under ``/olol/v1/jobs`` (``jobs``) and the
 admin API under ``/olol/v1`` (``admin``), and model management (``models``: Ollama's
 pull, delete, copy, create, blobs and push, plus the models and maintenance admin API).
 Errors are rendered in the API's own shape:
-``{"error": {"message", "type", ...}}`` under ``/v1``, ``{"error": "..."}`` elsewhere;
+``{"type": "error", "error": {"type", "message"}}`` for ``/v1/messages``,
+``{"error": {"message", "type", ...}}`` elsewhere under ``/v1``, ``{"error": "..."}``
+elsewhere;
 unknown routes and wrong methods answer gin's plain-text ``404 page not found`` /
 ``405 method not allowed`` as Ollama does. Nothing a client sends produces a stack
 trace: unexpected exceptions are logged and answered 500 ``internal error``.
@@ -27,7 +30,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
-from olol.server import admin, jobs, models, ollama, openai, openapi
+from olol.server import admin, anthropic, jobs, models, ollama, openai, openapi, responses
 from olol.server.common import (
     AFTER_RESPONSE,
     EXTENSION,
@@ -42,7 +45,12 @@ log = logging.getLogger(__name__)
 
 def render_error(err: ApiError) -> Response:
     """``err`` in the shape of the API the request addressed."""
-    body = err.openai_body() if is_openai_path(request.path) else err.ollama_body()
+    if anthropic.is_anthropic_path(request.path):
+        body = err.anthropic_body()
+    elif is_openai_path(request.path):
+        body = err.openai_body()
+    else:
+        body = err.ollama_body()
     return json_response(body, status=err.status, headers=err.headers)
 
 
@@ -125,6 +133,8 @@ def create_app(ctx: Any) -> Flask:
 
     app.register_blueprint(ollama.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(responses.bp)
+    app.register_blueprint(anthropic.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(models.bp)
