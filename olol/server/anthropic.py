@@ -1,7 +1,7 @@
 """The Anthropic-compatible Messages API: ``POST /v1/messages``, as Ollama serves it
 (for tools such as Claude Code). Requests are translated to native chats and queued
 like every other inference request (:mod:`olol.server.translated`); the mapping is in
-:mod:`olol.api.anthropic`. Errors use Anthropic's shape, ``{"type": "error", "error":
+:mod:`olol.api.anthropic` and :mod:`olol.api.anthropic_answers`. Errors use Anthropic's shape, ``{"type": "error", "error":
 {"type", "message"}}`` (``overloaded_error`` for a full queue); the app renders them so
 for every path :func:`is_anthropic_path` accepts.
 """
@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response
 
 from olol.api import anthropic as an
+from olol.api import anthropic_answers as aa
 from olol.server.common import read_json_body
 from olol.server.translated import serve_chat
 
@@ -31,18 +32,18 @@ class _Messages:
     def __init__(self, body: Mapping[str, Any], model: str, request_id: str) -> None:
         self.model = model
         self.message_id = f"msg_{request_id}"
-        self.stream = an.MessagesStreamTranslator(
+        self.stream = aa.MessagesStreamTranslator(
             model, self.message_id, an.estimate_input_tokens(body)
         )
 
     def whole(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        return an.ollama_chat_to_message(record, self.model, self.message_id)
+        return aa.ollama_chat_to_message(record, self.model, self.message_id)
 
     def stream_chunk(self, record: Mapping[str, Any]) -> bytes:
         return self.stream.feed_sse(record)
 
     def stream_error(self, message: str, status: int) -> bytes:
-        return an.stream_error_event(message, status)
+        return aa.stream_error_event(message, status)
 
 
 @bp.route("/messages", methods=["POST"])

@@ -1,7 +1,7 @@
 """The OpenAI Responses API: ``POST /v1/responses``, stateless, as Ollama serves it
 (since 0.13.3). Requests are translated to native chats and queued like every other
 inference request (:mod:`olol.server.translated`); the mapping is in
-:mod:`olol.api.responses_api`. Errors use OpenAI's shape, like the rest of ``/v1``.
+:mod:`olol.api.responses_api` and :mod:`olol.api.responses_answers`. Errors use OpenAI's shape, like the rest of ``/v1``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
+from olol.api import responses_answers as rs
 from olol.api import responses_api as ra
 from olol.server.common import get_ctx, read_json_body
 from olol.server.translated import serve_chat
@@ -26,12 +27,12 @@ class _Response:
         self.response_id = f"resp_{request_id}"
         self.clock = clock
         self.created_at = created_at
-        self.stream = ra.ResponsesStreamTranslator(
+        self.stream = rs.ResponsesStreamTranslator(
             model, self.response_id, body, self.created_at, clock
         )
 
     def whole(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        return ra.ollama_chat_to_response(
+        return rs.ollama_chat_to_response(
             record, self.model, self.response_id, self.body,
             created_at=self.created_at, completed_at=int(self.clock()),
         )
