@@ -37,8 +37,9 @@ Deliberate differences from Ollama:
 * ``tool_choice: {"type": "none"}`` drops the tools (Ollama ignores ``tool_choice``);
 * a ``tool`` message also carries ``tool_name`` (found from the ``tool_use`` block with
   that id), which chat templates use to label the result;
-* ``content`` is ``[]`` rather than ``null`` when the model produced nothing, and
-  ``stop_sequence`` is always present (``null``), as in Anthropic's own API;
+* ``content`` is ``[]`` rather than ``null`` when the model produced nothing,
+  ``stop_sequence`` is always present (``null``) and a thinking block has an empty
+  ``signature``, as in Anthropic's own API (its SDK's types require them);
 * a streamed answer has one ``ping`` after ``message_start``, as Anthropic's API does;
 * a tool call without an id gets one (``toolu_<n>``) so the client can answer it.
 """

@@ -68,7 +68,7 @@ def ollama_chat_to_message(
     message = record.get("message") or {}
     content: list[dict[str, Any]] = []
     if message.get("thinking"):
-        content.append({"type": "thinking", "thinking": message["thinking"]})
+        content.append({"type": "thinking", "thinking": message["thinking"], "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
     ids = _CallIds()
@@ -166,7 +166,9 @@ class MessagesStreamTranslator:
         thinking = message.get("thinking")
         if thinking:
             if self._open != "thinking":
-                events += self._open_block("thinking", {"type": "thinking", "thinking": ""})
+                events += self._open_block(
+                    "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                )
             events.append(self._delta({"type": "thinking_delta", "thinking": thinking}))
         text = message.get("content")
         if text:
