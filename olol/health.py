@@ -12,6 +12,14 @@ Each sweep writes the nodes' ``servers`` rows and ``server_stats`` samples
 Samples are written at most every ``stats_interval_s`` per node, and on every
 health change, which bounds the table's growth; rows older than the retention
 are pruned by the same job.
+
+Every change of a node's state (healthy, suspect, unhealthy) is logged once, with
+its reason in plain words ("token rejected", "TLS: certificate signed by unknown
+authority", "connection refused", "Ollama not reachable: ..."), and so is its
+recovery (:class:`NodeTransitions`). States are read before and after each sweep,
+so a node marked suspect by a failed dispatch between two sweeps is seen too. An
+optional :class:`PollObserver` (the proxy's metrics) hears of every poll and every
+state change.
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from olol.cluster import ClusterManager, describe_error, status_problem
+from olol.node_state import NodeState, reason_hint
 from olol.store.database import iso_utc
 
 log = logging.getLogger(__name__)
@@ -33,6 +43,126 @@ JOB_ID = "olol-health"
 # Extra seconds the sweep waits for a future beyond the poll's own deadline
 # (the gRPC deadline normally fires first; this only guards a misbehaving client).
 _GRACE_S = 0.5
+
+HEALTHY, SUSPECT, UNHEALTHY, UNKNOWN = "healthy", "suspect", "unhealthy", "unknown"
+#: Every state :func:`node_state_of` returns (``unknown``: not polled yet).
+NODE_STATES = (HEALTHY, SUSPECT, UNHEALTHY, UNKNOWN)
+
+
+class PollObserver(Protocol):
+    """Hears what the health monitor learns (the proxy's metrics implement it)."""
+
+    def node_polled(self, node: NodeState) -> None:
+        """A poll of ``node`` ended (its state after the poll, good or bad)."""
+
+    def node_state_changed(self, address: str, old: str | None, new: str,
+                           reason: str | None) -> None:
+        """The node's state changed (``old`` None: first seen)."""
+
+    def node_removed(self, address: str) -> None:
+        """The node left the cluster."""
+
+
+def node_state_of(node: NodeState, now: float) -> tuple[str, str | None]:
+    """``(state, reason)`` of a node snapshot: ``unknown`` until its first poll,
+    ``unhealthy`` (failed ``failure_threshold`` polls, or never polled well),
+    ``suspect`` (healthy, but a call or poll failed since its last good poll) or
+    ``healthy``; the reason is in plain words."""
+    if node.last_check is None and not node.last_error:
+        return UNKNOWN, None
+    if not node.healthy or node.circuit_open(now):
+        return UNHEALTHY, node.reason() or "not healthy"
+    if node.suspect:
+        return SUSPECT, node.reason()
+    return HEALTHY, None
+
+
+@dataclass
+class _Seen:
+    state: str
+    reason: str | None
+    since: float
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class NodeTransitions:
+    """Logs each node's state changes once, with the reason in plain words, and its
+    recovery; tells an optional observer. Not thread-safe: one health sweep at a time
+    calls :meth:`observe` (APScheduler runs the job with ``max_instances=1``).
+
+    :param clock: seconds (how long a node was down, told on its recovery).
+    :param observer: hears every state change (may be None).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 observer: PollObserver | None = None, logger: logging.Logger = log) -> None:
+        self.clock = clock
+        self.observer = observer
+        self.log = logger
+        self._seen: dict[str, _Seen] = {}
+
+    def state(self, address: str) -> tuple[str, str | None] | None:
+        seen = self._seen.get(address)
+        return (seen.state, seen.reason) if seen else None
+
+    def observe(self, nodes: Iterable[NodeState], *, complete: bool = True) -> None:
+        """Compare ``nodes`` with what was seen last; log and tell what changed.
+        ``complete``: ``nodes`` is the whole membership (others were removed)."""
+        now = self.clock()
+        present = set()
+        for node in nodes:
+            present.add(node.address)
+            state, reason = node_state_of(node, now)
+            if state == UNKNOWN:
+                continue
+            seen = self._seen.get(node.address)
+            if seen is not None and seen.state == state:
+                if state != HEALTHY and reason != seen.reason:
+                    self.log.warning("node %s still %s, now: %s%s", node.address, state, reason,
+                                     self._hint(node))
+                    seen.reason = reason
+                continue
+            self._seen[node.address] = _Seen(state, reason, now)
+            if state == HEALTHY:
+                if seen is None:
+                    self.log.info("node %s is healthy (%d slots, %d models)", node.address,
+                                  node.parallel, len(node.available_models))
+                else:
+                    self.log.info("node %s recovered: healthy again after %s %s (%s)",
+                                  node.address, _ago(now - seen.since), seen.state,
+                                  seen.reason)
+            else:
+                self.log.warning("node %s is %s: %s%s", node.address, state, reason,
+                                 self._hint(node))
+            if self.observer is not None:
+                try:
+                    self.observer.node_state_changed(node.address,
+                                                     seen.state if seen else None, state, reason)
+                except Exception:  # noqa: BLE001 - an observer must not stop the sweep
+                    log.exception("node state observer failed")
+        if complete:
+            for gone in [a for a in self._seen if a not in present]:
+                del self._seen[gone]
+                if self.observer is not None:
+                    try:
+                        self.observer.node_removed(gone)
+                    except Exception:  # noqa: BLE001
+                        log.exception("node state observer failed")
+
+    @staticmethod
+    def _hint(node: NodeState) -> str:
+        error = node.last_error if (not node.healthy or node.consecutive_failures) \
+            else node.suspect_reason
+        hint = reason_hint(error)
+        return f" ({hint})" if hint else ""
 
 
 class HealthMonitor:
@@ -48,13 +178,15 @@ class HealthMonitor:
     :param max_workers: size of the polling thread pool.
     :param retention_hours: ``server_stats`` rows older than this are pruned.
     :param stats_interval_s: minimum seconds between samples of one node (0: every sweep).
+    :param observer: hears every poll and state change (the proxy's metrics); optional.
     """
 
     def __init__(self, cluster: ClusterManager, db: Any, *,
                  clock: Callable[[], float] = time.time, interval_s: float = 5.0,
                  timeout_s: float = 2.0, failure_threshold: int = 3, open_s: float = 15.0,
                  max_workers: int = 16, retention_hours: float = 24.0,
-                 stats_interval_s: float = 60.0, prune_interval_s: float = 600.0) -> None:
+                 stats_interval_s: float = 60.0, prune_interval_s: float = 600.0,
+                 observer: PollObserver | None = None) -> None:
         if interval_s <= 0 or timeout_s <= 0 or failure_threshold < 1 or max_workers < 1:
             raise ValueError("interval_s and timeout_s must be > 0, failure_threshold and "
                              "max_workers >= 1")
@@ -75,6 +207,8 @@ class HealthMonitor:
         self._closed = False
         self.sweeps = 0
         self.job_errors = 0
+        self.observer = observer
+        self.transitions = NodeTransitions(clock, observer)
 
     # -- one sweep --------------------------------------------------------------------
 
@@ -102,7 +236,10 @@ class HealthMonitor:
         now = self.clock()
         results: dict[str, dict] = {}
         futures: dict[str, cf.Future] = {}
-        for node in self.cluster.list_nodes():
+        before = self.cluster.list_nodes()
+        # what changed since the last sweep (a dispatch that made a node suspect)
+        self.transitions.observe(before)
+        for node in before:
             if node.circuit_open(now):
                 results[node.address] = {"skipped": "circuit open", "healthy": False}
                 continue
@@ -131,7 +268,13 @@ class HealthMonitor:
             results[address] = {"ok": status is not None, "healthy": state.healthy,
                                 "latency_ms": latency_ms if status is not None else None,
                                 "error": error if status is None else None}
+            if self.observer is not None:
+                try:
+                    self.observer.node_polled(state)
+                except Exception:  # noqa: BLE001 - an observer must not stop the sweep
+                    log.exception("poll observer failed for %s", address)
         self._write(results)
+        self.transitions.observe(self.cluster.list_nodes())
         self.sweeps += 1
         return results
 

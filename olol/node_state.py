@@ -12,6 +12,7 @@ to a node: :class:`olol.cluster.ClusterManager` owns the live states.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,7 +81,21 @@ class NodeState:
             "models": sorted(self.available_models),
             "loaded": sorted(k for k, v in self.loaded_models.items() if not v.get("_noted")),
             "ejected": {m: iso_utc(until) for m, until in sorted(self.ejected.items())},
+            "reason": self.reason(),
         }
+
+    def reason(self) -> str | None:
+        """Why the node is not serving, in plain words (None when it is healthy): its
+        last poll's error when unhealthy, what made it suspect otherwise."""
+        if not self.healthy:
+            if self.last_check is None and not self.last_error:
+                return "not checked yet"
+            return plain_reason(self.last_error or "not healthy")
+        if self.suspect:
+            if self.consecutive_failures and self.last_error:
+                return plain_reason(self.last_error)
+            return plain_reason(self.suspect_reason or "suspect")
+        return None
 
 
 def _snapshot(state: NodeState) -> NodeState:
@@ -203,3 +218,77 @@ def describe_error(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
     name = getattr(code, "name", None)
     return f"{name}: {message}" if name else message
+
+
+# ---------------------------------------------------------------------- plain words
+# What a failed poll or call says, as gRPC and the agent phrase it, what it means to an
+# operator, and what to check. The first pattern that matches wins.
+_PLAIN: list[tuple[re.Pattern[str], str, str | None]] = [(re.compile(p, re.I), t, h) for p, t, h in (
+    (r"^UNAUTHENTICATED\b", "token rejected",
+     "the proxy's node_token / node_token_file differs from the worker's token"),
+    (r"^PERMISSION_DENIED\b", "token rejected (admin token required)",
+     "model commands need the worker's admin token"),
+    (r"CERTIFICATE_VERIFY_FAILED.*(unable to get local issuer|self[- ]signed)",
+     "TLS: certificate signed by unknown authority",
+     "node_ca is not the CA that signed the worker's certificate"),
+    (r"certificate has expired|CERTIFICATE_EXPIRED", "TLS: certificate expired",
+     "issue a new one with `olol certs issue`"),
+    (r"Hostname Verification|No match found for server name",
+     "TLS: certificate not valid for this host name",
+     "issue the worker's certificate with --host for this name, or set node_server_name"),
+    (r"WRONG_VERSION_NUMBER", "TLS: the worker does not speak TLS",
+     "start the worker with --tls-cert/--tls-key, or drop node_ca"),
+    (r"CERTIFICATE_VERIFY_FAILED", "TLS: certificate verification failed", None),
+    (r"Tls handshake failed|SSL_ERROR", "TLS handshake failed", None),
+    (r"Socket closed", "connection closed by the worker during the handshake",
+     "a TLS mismatch: the worker may want TLS (node_ca), or a client certificate signed by "
+     "its CA (node_cert, node_key)"),
+    (r"Connection refused", "connection refused",
+     "is the worker running and listening on this address?"),
+    (r"errors resolving|Domain name not found|Name or service not known|"
+     r"nodename nor servname", "host name not found (DNS)", None),
+    (r"No route to host", "no route to host", None),
+    (r"Network is unreachable", "network unreachable", None),
+    (r"Connection reset", "connection reset by the worker", None),
+    (r"^DEADLINE_EXCEEDED\b|no answer within", "no answer in time (timeout)", None),
+    (r"^malformed status reply", "the worker sent a malformed status reply", None),
+)]
+_REGISTRY_PREFIX = "model registry poll failed: "
+_OLLAMA_DOWN = re.compile(r"ollama unreachable: (?:/api/\w+: )?(?P<detail>[^;]*)", re.I)
+_OLLAMA_AT = re.compile(r"^ollama unreachable at (?P<url>\S+?): (?:\[Errno \d+\]\s*)?"
+                        r"(?P<why>.*)$", re.I)
+
+
+def _explain(error: str | None) -> tuple[str, str | None]:
+    text = str(error or "").strip()
+    if not text:
+        return "unknown error", None
+    prefix = ""
+    if text.startswith(_REGISTRY_PREFIX):
+        prefix, text = _REGISTRY_PREFIX, text[len(_REGISTRY_PREFIX):]
+    m = _OLLAMA_DOWN.match(text)
+    if m:
+        detail = m.group("detail").strip()
+        at = _OLLAMA_AT.match(detail)
+        if at:
+            why = at.group("why").strip()
+            detail = f"{why[:1].lower()}{why[1:200]} at {at.group('url')}"
+        return prefix + "Ollama not reachable" + (f": {detail[:200]}" if detail else ""), \
+            "the worker is up but cannot reach its Ollama (--ollama-url)"
+    for pattern, words, hint in _PLAIN:
+        if pattern.search(text):
+            return prefix + words, hint
+    return prefix + text[:300], None
+
+
+def plain_reason(error: str | None) -> str:
+    """An error from a poll or a node call in the words an operator needs: "token
+    rejected", "TLS: certificate signed by unknown authority", "connection refused",
+    "Ollama not reachable: ..."; an error it does not recognise is returned as it is
+    (capped at 300 characters)."""
+    return _explain(error)[0]
+
+
+def reason_hint(error: str | None) -> str | None:
+    """What to check for that error (None when there is nothing more to say)."""
+    return _explain(error)[1]

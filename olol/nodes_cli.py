@@ -125,7 +125,22 @@ class _StoreBackend:
         return self.cluster.remove_node(address)
 
     def list(self) -> list[dict]:
-        return [n.to_dict() for n in self.cluster.list_nodes()]
+        from olol.node_state import plain_reason
+
+        # what the last proxy recorded: its last check and error (not polled from here)
+        rows = {r["address"]: r for r in self.db.all("servers")}
+        out = []
+        for node in self.cluster.list_nodes():
+            d = node.to_dict()
+            row = rows.get(node.address) or {}
+            if d.get("last_check") is None and row.get("last_check"):
+                d["last_check"] = row["last_check"]
+                d["last_error"] = row.get("last_error")
+                d["suspect"], d["suspect_reason"] = False, None
+                d["reason"] = None if d["healthy"] else plain_reason(
+                    row.get("last_error") or "not healthy at the last check")
+            out.append(d)
+        return out
 
     def close(self) -> None:
         self.cluster.close()
@@ -185,9 +200,28 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+def _reason(n: dict) -> str:
+    """Why a node is not serving, for the table (a proxy of an older version sends no
+    ``reason``: it is worked out from the raw errors)."""
+    if n.get("healthy") and not n.get("suspect"):
+        return "-"
+    reason = n.get("reason")
+    if not reason:
+        from olol.node_state import plain_reason
+
+        if not n.get("healthy"):
+            raw = n.get("last_error") if n.get("last_check") or n.get("last_error") else None
+            reason = plain_reason(raw) if raw else "not checked yet"
+        else:
+            reason = plain_reason(n.get("suspect_reason") or n.get("last_error") or "suspect")
+    return str(reason)
+
+
 def format_table(nodes: list[dict]) -> str:
-    """A plain-text table of nodes, one per line, with a header."""
-    header = ("ADDRESS", "HEALTHY", "SOURCE", "SLOTS", "MODELS", "LOADED", "LAST CHECK")
+    """A plain-text table of nodes, one per line, with a header; REASON says why a node
+    that is not healthy (or suspect) is not serving."""
+    header = ("ADDRESS", "HEALTHY", "SOURCE", "SLOTS", "MODELS", "LOADED", "LAST CHECK",
+              "REASON")
     rows = [header]
     for n in nodes:
         healthy = "yes" if n.get("healthy") else "no"
@@ -197,7 +231,7 @@ def format_table(nodes: list[dict]) -> str:
             str(n.get("address", "")), healthy, str(n.get("source") or ""),
             f"{n.get('in_flight', 0)}/{n.get('parallel', 1)}",
             ",".join(n.get("models") or []) or "-", ",".join(n.get("loaded") or []) or "-",
-            str(n.get("last_check") or "never"),
+            str(n.get("last_check") or "never"), _reason(n),
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
     return "\n".join(
