@@ -40,7 +40,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +144,8 @@ class OutlierDetector:
         self._models: dict[str, dict[str, _Key]] = {}
         self._tickets = itertools.count(1)
         self._events: deque[dict] = deque(maxlen=max(1, int(max_events)))
+        # (event, node) -> how many times, since start (metrics read it at scrape time)
+        self._counts: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------------ outcomes
     def success(self, node: str, model: str) -> None:
@@ -289,11 +291,19 @@ class OutlierDetector:
         with self._lock:
             return list(self._events)
 
+    def event_counts(self) -> dict[tuple[str, str], int]:
+        """``{(event, node): count}`` since start, for ``ejected``, ``readmitted`` and
+        ``ejection-cancelled`` (the metrics' counters)."""
+        with self._lock:
+            return dict(self._counts)
+
     def forget_node(self, node: str) -> None:
         """The node left the cluster."""
         with self._lock:
             for keys in self._models.values():
                 keys.pop(node, None)
+            for pair in [p for p in self._counts if p[1] == node]:
+                del self._counts[pair]
 
     # ------------------------------------------------------------------ internals
     def _key(self, node: str, model: str) -> _Key:
@@ -391,3 +401,4 @@ class OutlierDetector:
         if length is not None:
             event["seconds"] = length
         self._events.append(event)
+        self._counts[(kind, node)] += 1

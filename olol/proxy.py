@@ -136,15 +136,18 @@ class Proxy:
         from olol.cluster import ClusterManager
         from olol.dispatcher import Dispatcher
         from olol.health import HealthMonitor
+        from olol.metrics import ProxyMetrics
         from olol.outliers import OutlierDetector
         from olol.queue import QueueManager
         from olol.registry import ModelRegistry
+        from olol.request_log import RequestLog, check_log_format
         from olol.scheduler import RequestScheduler
         from olol.stats import RequestStats
         from olol.store import DatabaseManager, configure_db
 
         self.config = config
         self.clock = clock
+        check_log_format(config.log_format)
         if config.malloc_arenas > 0:
             limit_malloc_arenas(config.malloc_arenas)
         if db is None:
@@ -196,10 +199,22 @@ class Proxy:
                 stall_timeout_s=config.stall_timeout_s, cold_start_s=config.cold_start_s,
                 node_progress=config.node_progress,
             )
+            self.metrics = ProxyMetrics(
+                queue=self.queue, cluster=self.cluster, db=db, scheduler=self.scheduler,
+                registry=self.registry, clock=clock, max_models=config.metrics_max_models,
+                ready=self._ready,
+            )
             self.health = HealthMonitor(
                 self.cluster, db, clock=clock, interval_s=config.health_interval_s,
                 timeout_s=config.health_timeout_s, failure_threshold=config.failure_threshold,
+                observer=self.metrics,
             )
+            self.metrics.health = self.health
+            self.queue.add_finish_listener(self.metrics.request_finished)
+            self.request_log = RequestLog(config.log_format, keys=lambda: self.context.keys) \
+                if config.request_log else None
+            if self.request_log is not None:
+                self.queue.add_finish_listener(self.request_log)
         except BaseException:
             db.close()
             raise
@@ -207,7 +222,7 @@ class Proxy:
         self.context = ProxyContext(
             config=config, db=db, queue=self.queue, hub=self.hub, cluster=self.cluster,
             keys=self.keys, stats=self.stats, scheduler=self.scheduler, clock=clock,
-            registry=self.registry, dispatcher=self.dispatcher,
+            registry=self.registry, dispatcher=self.dispatcher, metrics=self.metrics,
         )
         from olol.settings import install_settings
 
@@ -336,6 +351,12 @@ class Proxy:
 
     def _close_server(self) -> None:
         close_waitress(self._server, self._thread)
+
+    def _ready(self) -> bool:
+        """What the readiness probe says (``olol_ready``): serving, the store open and
+        at least one healthy node."""
+        return (not self.context.draining.is_set() and not self.db.closed
+                and any(n.healthy for n in self.cluster.list_nodes()))
 
     def alive(self) -> bool:
         """True while the HTTP loop runs and the store accepts writes (the watchdog's

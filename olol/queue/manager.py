@@ -538,6 +538,32 @@ class QueueManager(QueueMaintenance):
         out.update(max_depth=self.max_depth, max_depth_per_model=self.max_depth_per_model)
         return out
 
+    def active_summary(self) -> list[tuple[str, int, str, int, float | None]]:
+        """``(model_key, priority, status, count, oldest enqueued_ts)`` per group of
+        pending and processing requests (the oldest only for pending ones): what the
+        metrics read at scrape time. Walks the active requests only (bounded by
+        ``max_depth``), under the lock."""
+        groups: dict[tuple[str, int, str], list] = {}
+        with self._lock:
+            index = self._s.index
+            pending = [*index._entries.values(), *index._delayed_entries.values()]
+            for status, entries in (("pending", pending),
+                                    ("processing", list(self._s.processing.values()))):
+                for e in entries:
+                    g = groups.get((e.model_key, e.priority, status))
+                    if g is None:
+                        groups[(e.model_key, e.priority, status)] = [1, e.enqueued_ts]
+                    else:
+                        g[0] += 1
+                        g[1] = min(g[1], e.enqueued_ts)
+        return [(m, p, s, n, first if s == "pending" else None)
+                for (m, p, s), (n, first) in groups.items()]
+
+    def active_bytes(self) -> int:
+        """Body bytes held for pending and processing requests."""
+        with self._lock:
+            return self._s.active_bytes
+
     # ------------------------------------------------------------------ waking
     def _signal(self, everyone: bool = False) -> None:
         """Something a dispatcher may act on happened (caller holds the lock).

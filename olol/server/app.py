@@ -15,8 +15,9 @@ trace: unexpected exceptions are logged and answered 500 ``internal error``.
 
 API keys (``config.keys_enabled``): every route needs ``Authorization: Bearer <key>``
 (401 otherwise) except the liveness probes ``/`` and ``/olol/v1/health``; the admin
-routes need an admin key (403). Under waitress the key and the body's size are first
-checked on the headers, before the body is read (:mod:`olol.server.door`).
+routes need an admin key (403), and so does ``/metrics`` unless ``metrics_public``.
+Under waitress the key and the body's size are first checked on the headers, before
+the body is read (:mod:`olol.server.door`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from werkzeug.wsgi import ClosingIterator
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
 from olol.server import admin, anthropic, jobs, models, ollama, openai, openapi, responses
+from olol.server import metrics as metrics_bp
 from olol.server.common import (
     AFTER_RESPONSE,
     EXTENSION,
@@ -106,6 +108,8 @@ def create_app(ctx: Any) -> Flask:
             return
         if request.path in PUBLIC_PATHS:
             return
+        if request.path == metrics_bp.METRICS_PATH and metrics_bp.is_public(ctx):
+            return
         info = ctx.keys.verify(bearer_token(request.headers.get("Authorization")))
         if info is None:
             raise unauthorized()
@@ -140,5 +144,6 @@ def create_app(ctx: Any) -> Flask:
     app.register_blueprint(models.bp)
     app.register_blueprint(models.admin_bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics_bp.bp)
     app.wsgi_app = AfterResponse(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -88,6 +88,7 @@ class DatabaseManager:
         self._checkpoint_interval_s = checkpoint_interval_s
         self._snapshot_bytes = 0
         self._last_checkpoint = time.monotonic()
+        self.checkpoint_timings = jr.Timings()  # duration of each checkpoint (metrics)
         self._stop = threading.Event()
         self._ckpt_thread: threading.Thread | None = None
         self._flush_thread: threading.Thread | None = None
@@ -489,13 +490,15 @@ class DatabaseManager:
             jr.fsync_dir(self.data_dir)
             self._snapshot_bytes = len(payload)
             self._last_checkpoint = time.monotonic()
+            total = time.perf_counter() - t0
+            self.checkpoint_timings.observe(total)
             return {
                 "checkpointed": True,
                 "generation": gen,
                 "rows": sum(len(r) for r in tables.values()) - 1,
                 "bytes": len(payload),
                 "writers_blocked_s": blocked,
-                "total_s": time.perf_counter() - t0,
+                "total_s": total,
             }
 
     def _checkpoint_due(self) -> bool:
@@ -542,8 +545,15 @@ class DatabaseManager:
                 journal_bytes=j.bytes_written,
                 journal_syncs=j.syncs,
                 journal_records=j.records,
+                snapshot_bytes=self._snapshot_bytes,
             )
         return out
+
+    @property
+    def sync_timings(self) -> jr.Timings | None:
+        """The journal's group-commit (write + fsync) durations; None in memory."""
+        j = self._journal
+        return j.sync_timings if j is not None else None
 
     # ------------------------------------------------------------------ close
     def close(self, *, checkpoint: bool = True) -> None:

@@ -42,7 +42,9 @@ import logging
 import os
 import re
 import threading
+import time
 import zlib
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,29 @@ class StoreCorruptError(StoreError):
 
 class StoreIOError(StoreError):
     """Writing the journal failed; the store accepts no more writes."""
+
+
+class Timings:
+    """Durations (seconds) counted in fixed buckets, with their sum: what an fsync or a
+    checkpoint took, for the metrics collector to read at scrape time
+    (:mod:`olol.metrics`). One bisect per event; the caller serialises :meth:`observe`
+    (the journal holds its I/O lock), readers take a :meth:`snapshot` without a lock."""
+
+    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+              5.0, 10.0, 30.0)
+
+    def __init__(self, bounds: tuple[float, ...] = BOUNDS) -> None:
+        self.bounds = tuple(bounds)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect_left(self.bounds, seconds)] += 1
+        self._sum += seconds
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """``(counts per bucket, the last one above every bound; sum of seconds)``."""
+        return list(self._counts), self._sum
 
 
 def journal_name(gen: int) -> str:
@@ -317,6 +342,7 @@ class Journal:
         self.bytes_written = 0
         self.syncs = 0
         self.records = 0
+        self.sync_timings = Timings()  # write + fsync of each group commit
 
     def _open(self, gen: int) -> int:
         path = self.data_dir / journal_name(gen)
@@ -386,11 +412,13 @@ class Journal:
         if batch:
             data = b"".join(batch)
             try:
+                t0 = time.perf_counter()
                 view = memoryview(data)
                 while view:
                     n = os.write(self._fd, view)
                     view = view[n:]
                 self._sync(self._fd)
+                self.sync_timings.observe(time.perf_counter() - t0)
             except BaseException as exc:  # latch: never retry a failed sync
                 self._error = exc
                 with self._cond:
