@@ -8,8 +8,11 @@ error) sends the work back to the queue for another node (bounded retries with
 backoff) and counts for outlier detection (:mod:`olol.outliers`), unless the
 same request already failed alike on another node: then the request is the
 cause, it fails as it is and nobody is blamed. After output reached the client
-the request fails with an error event (the front door ends the stream with an
-error line). Every state change is written to the store.
+the stream is carried over to another node that has the model, which continues
+the answer from the text the client has (:mod:`olol.resume`; ``resume_streams``,
+at most ``max_resumes`` times per request); when it cannot be, the request fails
+with an error event (the front door ends the stream with an error line). Every
+state change is written to the store.
 
 Deadlines (:class:`~olol.node_faults.CallWatch`): a node call must deliver its
 first record within ``first_record_timeout_s`` (plus the model's expected load
@@ -35,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -55,6 +58,7 @@ from olol.node_faults import (
     transport_fault,
 )
 from olol.relay import StreamRelay
+from olol.resume import CarryOvers, Resume, Transcript, carry_over, follow
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment, RequestScheduler
 
@@ -92,6 +96,8 @@ class Dispatcher:
         stall_timeout_s: float = 60.0,
         cold_start_s: float = 30.0,
         node_progress: bool = True,
+        resume_streams: bool = True,
+        max_resumes: int = 2,
     ):
         """:param first_record_timeout_s: longest wait for a node call's first record
             (0: none); a call placed where the model is cold gets the model's
@@ -101,6 +107,10 @@ class Dispatcher:
         :param node_progress: have agents build non-streamed answers and show
             progress (needs agents of this version); without it a non-streamed
             call's deadline is its whole answer's.
+        :param resume_streams: carry a stream whose node fails after output reached
+            the client over to another node, which continues the answer
+            (:mod:`olol.resume`); off, such a stream ends with an error line.
+        :param max_resumes: how many times one request may be carried over.
         """
         self.queue = queue_manager
         self.scheduler = scheduler
@@ -120,12 +130,15 @@ class Dispatcher:
         self.first_record_timeout_s = first_record_timeout_s
         self.stall_timeout_s = stall_timeout_s
         self.node_progress = node_progress
+        self.resume_streams = resume_streams
+        self.max_resumes = max_resumes
         self.monotonic = monotonic
         self.load_times = LoadTimes(cold_start_s)
         self._calls = CallWatch(monotonic)  # deadlines of node calls in flight
         self._attempts = Attempts()  # node-side failures per request, until it ends
         self._relays: dict[str, StreamRelay] = {}  # request id -> relay being read
         self._inline: dict[str, Callable[[], bool]] = {}  # request id -> "client gone?"
+        self._resumes = CarryOvers()  # streams being carried over to another node
         self._local = threading.local()  # .after: where a front-door thread defers work
         self._stop = threading.Event()
         self._claiming = threading.Event()
@@ -280,7 +293,8 @@ class Dispatcher:
                     log.info("request %s: the client went away while its node worked", request_id)
                     self.queue.cancel(request_id)  # stops the node call (_on_cancel)
             for relay in relays:
-                if not relay.settled and now - relay.last_record > self.stream_idle_timeout_s:
+                limit = relay.idle_s if relay.idle_s is not None else self.stream_idle_timeout_s
+                if not relay.settled and now - relay.last_record > limit:
                     log.warning("request %s: no record for %.0f s, ending its stream",
                                 relay.request_id, now - relay.last_record)
                     relay.stall()
@@ -289,10 +303,13 @@ class Dispatcher:
     def run(self, a: Assignment) -> bool:
         """Run a claimed batch; True when its stream was handed to the caller's thread
         (which then releases the assignment), False when it finished here."""
-        head = a.requests[0]
         started_ts = self.clock()
+        if self._resumes and a.mode != "embed_merge":
+            self._keep_alike(a)
+        head = a.requests[0]
         client = self.cluster.client(a.node)
         final: Any = None
+        keep: Transcript | None = None
         try:
             if a.mode == "embed_merge":
                 self._run_embed_merge(client, a)
@@ -304,7 +321,8 @@ class Dispatcher:
             elif self._can_relay(a):
                 return self._start_relay(client, a, started_ts)
             else:
-                final = self._run_stream(client, a)
+                keep = self._transcript(a)
+                final = self._run_stream(client, a, keep)
         except _AllGone:
             for req in a.requests:
                 self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
@@ -316,7 +334,7 @@ class Dispatcher:
                 self._cancelled.discard(a.batch_id)
             if stopped:  # we cancelled the call: every caller had cancelled
                 return False
-            self._node_failed(a, exc)
+            self._node_failed(a, exc, keep)
             return False
         self._later(lambda: self._succeeded(a, started_ts, final))
         self._local.ok = True
@@ -353,12 +371,15 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- relaying
     def _can_relay(self, a: Assignment) -> bool:
-        """One synchronous streamed caller: its HTTP thread can read the node stream."""
+        """One synchronous streamed caller: its HTTP thread can read the node stream.
+        A continuation (the stream carried over) goes record by record: its records
+        are rewritten (:meth:`Resume.translate`)."""
         if len(a.requests) != 1 or a.mode != "single":
             return False
         req = a.requests[0]
         return (req.get("kind") != "job" and bool(req.get("stream"))
-                and req["endpoint"] in ("chat", "generate"))
+                and req["endpoint"] in ("chat", "generate")
+                and self._resume_of(req["id"]) is None)
 
     def _start_relay(self, client: Any, a: Assignment, started_ts: float) -> bool:
         """Read the first record here (so failures before it are retried as usual),
@@ -366,6 +387,7 @@ class Dispatcher:
         req = a.requests[0]
         rid = req["id"]
         call = client.chat if req["endpoint"] == "chat" else client.generate
+        sent = self.monotonic()
         stream = call(req["body"], timeout=self.request_timeout_s, raw=True)
         with self._running_lock:
             self._running[a.batch_id] = stream
@@ -393,11 +415,14 @@ class Dispatcher:
                 next_refresh[0] = now + self.lease_refresh_s
                 self.queue.extend_lease(rid)
 
-        def settle(outcome: str, info: Any) -> None:
-            self._settle_relay(a, started_ts, outcome, info)
+        def settle(outcome: str, info: Any) -> Iterator[tuple[bytes, bool]] | None:
+            return self._settle_relay(a, started_ts, outcome, info, relay)
 
+        resumable = self._may_resume(a)
         relay = StreamRelay(rid, stream, body, done, settle=settle, on_record=keep_lease,
-                            monotonic=self.monotonic)
+                            monotonic=self.monotonic,
+                            transcript=Transcript(req["endpoint"], sent) if resumable else None,
+                            idle_s=self._idle_after_output(resumable))
         with self._running_lock:
             self._relays[rid] = relay
         if self.queue.is_cancelled(rid):  # cancelled while the first record came
@@ -413,10 +438,14 @@ class Dispatcher:
                 self._batch_of.pop(req["id"], None)
                 self._relays.pop(req["id"], None)
 
-    def _settle_relay(self, a: Assignment, started_ts: float, outcome: str, info: Any) -> None:
+    def _settle_relay(self, a: Assignment, started_ts: float, outcome: str, info: Any,
+                      relay: StreamRelay) -> Iterator[tuple[bytes, bool]] | None:
         """The end of a relayed stream, in whichever thread saw it: record the outcome
-        and release the slot (exactly once, :class:`StreamRelay` guarantees it)."""
+        and release the slot (exactly once, :class:`StreamRelay` guarantees it).
+        When the node failed after output and the stream is carried over to another
+        node, returns the rest of the answer for the relay to hand on."""
         req = a.requests[0]
+        rest = None
         try:
             self._forget(a)
             if outcome == "completed":
@@ -424,13 +453,18 @@ class Dispatcher:
                 self._succeeded(a, started_ts, info)
             elif outcome == "failed" and not self.queue.is_cancelled(req["id"]):
                 exc: NodeError = info
-                self.queue.update_request_status(
-                    req["id"], "failed", error=exc.message, error_status=exc.http_status)
-                if self.stats is not None:
-                    self.stats.record(req["endpoint"], 0.0, False)
-                if self._claiming.is_set() and failure_kind(exc) == NODE:
+                node_side = self._claiming.is_set() and failure_kind(exc) == NODE
+                if node_side:
                     self._blame_mid_stream(a, exc)
-                self._settle_attempts(req["id"], succeeded=False)
+                if node_side and relay.transcript is not None and self._carry_over(
+                        a, req, exc, relay.transcript):
+                    rest = self._follow(req["id"])
+                else:
+                    self.queue.update_request_status(
+                        req["id"], "failed", error=exc.message, error_status=exc.http_status)
+                    if self.stats is not None:
+                        self.stats.record(req["endpoint"], 0.0, False)
+                    self._settle_attempts(req["id"], succeeded=False)
             elif outcome == "cancelled":
                 self.queue.update_request_status(req["id"], "cancelled", error=str(info))
                 self._settle_attempts(req["id"], succeeded=False)
@@ -438,17 +472,112 @@ class Dispatcher:
             log.exception("settling request %s failed", req["id"])
         finally:
             self._release(a)
+        return rest
 
-    def _run_stream(self, client: Any, a: Assignment) -> dict:
-        """Run a batch record by record; returns the final record."""
+    # ---------------------------------------------------------------- carrying over
+    def _resume_of(self, request_id: str) -> Resume | None:
+        return self._resumes.get(request_id)
+
+    def _may_resume(self, a: Assignment) -> bool:
+        """Whether a stream of this batch could be carried over should its node fail
+        (another node serves the model; the request has carry-overs left)."""
+        if not self.resume_streams or self.max_resumes <= 0:
+            return False
+        reqs = [r for r in a.requests if r.get("kind") != "job" and r.get("stream")]
+        if not reqs or reqs[0]["endpoint"] not in ("chat", "generate"):
+            return False
+        prior = self._resume_of(reqs[0]["id"])
+        if prior is not None and prior.resumes >= self.max_resumes:
+            return False
+        return any(n != a.node for n in self.cluster.model_peers(a.model_key))
+
+    def _idle_after_output(self, resumable: bool) -> float:
+        """The longest silence of a node after output reached the client: the stall
+        deadline when the stream can be carried over (a silent node is then worth
+        leaving), else ``stream_idle_timeout_s``."""
+        if resumable and self.stall_timeout_s and self.stall_timeout_s > 0:
+            return min(self.stall_timeout_s, self.stream_idle_timeout_s)
+        return self.stream_idle_timeout_s
+
+    def _transcript(self, a: Assignment) -> Transcript | None:
+        """A record of what a record-by-record stream delivers, when it could be
+        carried over (relays keep their own)."""
+        if a.mode == "embed_merge" or not self._may_resume(a):
+            return None
+        return Transcript(a.requests[0]["endpoint"], self.monotonic())
+
+    def _carry_over(self, a: Assignment, req: dict, exc: NodeError,
+                    transcript: Transcript) -> bool:
+        """Send a request whose stream broke after output back to the queue to be
+        continued on another node; False (nothing done) when it cannot be."""
+        rid = req["id"]
+        if not self.resume_streams or req.get("kind") == "job" or not req.get("stream"):
+            return False
+        prior = self._resume_of(rid)
+        broken = {*(prior.nodes if prior is not None else ()), a.node}
+        if not any(n not in broken for n in self.cluster.model_peers(a.model_key)):
+            log.info("request %s: no other node has %s, its stream ends", rid, a.model_key)
+            return False
+        segment = transcript.segment(self.monotonic())
+        plan = carry_over(req["endpoint"], req.get("body"), prior, segment, a.node,
+                          max_resumes=self.max_resumes,
+                          attempts=int(req.get("attempts") or 1))
+        if isinstance(plan, str):
+            log.info("request %s: its stream is not carried over: %s", rid, plan)
+            return False
+        if not self.hub.listening(rid):
+            return False
+        self._resumes.put(rid, plan)
+        self.scheduler.avoid(rid, a.node)
+        if not self.queue.requeue(rid, delay_s=0.0, reason=f"carried over: {exc.message}"):
+            self._resumes.pop(rid)
+            return False
+        log.warning("request %s: %s failed after %d records (%s); continuing on another node "
+                    "(carry-over %d)", rid, a.node, plan.tokens, exc.message, plan.resumes)
+        return True
+
+    def _follow(self, request_id: str) -> Iterator[tuple[bytes, bool]]:
+        """The rest of a carried-over answer, for the caller's thread that was reading
+        a relay (:func:`olol.resume.follow`)."""
+        channel = self.hub.get(request_id)
+        if channel is None:
+            raise NodeError(None, "the client went away", 499, mid_stream=True)  # type: ignore[arg-type]
+        return follow(channel, first_wait=self.request_timeout_s,
+                      idle_wait=self.stream_idle_timeout_s,
+                      on_timeout=lambda: self.queue.cancel(request_id))
+
+    def _keep_alike(self, a: Assignment) -> None:
+        """A batch is one node call: requests that ride along with its head must want
+        the same continuation (or none). Put the others back in the queue."""
+        head = self._resume_of(a.requests[0]["id"])
+        key = head.key if head is not None else None
+        keep = []
+        for req in a.requests:
+            mine = self._resume_of(req["id"])
+            if (mine.key if mine is not None else None) == key:
+                keep.append(req)
+            elif self.queue.requeue(req["id"], delay_s=0.0, reason="put back: another answer"):
+                self._resumes.bounced(req["id"])
+        a.requests[:] = keep
+        if len(keep) == 1 and a.mode == "coalesced":
+            a.mode = "single"
+
+    def _run_stream(self, client: Any, a: Assignment, keep: Transcript | None = None) -> dict:
+        """Run a batch record by record; returns the final record. ``keep`` records
+        what reached the callers (for a carry-over should the node fail)."""
         head = a.requests[0]
-        call = client.chat if head["endpoint"] == "chat" else client.generate
+        resume = self._resume_of(head["id"])
+        if resume is not None and resume.exhausted:
+            return self._end_exhausted(a, resume)
+        endpoint, body = resume.call() if resume is not None else (head["endpoint"], head["body"])
+        translate = resume.translate if resume is not None else None
+        call = client.chat if endpoint == "chat" else client.generate
         progress = None if head.get("stream") else self._progress_s()
-        if progress is not None and isinstance(head["body"], dict):
-            stream = call(head["body"], timeout=self.request_timeout_s, aggregate=progress)
+        if progress is not None and isinstance(body, dict):
+            stream = call(body, timeout=self.request_timeout_s, aggregate=progress)
         else:
             progress = None
-            stream = call(head["body"], timeout=self.request_timeout_s)
+            stream = call(body, timeout=self.request_timeout_s)
         ids = [r["id"] for r in a.requests]
         with self._running_lock:
             self._running[a.batch_id] = stream
@@ -471,6 +600,8 @@ class Dispatcher:
                 done = bool(record.get("done")) or stream.done
                 if "error" in record and not done:
                     raise NodeError(None, str(record["error"]), 500, mid_stream=delivered)  # type: ignore[arg-type]
+                if translate is not None:
+                    record = translate(record)
                 kind = DONE if done else CHUNK
                 still = []
                 for req in waiting:
@@ -481,7 +612,8 @@ class Dispatcher:
                         still.append(req)
                         if not delivered and not done:
                             delivered = True
-                            self._calls.delivered(a.batch_id, self.stream_idle_timeout_s)
+                            self._calls.delivered(a.batch_id,
+                                                  self._idle_after_output(keep is not None))
                     else:
                         self.queue.update_request_status(
                             req["id"], "cancelled", error="the client went away"
@@ -490,6 +622,8 @@ class Dispatcher:
                 if not waiting:
                     stream.cancel()
                     raise _AllGone()
+                if keep is not None and delivered and not done:
+                    keep.add(record, self.monotonic())
                 if done:
                     def tail(waiting: list = waiting, record: Any = record) -> None:
                         for req in waiting:
@@ -513,9 +647,21 @@ class Dispatcher:
                 for rid in ids:
                     self._batch_of.pop(rid, None)
 
+    def _end_exhausted(self, a: Assignment, resume: Resume) -> dict:
+        """A carried-over answer whose ``num_predict`` was used up before its node
+        broke: its final record, without another node call."""
+        record = resume.final_record(self.clock())
+        for req in a.requests:
+            if req.get("kind") != "job":
+                self.hub.publish(req["id"], DONE, record, timeout=self.publish_timeout_s)
+        for req in a.requests:
+            self._finish(req, record, publish=False)
+        return record
+
     def _on_cancel(self, request_id: str) -> None:
         """A request was cancelled (jobs API): when nobody is left waiting for its
         batch, stop the node call so the node stops generating."""
+        self._resumes.pop(request_id)
         with self._running_lock:
             relay = self._relays.get(request_id)
             found = self._batch_of.get(request_id)
@@ -576,14 +722,18 @@ class Dispatcher:
         """A claimed request no node can serve (its model is nowhere)."""
         self._fail(req, 404, message, started=False)
 
-    def _node_failed(self, a: Assignment, exc: NodeError) -> None:
+    def _node_failed(self, a: Assignment, exc: NodeError,
+                     keep: Transcript | None = None) -> None:
         kind = failure_kind(exc)
         stopping = not self._claiming.is_set()
-        if exc.mid_stream:  # output reached the client: nothing can be retried
-            for req in a.requests:
-                self._fail(req, exc.http_status, exc.message, started=True)
-            if kind == NODE and not stopping:
+        if exc.mid_stream:  # output reached the client: carried over, or an error line
+            node_side = kind == NODE and not stopping
+            if node_side:
                 self._blame_mid_stream(a, exc)
+            for req in a.requests:
+                if node_side and keep is not None and self._carry_over(a, req, exc, keep):
+                    continue
+                self._fail(req, exc.http_status, exc.message, started=True)
             return
         if kind != NODE:
             # the request itself was refused (unknown model, bad option), or the node
@@ -641,14 +791,16 @@ class Dispatcher:
         were the nodes' doing: count the ones still pending."""
         attempts = self._attempts.pop(request_id)
         self.scheduler.forget(request_id)
+        self._resumes.pop(request_id)
         if succeeded:
             for attempt in attempts:
                 self.cluster.confirm_failure(attempt.ticket)
 
     def _retry(self, req: dict, exc: NodeError, busy: bool = False) -> None:
         """Send the request back to the queue (with backoff), or fail it when its
-        attempts are used up (or cancel it when its caller is gone)."""
-        attempts = int(req.get("attempts") or 1)
+        attempts are used up (or cancel it when its caller is gone). A carried-over
+        stream has a budget of its own; claims put back unrun do not count."""
+        attempts = self._resumes.attempts(req["id"], int(req.get("attempts") or 1))
         gone = req.get("kind") != "job" and not self.hub.listening(req["id"])
         if gone:
             self.queue.update_request_status(req["id"], "cancelled", error="the client went away")

@@ -23,11 +23,12 @@ from typing import Any
 
 import orjson
 
+from olol.resume import STALLED_MESSAGE, Transcript
 from olol.rpc.client import NodeError
 
 log = logging.getLogger(__name__)
 
-STALLED_MESSAGE = "timed out waiting for the next record"
+__all__ = ["STALLED_MESSAGE", "StreamRelay"]
 
 
 class StreamRelay:
@@ -38,9 +39,16 @@ class StreamRelay:
     :param first_done: whether the first message ended the stream.
     :param settle: called once with ``(outcome, info)`` where outcome is
         ``"completed"`` (info: the final record as a dict), ``"failed"`` (info:
-        the :class:`NodeError`) or ``"cancelled"`` (info: the reason).
+        the :class:`NodeError`) or ``"cancelled"`` (info: the reason). For
+        ``"failed"`` it may return an iterator of ``(records, done)`` messages:
+        the rest of the answer from another node, read in place of the error.
     :param on_record: called with no argument after each message (lease upkeep).
     :param monotonic: clock for the stall watchdog.
+    :param transcript: where the messages handed on are kept (what the client
+        has, should the stream be carried over); None keeps nothing.
+    :param idle_s: the longest silence between messages before the watchdog ends
+        the stream (:meth:`stall`), read by the dispatcher's watchdog (None: its
+        ``stream_idle_timeout_s``).
     """
 
     def __init__(
@@ -50,9 +58,11 @@ class StreamRelay:
         first: bytes,
         first_done: bool,
         *,
-        settle: Callable[[str, Any], None],
+        settle: Callable[[str, Any], Any],
         on_record: Callable[[], None],
         monotonic: Callable[[], float],
+        transcript: Transcript | None = None,
+        idle_s: float | None = None,
     ) -> None:
         self.request_id = request_id
         self._stream = stream
@@ -64,6 +74,10 @@ class StreamRelay:
         self._settled = False
         self._stalled = False
         self.last_record = monotonic()
+        self.transcript = transcript
+        self.idle_s = idle_s
+        if transcript is not None:
+            transcript.add(first, self.last_record)
 
     # ------------------------------------------------------------------ reading
     def messages(self) -> Iterator[tuple[bytes, bool]]:
@@ -85,18 +99,24 @@ class StreamRelay:
             try:
                 body, done = self._stream.next_message()
             except StopIteration:
-                exc = NodeError(None, "the node closed the stream before it finished", 502,  # type: ignore[arg-type]
-                                mid_stream=True)
-                self._fail(exc)
-                raise exc from None
+                failure = NodeError(None, "the node closed the stream before it finished",  # type: ignore[arg-type]
+                                    502, mid_stream=True)
             except NodeError as exc:
                 if self._stalled:
                     exc = NodeError(exc.code, STALLED_MESSAGE, 504, mid_stream=True)
                 exc.mid_stream = True
-                self._fail(exc)
-                raise exc from None
-            self.last_record = self._monotonic()
-            self._on_record()
+                failure = exc
+            else:
+                self.last_record = self._monotonic()
+                if self.transcript is not None:
+                    self.transcript.add(body, self.last_record)
+                self._on_record()
+                continue
+            rest = self._fail(failure)
+            if rest is None:
+                raise failure
+            yield from rest  # the answer, carried over to another node
+            return
 
     # ------------------------------------------------------------------ settling
     def _claim(self) -> bool:
@@ -120,9 +140,12 @@ class StreamRelay:
             final = {}
         self._settle_cb("completed", final if isinstance(final, dict) else {})
 
-    def _fail(self, exc: NodeError) -> None:
-        if self._claim():
-            self._settle_cb("failed", exc)
+    def _fail(self, exc: NodeError) -> Iterator[tuple[bytes, bool]] | None:
+        """Settle as failed; the rest of the answer when the settle callback carried
+        the stream over to another node."""
+        if not self._claim():
+            return None
+        return self._settle_cb("failed", exc)
 
     def abandon(self, reason: str) -> None:
         """Nobody will read the rest (the client went away, or never took the relay):

@@ -18,6 +18,7 @@ import orjson
 
 from olol.api.errors import openai_error_body
 from olol.api.names import DEFAULT_NAMESPACE, InvalidModelName, parse_model_name
+from olol.api.streaming import RESUMED_FIELD
 
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_CONTENT_TYPE = "text/event-stream"
@@ -168,6 +169,7 @@ class ChatStreamTranslator:
                 usage_chunk = _chunk(self.request_id, self.created, self.model, [])
                 usage_chunk["usage"] = _usage(record)
                 out.append(usage_chunk)
+            _mark_resumed(out, record)
         return out
 
     def feed_sse(self, record: Mapping[str, Any]) -> bytes:
@@ -225,11 +227,21 @@ class CompletionStreamTranslator:
         if record.get("done") and self.include_usage:
             final = dict(chunk, choices=[], usage=_usage(record))
             out.append(final)
+        if record.get("done"):
+            _mark_resumed(out, record)
         return out
 
     def feed_sse(self, record: Mapping[str, Any]) -> bytes:
         data = b"".join(sse_event(chunk) for chunk in self.feed(record))
         return data + SSE_DONE if record.get("done") else data
+
+
+def _mark_resumed(chunks: list[dict[str, Any]], record: Mapping[str, Any]) -> None:
+    """A carried-over answer (the native final record has ``olol_resumed``): the
+    stream's last chunk says so too (the SDKs keep unknown fields)."""
+    resumed = record.get(RESUMED_FIELD)
+    if resumed and chunks:
+        chunks[-1][RESUMED_FIELD] = resumed
 
 
 def floats_to_base64(values: list[float]) -> str:

@@ -13,6 +13,11 @@ import orjson
 
 from olol.api.errors import ollama_error_body
 
+#: Field of a stream's final record (native and OpenAI) saying that the answer was
+#: carried over to another node mid-stream, and how many times (``olol.resume``).
+#: The HTTP headers are gone by then: a field is the only place left to say so.
+RESUMED_FIELD = "olol_resumed"
+
 #: Content types Ollama uses for its two response styles.
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
