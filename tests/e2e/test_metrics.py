@@ -5,6 +5,7 @@ the scrapes themselves are traffic too, so totals are never compared)."""
 
 from __future__ import annotations
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -174,3 +175,20 @@ def test_request_log_off(make_cluster, caplog):
     assert r.status_code == 200
     assert wait_until(lambda: total(scrape(c.url), "olol_requests_total") == 1)
     assert not [r for r in caplog.records if r.name == "olol.requests"]
+
+
+@pytest.mark.xfail(strict=False, reason="needs the dispatcher to pass "
+                   "usage=request_usage(...) to queue.update_request_status (docs/metrics.md)")
+def test_ttft_tokens_and_load_time_from_the_dispatcher(make_cluster):
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=200,ttft=0.05,load=0.3]")
+    for stream in (True, False, True):  # the first one loads the model
+        r = requests.post(c.url + "/api/chat", json={**CHAT, "stream": stream}, timeout=30)
+        assert r.status_code == 200
+    assert wait_until(lambda: total(scrape(c.url), "olol_requests_total") == 3)
+    s = scrape(c.url)
+    assert total(s, "olol_request_ttft_seconds_count", model="llama3.2:1b") == 2
+    assert total(s, "olol_request_ttft_seconds_sum", model="llama3.2:1b") >= 0.1
+    assert total(s, "olol_tokens_total", model="llama3.2:1b", type="completion") > 0
+    assert total(s, "olol_request_tokens_per_second_count", model="llama3.2:1b") == 3
+    assert total(s, "olol_node_generated_tokens_total", node=c.agents[0].address) > 0
+    assert total(s, "olol_model_load_seconds_count", node=c.agents[0].address) == 1
