@@ -294,3 +294,21 @@ def test_identical_greedy_messages_share_one_inference(make_cluster):
         t.join(timeout=30)
     assert len(answers) == 4 and len(set(answers)) == 1
     assert sim.stats()["generations_started"] - before == 2
+
+
+def test_keys_anthropic_clients_send_the_key_as_a_bearer_token(make_cluster):
+    from olol.keys import KeyStore
+
+    c = make_cluster(nodes=1, keys_enabled=True)
+    keys = c.proxy.context.keys or KeyStore(c.proxy.db, c.proxy.clock)
+    _, key = keys.create("user", admin=False)
+    msgs = [{"role": "user", "content": "hi"}]
+    # auth_token (ANTHROPIC_AUTH_TOKEN for Claude Code) sends Authorization: Bearer
+    keyed = anthropic.Anthropic(base_url=c.url, auth_token=key, max_retries=0, timeout=30)
+    assert keyed.messages.create(model=MODEL, max_tokens=5, messages=msgs).content
+    assert openai.OpenAI(base_url=f"{c.url}/v1", api_key=key, max_retries=0).responses.create(
+        model=MODEL, input="hi", max_output_tokens=5).output_text
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic_client(c.url).messages.create(model=MODEL, max_tokens=5, messages=msgs)
+    with pytest.raises(openai.AuthenticationError):
+        openai_client(c.url).responses.create(model=MODEL, input="hi")
