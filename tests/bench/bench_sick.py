@@ -21,6 +21,19 @@ polls see nothing wrong:
   Measured: the share of ``N`` requests that succeed and their p99 latency,
   against the p99 of ``N`` requests on the same cluster before it fell sick.
 
+Scenario C is different: a node *dies* while it streams. Under a steady
+background load (``C_CONCURRENCY`` client threads, streamed and not), a probe
+asks for a deterministic streamed chat answer (``temperature: 0``, a different
+question each time, ``C_TPS`` tokens/s so it lasts a while); after a few
+records (2 to 6) the agent of the node that serves it (found with the
+simulators' ``GET /_sim/active``) is SIGKILLed, then started again on the same
+port, and the next probe waits until the proxy sees all nodes healthy again;
+``KILLS`` times. Measured: the share of the cut probe streams that complete
+(``done: true``, no error line), whether each completed answer equals the
+uninterrupted one (the same request asked of a simulator directly: text and
+``eval_count``) and says it was resumed (``olol_resumed``), and the share of the
+background requests that succeed.
+
 The proxy runs with a first-record and a stall deadline of ``DEADLINE_S``
 (patched into the dispatcher's defaults by a launcher where the revision has
 them); other settings are the defaults (health polls every 5 s, 3 attempts,
@@ -31,7 +44,8 @@ carry the fault knobs); agents and proxy come from the arm's revision:
 * ``baseline``: ``$OLOL_BENCH_SICK_BASELINE`` (default ``343599f``, the code
   before outlier detection), exported with ``git archive``.
 
-Run: ``python -m tests.bench sick`` (``--quick``: 200 requests per scenario).
+Run: ``python -m tests.bench sick`` (``--quick``: 200 requests per scenario A
+and B, 10 kills in C).
 """
 
 from __future__ import annotations
@@ -61,6 +75,9 @@ CONCURRENCY = 12
 DEADLINE_S = 2.0
 CLIENT_TIMEOUT_S = 60.0
 HEAL_WAIT_S = 60.0
+KILLS = 50
+C_TPS = 50
+C_CONCURRENCY = 4
 
 PROXY_LAUNCHER = """\
 import inspect
@@ -181,6 +198,22 @@ class Load:
             got, self._got, self._want = self._got, [], 0
         return got
 
+    def during(self, work: Callable[[], None]) -> list[Result]:
+        """Every request started while ``work()`` runs, each waited for."""
+        with self._lock:
+            self._round += 1
+            self._got, self._want, self._started = [], 10**12, 0
+        try:
+            work()
+        finally:
+            with self._lock:
+                self._want = self._started  # the ones started from now on are not counted
+                deadline = time.monotonic() + CLIENT_TIMEOUT_S + 5
+                while len(self._got) < self._want and time.monotonic() < deadline:
+                    self._lock.wait(timeout=0.5)
+                got, self._got, self._want = self._got, [], 0
+        return got
+
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
@@ -225,10 +258,28 @@ class Cluster:
     def busiest(self) -> int:
         return max(range(len(self.sims)), key=self.served)
 
+    def serving(self, prompt: str) -> int | None:
+        """The node whose simulator is generating for ``prompt`` right now."""
+        for i, (_, url) in enumerate(self.sims):
+            try:
+                active = requests.get(url + "/_sim/active", timeout=5).json()["prompts"]
+            except (requests.RequestException, ValueError, KeyError):
+                continue
+            if any(prompt in p for p in active):
+                return i
+        return None
 
-def start_cluster(root: Path | None) -> Cluster:
+    def all_healthy(self) -> bool:
+        try:
+            return sum(1 for n in self.nodes()
+                       if n.get("healthy") and not n.get("suspect")) == len(self.workers)
+        except (requests.RequestException, ValueError, KeyError):
+            return False
+
+
+def start_cluster(root: Path | None, tps: int = TPS) -> Cluster:
     sims = [start_sim("--models", MODEL, "--parallel", str(PARALLEL),
-                      "--tokens-per-second", str(TPS)) for _ in range(NODES)]
+                      "--tokens-per-second", str(tps)) for _ in range(NODES)]
     workers = [start_worker(url, "--parallel", str(PARALLEL), root=root) for _, url in sims]
     data_dir = tempfile.mkdtemp(prefix="olol-bench-sick-")
     settings = {"first_record_timeout_s": DEADLINE_S, "stall_timeout_s": DEADLINE_S}
@@ -375,6 +426,125 @@ def scenario_b(root: Path | None, n: int) -> dict:
         c.stop()
 
 
+@dataclass
+class Probe:
+    cut: bool  # its node was killed while it streamed
+    done: bool  # the client got done: true and no error line
+    same: bool  # the text and eval_count of the uninterrupted answer
+    resumed: int  # olol_resumed of the final record
+    records: int  # records the client got before the kill
+    error: str = ""
+
+
+def probe_body(k: int) -> dict:
+    return {"model": MODEL, "stream": True, "options": {"temperature": 0},
+            "messages": [{"role": "user", "content": f"Probe {k}: tell me about rivers."}]}
+
+
+def _read_probe(url: str, body: dict, seen: list, started: threading.Event) -> None:
+    """Stream one probe; ``seen`` gets every record (or an exception)."""
+    try:
+        with requests.post(url + "/api/chat", json=body, stream=True,
+                           timeout=CLIENT_TIMEOUT_S) as r:
+            if r.status_code != 200:
+                seen.append(RuntimeError(f"HTTP {r.status_code}: {r.text[:120]}"))
+                return
+            for line in r.iter_lines():
+                if line:
+                    seen.append(json.loads(line))
+                    started.set()
+    except (requests.RequestException, ValueError) as exc:
+        seen.append(exc)
+    finally:
+        started.set()
+
+
+def _kill_and_restart(c: Cluster, i: int, root: Path | None) -> None:
+    proc, address = c.workers[i]
+    proc.p.kill()  # SIGKILL: no goodbye to the proxy
+    proc.p.wait(timeout=10)
+    port = int(address.rsplit(":", 1)[1])
+    sim_url = c.sims[i][1]
+    deadline = time.monotonic() + 30
+    while True:  # the port may take a moment to be free again
+        try:
+            new = Proc(["worker", "--listen", address, "--ollama-url", sim_url,
+                        "--parallel", str(PARALLEL)], ready_port=port, root=root)
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    c.workers[i] = (new, address)
+
+
+def _one_probe(c: Cluster, k: int, root: Path | None) -> Probe:
+    body = probe_body(k)
+    reference = requests.post(c.sims[k % NODES][1] + "/api/chat", timeout=CLIENT_TIMEOUT_S,
+                              json={**body, "stream": False}).json()
+    seen: list = []
+    started = threading.Event()
+    reader = threading.Thread(target=_read_probe, args=(c.url, body, seen, started),
+                              name=f"bench-sick-probe-{k}", daemon=True)
+    reader.start()
+    after = 2 + k % 5
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while len(seen) < after and reader.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    node = c.serving(f"Probe {k}:")
+    records = len(seen)
+    if node is not None:
+        _kill_and_restart(c, node, root)
+    reader.join(timeout=CLIENT_TIMEOUT_S + 5)
+    errors = [x for x in seen if isinstance(x, Exception) or (isinstance(x, dict) and "error" in x)]
+    final = seen[-1] if seen and isinstance(seen[-1], dict) else {}
+    done = not errors and final.get("done") is True
+    text = "".join((x.get("message") or {}).get("content") or "" for x in seen
+                   if isinstance(x, dict))
+    same = done and text == (reference.get("message") or {}).get("content") and \
+        final.get("eval_count") == reference.get("eval_count")
+    return Probe(cut=node is not None, done=done, same=same,
+                 resumed=int(final.get("olol_resumed") or 0), records=records,
+                 error=str(errors[0])[:100] if errors else "")
+
+
+def scenario_c(root: Path | None, kills: int) -> dict:
+    c = start_cluster(root, tps=C_TPS)
+    load = Load(c.url, concurrency=C_CONCURRENCY)
+    probes: list[Probe] = []
+    try:
+        load.take(30, timeout=120)  # warm-up: the model loads where it is used
+
+        def kill_mid_stream() -> None:
+            k = 0
+            while len([p for p in probes if p.cut]) < kills and k < kills * 3:
+                deadline = time.monotonic() + HEAL_WAIT_S
+                while not c.all_healthy() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                probes.append(_one_probe(c, k, root))
+                k += 1
+
+        background = load.during(kill_mid_stream)
+    finally:
+        load.stop()
+        c.stop()
+    cut = [p for p in probes if p.cut]
+    completed = [p for p in cut if p.done]
+    seen: dict[str, int] = {}
+    for p in cut:
+        if not p.done:
+            seen[p.error[:70]] = seen.get(p.error[:70], 0) + 1
+    return {
+        "kills": len(cut), "probes": len(probes),
+        "completed_pct": 100.0 * len(completed) / max(1, len(cut)),
+        "same": sum(1 for p in completed if p.same), "completed": len(completed),
+        "marked": sum(1 for p in completed if p.resumed >= 1),
+        "records_before": pct([p.records for p in cut], 0.5) if cut else float("nan"),
+        "background_ok_pct": _share(background), "background_n": len(background),
+        "errors": "; ".join(f"{n}× {e}" for e, n in list(seen.items())[:2]),
+    }
+
+
 def _arms() -> list[tuple[str, Path | None, Callable[[], None]]]:
     rev = os.environ.get("OLOL_BENCH_SICK_BASELINE", DEFAULT_BASELINE)
     tree = export_tree(rev)
@@ -388,15 +558,20 @@ def _arms() -> list[tuple[str, Path | None, Callable[[], None]]]:
 
 def main(quick: bool = False) -> str:
     n = 200 if quick else 1000
+    kills = 10 if quick else KILLS
     arms = _arms()
     a: dict[str, dict] = {}
     b: dict[str, dict] = {}
+    cc: dict[str, dict] = {}
     load_before = os.getloadavg()
     try:
         for name, root, _ in arms:
             a[name] = scenario_a(root, n)
         for name, root, _ in arms:
             b[name] = scenario_b(root, n)
+        load_c = os.getloadavg()
+        for name, root, _ in arms:
+            cc[name] = scenario_c(root, kills)
     finally:
         for _, _, cleanup in arms:
             cleanup()
@@ -415,7 +590,13 @@ def main(quick: bool = False) -> str:
                s(b[name]["healthy_p50"]), s(b[name]["healthy_p99"]), s(b[name]["p50"]),
                s(b[name]["p99"]), s(b[name]["max"]), b[name]["slow"], b[name]["hung_calls"],
                b[name]["errors"] or "-"] for name in names]
-    ra, rb = a[cur], b[cur]
+    rows_c = [[name, cc[name]["kills"], f"{cc[name]['completed_pct']:.1f} %",
+               f"{cc[name]['same']} / {cc[name]['completed']}",
+               f"{cc[name]['marked']} / {cc[name]['completed']}",
+               s(cc[name]["records_before"], 0),
+               f"{cc[name]['background_ok_pct']:.1f} % of {cc[name]['background_n']}",
+               cc[name]["errors"] or "-"] for name in names]
+    ra, rb, rc = a[cur], b[cur], cc[cur]
     readmit = ra["readmitted_s"]
     checks = [
         (f"A: ≥ 99 % of {n} requests succeed", f"{ra['ok_pct']:.1f} %", ra["ok_pct"] >= 99.0),
@@ -428,10 +609,17 @@ def main(quick: bool = False) -> str:
         (f"B: p99 ≤ healthy p99 + deadline ({DEADLINE_S:g} s) + 1 s",
          f"{rb['p99']:.2f} s vs {rb['healthy_p99'] + DEADLINE_S + 1:.2f} s",
          rb["p99"] <= rb["healthy_p99"] + DEADLINE_S + 1.0),
+        (f"C: ≥ 95 % of the {rc['kills']} streams cut by a SIGKILL complete with done: true",
+         f"{rc['completed_pct']:.1f} %", rc["kills"] > 0 and rc["completed_pct"] >= 95.0),
+        ("C: every resumed deterministic answer equals the uninterrupted one",
+         f"{rc['same']} / {rc['completed']}",
+         rc["completed"] > 0 and rc["same"] == rc["completed"]),
     ]
     cores = os.cpu_count()
     return "\n".join([
         "## Sick nodes (`python -m tests.bench sick`)",
+        "",
+        "Scenarios A and B: sick nodes that stay up; C: nodes that die mid-stream.",
         "",
         f"{NODES} simulated nodes (`olol sim`, {PARALLEL} slots, {TPS} tokens/s, answers of "
         f"{TOKENS} tokens), one agent each, one proxy, {CONCURRENCY} client threads sending "
@@ -463,6 +651,22 @@ def main(quick: bool = False) -> str:
         "",
         table(["arm", "requests", "succeeded", "healthy p50", "healthy p99", "p50", "p99",
                "max", "late", "hung calls", "errors"], rows_b),
+        "",
+        "### C: a worker SIGKILLed mid-stream",
+        "",
+        f"The simulators generate {C_TPS} tokens/s here; {C_CONCURRENCY} client threads keep "
+        "a background load (chat, streamed and not). A probe asks a deterministic streamed "
+        "chat question (`temperature: 0`); after 2 to 6 records the agent of the node "
+        "serving it is SIGKILLed, then restarted on the same port; the next probe waits "
+        "until the proxy sees all three nodes healthy. \"completed\": the client got "
+        "`done: true` and no error line; \"= uninterrupted\": text and `eval_count` equal "
+        "to the same request asked of a simulator directly; \"marked\": the final record "
+        "has `olol_resumed`; \"records before\": median records the client had when the "
+        "kill was sent. Load average when C began: "
+        f"{', '.join(f'{x:.2f}' for x in load_c)}.",
+        "",
+        table(["arm", "streams cut", "completed", "= uninterrupted", "marked",
+               "records before", "background load succeeded", "errors"], rows_c),
         "",
         bars_table(checks),
     ])
