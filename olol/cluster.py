@@ -391,8 +391,6 @@ class ClusterManager:
             state.consecutive_failures += 1
             state.last_error, state.last_check, state.latency_ms = str(error)[:500], now, None
             if state.consecutive_failures >= max(1, failure_threshold):
-                if state.healthy:
-                    log.warning("node %s unhealthy: %s", address, error)
                 state.healthy = False
                 state.circuit_open_until = now + open_s if open_s > 0 else 0.0
             return _snapshot(state)

@@ -57,6 +57,8 @@ ROUTES = {
     ("openai", "chat"): "/v1/chat/completions",
     ("openai", "embed"): "/v1/embeddings",
     ("openai", "embeddings"): "/v1/embeddings",
+    ("anthropic", "chat"): "/v1/messages",
+    ("responses", "chat"): "/v1/responses",
 }
 JOBS_ROUTE = "/olol/v1/jobs"
 

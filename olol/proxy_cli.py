@@ -173,6 +173,13 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from olol.store import StoreError, default_data_dir
 
     config = load_config(args.config, flag_overrides(args))
+    from olol.request_log import use_log_format
+
+    try:
+        use_log_format(config.log_format)
+    except ValueError as exc:
+        print(f"olol proxy: {exc}", file=sys.stderr)
+        return 2
     if bool(config.node_cert) != bool(config.node_key):
         print("olol proxy: --node-cert and --node-key go together", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ TABLE = "inference_queue"
 
 KINDS = ("sync", "job")
 ENDPOINTS = ("generate", "chat", "embed", "embeddings")
-APIS = ("ollama", "openai")
+APIS = ("ollama", "openai", "anthropic", "responses")
 ACTIVE = frozenset({"pending", "processing"})
 FINISHED = frozenset({"completed", "failed", "interrupted", "cancelled"})
 
@@ -88,7 +88,7 @@ def build_record(request: Any, *, seq: int, now: float) -> dict[str, Any]:
         raise ValueError(f"queue request: 'kind' must be 'sync' or 'job'; got {kind!r}")
     api = request.get("api", "ollama")
     if api not in APIS:
-        raise ValueError(f"queue request: 'api' must be 'ollama' or 'openai'; got {api!r}")
+        raise ValueError(f"queue request: 'api' must be one of {', '.join(APIS)}; got {api!r}")
     priority = request.get("priority", 0)
     if priority is None:
         priority = 0

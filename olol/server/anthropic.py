@@ -55,5 +55,6 @@ def messages() -> Response:
         native,
         native["stream"],
         lambda request_id: _Messages(body, model, request_id),
+        api="anthropic",
         relax_thinking=True,
     )

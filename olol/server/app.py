@@ -36,11 +36,10 @@ from olol.server import metrics as metrics_bp
 from olol.server.common import (
     AFTER_RESPONSE,
     EXTENSION,
-    bearer_token,
     is_openai_path,
     json_response,
 )
-from olol.server.door import PUBLIC_PATHS, unauthorized
+from olol.server.door import PUBLIC_PATHS, request_key, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ def create_app(ctx: Any) -> Flask:
             return
         if request.path == metrics_bp.METRICS_PATH and metrics_bp.is_public(ctx):
             return
-        info = ctx.keys.verify(bearer_token(request.headers.get("Authorization")))
+        info = ctx.keys.verify(request_key(request.headers))
         if info is None:
             raise unauthorized()
         g.olol_key = info

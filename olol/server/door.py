@@ -57,6 +57,17 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip() or None
 
 
+def request_key(headers: Any) -> str | None:
+    """The API key of a request: ``Authorization: Bearer <key>``, else ``x-api-key``
+    (the header the official anthropic client sends). ``headers`` is a mapping with
+    either HTTP spellings (Flask) or waitress's CGI spellings (``X_API_KEY``)."""
+    token = bearer_token(headers.get("AUTHORIZATION") or headers.get("Authorization"))
+    if token:
+        return token
+    other = headers.get("X_API_KEY") or headers.get("X-Api-Key") or ""
+    return other.strip() or None
+
+
 def unauthorized() -> ApiError:
     return ApiError(
         401, UNAUTHORIZED_MESSAGE, openai_type="invalid_request_error", code="invalid_api_key",
@@ -97,7 +108,7 @@ class DoorPolicy:
             store = self.keys()
             info = None
             if store is not None:
-                info = store.verify(bearer_token(headers.get("AUTHORIZATION")), touch=False)
+                info = store.verify(request_key(headers), touch=False)
             if info is None:
                 return unauthorized(), limit
             if limit > self.config.max_body_bytes and not info.admin:
@@ -118,8 +129,12 @@ class Refusal(Error):
         self.path = path
 
     def to_response(self, ident: str | None = None) -> tuple[str, list, bytes]:
-        openai = self.path == "/v1" or self.path.startswith("/v1/")
-        body = orjson.dumps(self.err.openai_body() if openai else self.err.ollama_body())
+        if self.path.rstrip("/") == "/v1/messages":
+            body = orjson.dumps(self.err.anthropic_body())
+        elif self.path == "/v1" or self.path.startswith("/v1/"):
+            body = orjson.dumps(self.err.openai_body())
+        else:
+            body = orjson.dumps(self.err.ollama_body())
         headers = [("Content-Type", JSON_CONTENT_TYPE)]
         headers += [(k, str(v)) for k, v in (self.err.headers or {}).items()]
         return f"{self.code} {self.reason}", headers, body

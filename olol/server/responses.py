@@ -55,4 +55,5 @@ def responses() -> Response:
         native,
         native["stream"],
         lambda request_id: _Response(body, model, request_id, clock, created_at),
+        api="responses",
     )

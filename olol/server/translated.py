@@ -41,10 +41,10 @@ class Translation(Protocol):
         """The event that ends a stream that failed after it started."""
 
 
-def _queue(ctx: Any, native: dict[str, Any], stream: bool) -> tuple[Any, Any]:
+def _queue(ctx: Any, native: dict[str, Any], stream: bool, api: str) -> tuple[Any, Any]:
     """Submit ``native`` and wait for its whole answer (or a stream's first event)."""
     validated = VALIDATORS["chat"](native)
-    sub = submit(ctx, validated, native, api="openai", stream=stream)
+    sub = submit(ctx, validated, native, api=api, stream=stream)
     try:
         result = first_event_or_error(sub) if stream else sub.wait_final()
     except ApiError as exc:
@@ -58,10 +58,12 @@ def serve_chat(
     stream: bool,
     translation: Callable[[str], Translation],
     *,
+    api: str,
     relax_thinking: bool = False,
 ) -> Response:
     """Queue a native chat body and answer it through ``translation(request_id)``.
 
+    :param api: the queue record's ``api`` (metrics and logs name the route by it).
     :param relax_thinking: when the model does not support thinking, run the request
         again without ``think`` instead of answering 400 (Ollama relaxes thinking this
         way for its Anthropic layer, so that tools like Claude Code work with any
@@ -69,7 +71,7 @@ def serve_chat(
     """
     ctx = get_ctx()
     try:
-        sub, result = _queue(ctx, native, stream)
+        sub, result = _queue(ctx, native, stream, api)
     except ApiError as exc:
         if not (
             relax_thinking
@@ -79,7 +81,7 @@ def serve_chat(
         ):
             raise
         native = {key: value for key, value in native.items() if key != "think"}
-        sub, result = _queue(ctx, native, stream)
+        sub, result = _queue(ctx, native, stream, api)
     answer = translation(sub.request_id)
     if not stream:
         return json_response(answer.whole(result), headers=sub.headers)

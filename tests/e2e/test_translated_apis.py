@@ -312,3 +312,27 @@ def test_keys_anthropic_clients_send_the_key_as_a_bearer_token(make_cluster):
         anthropic_client(c.url).messages.create(model=MODEL, max_tokens=5, messages=msgs)
     with pytest.raises(openai.AuthenticationError):
         openai_client(c.url).responses.create(model=MODEL, input="hi")
+
+
+def test_the_anthropic_clients_own_key_header_is_accepted(make_cluster):
+    """The anthropic SDK sends ``x-api-key`` by default: accepted like a bearer token,
+    and a missing or bad key is refused in Anthropic's error shape, on the headers."""
+    import requests
+
+    from olol.keys import KeyStore
+
+    c = make_cluster(nodes=1, keys_enabled=True)
+    keys = c.proxy.context.keys or KeyStore(c.proxy.db, c.proxy.clock)
+    _, key = keys.create("claude", admin=False)
+    msgs = [{"role": "user", "content": "hi"}]
+    keyed = anthropic.Anthropic(base_url=c.url, api_key=key, max_retries=0, timeout=30)
+    assert keyed.messages.create(model=MODEL, max_tokens=5, messages=msgs).content
+    r = requests.post(c.url + "/v1/messages", headers={"x-api-key": "olol-wrong"}, timeout=10,
+                      json={"model": MODEL, "max_tokens": 5, "messages": msgs})
+    assert r.status_code == 401
+    body = r.json()
+    assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    # the queue names the API, so metrics and logs name the route
+    done = [rec for rec in c.proxy.queue.list_jobs(kind="sync", limit=5)
+            if rec["status"] == "completed"]
+    assert done and done[0]["api"] == "anthropic"
