@@ -540,11 +540,12 @@ class Dispatcher:
         """The rest of a carried-over answer, for the caller's thread that was reading
         a relay (:func:`olol.resume.follow`)."""
         channel = self.hub.get(request_id)
-        if channel is None:
+        if channel is None:  # the caller left meanwhile: nobody wants the rest
+            self.queue.cancel(request_id)
             raise NodeError(None, "the client went away", 499, mid_stream=True)  # type: ignore[arg-type]
-        return follow(channel, first_wait=self.request_timeout_s,
-                      idle_wait=self.stream_idle_timeout_s,
-                      on_timeout=lambda: self.queue.cancel(request_id))
+        yield from follow(channel, first_wait=self.request_timeout_s,
+                          idle_wait=self.stream_idle_timeout_s,
+                          on_timeout=lambda: self.queue.cancel(request_id))
 
     def _keep_alike(self, a: Assignment) -> None:
         """A batch is one node call: requests that ride along with its head must want
@@ -731,9 +732,10 @@ class Dispatcher:
             if node_side:
                 self._blame_mid_stream(a, exc)
             for req in a.requests:
-                if node_side and keep is not None and self._carry_over(a, req, exc, keep):
-                    continue
-                self._fail(req, exc.http_status, exc.message, started=True)
+                if req.get("kind") == "job" and node_side:
+                    self._retry(req, exc)  # no stream: it starts over
+                elif not (node_side and keep is not None and self._carry_over(a, req, exc, keep)):
+                    self._fail(req, exc.http_status, exc.message, started=True)
             return
         if kind != NODE:
             # the request itself was refused (unknown model, bad option), or the node

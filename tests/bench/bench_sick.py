@@ -35,8 +35,8 @@ uninterrupted one (the same request asked of a simulator directly: text and
 background requests that succeed.
 
 The proxy runs with a first-record and a stall deadline of ``DEADLINE_S``
-(patched into the dispatcher's defaults by a launcher where the revision has
-them); other settings are the defaults (health polls every 5 s, 3 attempts,
+(patched into the dispatcher's arguments by a launcher where the revision has
+them: the proxy passes its configuration's values, which the patch overrides); other settings are the defaults (health polls every 5 s, 3 attempts,
 outlier detection's defaults). The simulators always come from this tree (they
 carry the fault knobs); agents and proxy come from the arm's revision:
 
@@ -87,8 +87,7 @@ _init = _d.Dispatcher.__init__
 _known = inspect.signature(_init).parameters
 _settings = {k: v for k, v in @SETTINGS@.items() if k in _known}
 def _patched(self, *args, **kw):
-    for key, value in _settings.items():
-        kw.setdefault(key, value)
+    kw.update(_settings)  # over the proxy's own configuration, where it passes them
     _init(self, *args, **kw)
 _d.Dispatcher.__init__ = _patched
 from olol.cli import main
