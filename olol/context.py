@@ -87,6 +87,11 @@ class ProxyConfig:
     stall_timeout_s: float = opt(60.0, "Longest silence between a node's records before any "
                                  "output reached the client (0: none).", live=True)
     cold_start_s: float = opt(30.0, "Least load time assumed for a model cold on its node.")
+    resume_streams: bool = opt(True, "A stream whose node dies or stalls after output "
+                               "reached the client is continued on another node that has "
+                               "the model (docs/proxy.md).", live=True)
+    max_resumes: int = opt(2, "Most times one stream is carried over to another node.",
+                           live=True)
     node_progress: bool = opt(True, "Agents build non-streamed answers from a stream and "
                               "send progress, so that deadlines tell a hung node from a "
                               "long answer (needs agents of this version).")

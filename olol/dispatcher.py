@@ -44,6 +44,7 @@ from typing import Any
 import grpc
 
 from olol.hub import CHUNK, DONE, ERROR, RELAY
+from olol.metrics import request_usage
 from olol.node_faults import (
     BUSY,
     NODE,
@@ -407,6 +408,7 @@ class Dispatcher:
             self._forget(a)
             raise
         self._calls.unwatch(a.batch_id)  # the relay's own watchdog takes over
+        first_ts = self.clock()  # the first record goes to the client now
         next_refresh = [self.monotonic() + self.lease_refresh_s]
 
         def keep_lease() -> None:
@@ -416,7 +418,7 @@ class Dispatcher:
                 self.queue.extend_lease(rid)
 
         def settle(outcome: str, info: Any) -> Iterator[tuple[bytes, bool]] | None:
-            return self._settle_relay(a, started_ts, outcome, info, relay)
+            return self._settle_relay(a, started_ts, outcome, info, relay, first_ts)
 
         resumable = self._may_resume(a)
         relay = StreamRelay(rid, stream, body, done, settle=settle, on_record=keep_lease,
@@ -439,7 +441,8 @@ class Dispatcher:
                 self._relays.pop(req["id"], None)
 
     def _settle_relay(self, a: Assignment, started_ts: float, outcome: str, info: Any,
-                      relay: StreamRelay) -> Iterator[tuple[bytes, bool]] | None:
+                      relay: StreamRelay, first_ts: float | None = None
+                      ) -> Iterator[tuple[bytes, bool]] | None:
         """The end of a relayed stream, in whichever thread saw it: record the outcome
         and release the slot (exactly once, :class:`StreamRelay` guarantees it).
         When the node failed after output and the stream is carried over to another
@@ -449,7 +452,9 @@ class Dispatcher:
         try:
             self._forget(a)
             if outcome == "completed":
-                self.queue.update_request_status(req["id"], "completed")
+                self.queue.update_request_status(
+                    req["id"], "completed",
+                    usage=request_usage(info, first_token_ts=first_ts, cold=a.cold))
                 self._succeeded(a, started_ts, info)
             elif outcome == "failed" and not self.queue.is_cancelled(req["id"]):
                 exc: NodeError = info
@@ -590,9 +595,13 @@ class Dispatcher:
         # and only request_timeout_s bounds it
         waiting = list(a.requests)
         delivered = False  # output reached a synchronous caller
+        # when the first record went to the callers (a carried-over answer's came earlier)
+        first_ts: float | None = None
         next_refresh = time.monotonic() + self.lease_refresh_s
         try:
             for record in stream:
+                if first_ts is None and head.get("stream") and resume is None:
+                    first_ts = self.clock()
                 if time.monotonic() >= next_refresh:
                     # a long generation keeps its claim: the lease must not run out
                     for req in waiting:
@@ -626,9 +635,12 @@ class Dispatcher:
                 if keep is not None and delivered and not done:
                     keep.add(record, self.monotonic())
                 if done:
-                    def tail(waiting: list = waiting, record: Any = record) -> None:
+                    def tail(waiting: list = waiting, record: Any = record,
+                             first_ts: float | None = first_ts) -> None:
                         for req in waiting:
-                            self._finish(req, record, publish=False)
+                            self._finish(req, record, publish=False, usage=request_usage(
+                                record, first_token_ts=first_ts, cold=a.cold,
+                                resumes=resume.resumes if resume is not None else 0))
                         stream.drain()
 
                     self._later(tail)
@@ -702,11 +714,15 @@ class Dispatcher:
             self._finish(req, share)
 
     # ---------------------------------------------------------------- outcomes
-    def _finish(self, req: dict, record: dict, publish: bool = True) -> None:
+    def _finish(self, req: dict, record: dict, publish: bool = True,
+                usage: dict | None = None) -> None:
         if publish and req.get("kind") != "job":
             self.hub.publish(req["id"], DONE, record, timeout=self.publish_timeout_s)
         result = record if req.get("kind") == "job" else None
-        self.queue.update_request_status(req["id"], "completed", result)
+        if usage is None:
+            resume = self._resume_of(req["id"])
+            usage = request_usage(record, resumes=resume.resumes if resume is not None else 0)
+        self.queue.update_request_status(req["id"], "completed", result, usage=usage)
 
     def _fail(self, req: dict, status: int, message: str, *, started: bool) -> None:
         if req.get("kind") != "job":

@@ -197,7 +197,8 @@ class Proxy:
                 stream_idle_timeout_s=config.stream_idle_timeout_s,
                 first_record_timeout_s=config.first_record_timeout_s,
                 stall_timeout_s=config.stall_timeout_s, cold_start_s=config.cold_start_s,
-                node_progress=config.node_progress,
+                node_progress=config.node_progress, resume_streams=config.resume_streams,
+                max_resumes=config.max_resumes,
             )
             self.metrics = ProxyMetrics(
                 queue=self.queue, cluster=self.cluster, db=db, scheduler=self.scheduler,

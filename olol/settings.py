@@ -289,6 +289,8 @@ def install_settings(proxy: Any) -> RuntimeSettings:
         "retry_backoff_s": attr(dispatcher, "retry_backoff_s", float),
         "first_record_timeout_s": attr(dispatcher, "first_record_timeout_s", float),
         "stall_timeout_s": attr(dispatcher, "stall_timeout_s", float),
+        "resume_streams": attr(dispatcher, "resume_streams", bool),
+        "max_resumes": attr(dispatcher, "max_resumes", int),
         "outlier_consecutive_failures": attr(outliers, "consecutive_failures", int),
         "outlier_failure_rate": attr(outliers, "failure_rate", float),
         "outlier_base_ejection_s": ejection("base_ejection_s"),

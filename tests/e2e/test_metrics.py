@@ -5,7 +5,6 @@ the scrapes themselves are traffic too, so totals are never compared)."""
 
 from __future__ import annotations
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -177,8 +176,6 @@ def test_request_log_off(make_cluster, caplog):
     assert not [r for r in caplog.records if r.name == "olol.requests"]
 
 
-@pytest.mark.xfail(strict=False, reason="needs the dispatcher to pass "
-                   "usage=request_usage(...) to queue.update_request_status (docs/metrics.md)")
 def test_ttft_tokens_and_load_time_from_the_dispatcher(make_cluster):
     c = make_cluster(nodes=1, models="llama3.2:1b[tps=200,ttft=0.05,load=0.3]")
     for stream in (True, False, True):  # the first one loads the model
