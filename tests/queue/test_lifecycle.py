@@ -22,7 +22,7 @@ def _ids(docs):
         ({"body": "text"}, "'body' must be a dict"),
         ({"body": None}, "'body' must be a dict"),
         ({"kind": "batch"}, "'kind' must be 'sync' or 'job'"),
-        ({"api": "grpc"}, "'api' must be 'ollama' or 'openai'"),
+        ({"api": "grpc"}, "'api' must be one of ollama, openai, anthropic, responses"),
         ({"priority": "high"}, "'priority' must be an integer"),
         ({"priority": True}, "'priority' must be an integer"),
         ({"priority": 10**9}, "'priority' must be within"),

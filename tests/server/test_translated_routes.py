@@ -53,7 +53,7 @@ def test_messages_are_queued_as_native_chats_with_priority(served):
             assert "".join(stream.text_stream) == "Hi there"
             assert stream.get_final_message().usage.output_tokens == 2
     first = disp.claimed[0]
-    assert (first["kind"], first["endpoint"], first["api"]) == ("sync", "chat", "openai")
+    assert (first["kind"], first["endpoint"], first["api"]) == ("sync", "chat", "anthropic")
     assert first["priority"] == 7 and first["prompt"] == "hello"
     assert first["body"] == {
         "model": MODEL,
