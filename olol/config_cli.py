@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from olol.context import from_text
-from olol.models_cli_http import EXIT_OK, Api, CliError, _run
+from olol.models_cli_http import EXIT_OK, Api, CliError, _run, proxy_arguments
 from olol.models_cli_view import table
 
 
@@ -18,12 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__ + " docs/config.md lists every setting and says which can "
         "change while the proxy runs.")
     sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=None,
-                        help="proxy URL (default: $OLOL_URL, else the config's listen)")
-    common.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the proxy (default 10)")
-    common.add_argument("--json", action="store_true", help="print JSON")
+    common = proxy_arguments()
 
     p = sub.add_parser("get", parents=[common], help="settings and their values")
     p.add_argument("names", nargs="*", help="only these settings")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -158,22 +157,12 @@ def node_token_of(config: ProxyConfig) -> str | None:
 
     :raises ValueError: the file cannot be read or is empty.
     """
-    if config.node_token:
-        return config.node_token
-    path = config.node_token_file
-    if path is None:
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        candidate = Path(creds) / "node-token" if creds else None
-        if candidate is None or not candidate.is_file():
-            return None
-        path = str(candidate)
+    from olol.credentials import read_secret
+
     try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"node_token_file {path}: {exc.strerror or exc}") from None
-    if not token:
-        raise ValueError(f"node_token_file {path} is empty")
-    return token
+        return read_secret(config.node_token, config.node_token_file, "node-token")
+    except ValueError as exc:
+        raise ValueError(f"node_token_file: {exc}") from None
 
 
 def node_tls_of(config: ProxyConfig) -> Any:

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from olol.models_cli_http import EXIT_FAILED, EXIT_OK, Api, CliError, _run
+from olol.models_cli_http import EXIT_FAILED, EXIT_OK, Api, CliError, _run, proxy_arguments
 from olol.models_cli_view import table
 
 FINISHED = ("completed", "failed", "interrupted", "cancelled")
@@ -22,12 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "jobs", help="asynchronous inference jobs (submit, get, wait, cancel, ls)",
         description=__doc__)
     sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=None,
-                        help="proxy URL (default: $OLOL_URL, else the config's listen)")
-    common.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for each call to the proxy (default 10)")
-    common.add_argument("--json", action="store_true", help="print JSON")
+    common = proxy_arguments()
 
     p = sub.add_parser("submit", parents=[common], help="queue a request; prints its id")
     p.add_argument("endpoint", choices=["generate", "chat", "embed", "embeddings"])

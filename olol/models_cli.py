@@ -28,6 +28,7 @@ from olol.models_cli_http import (
     Api,
     CliError,
     _run,
+    proxy_arguments,
 )
 from olol.models_cli_view import (
     BAR_WIDTH,
@@ -53,13 +54,7 @@ __all__ = [
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=None,
-                        help="proxy URL (default: $OLOL_URL, else listen in $OLOL_CONFIG or olol.toml, else "
-                        f"{DEFAULT_URL})")
-    common.add_argument("--timeout", type=float, default=30.0,
-                        help="seconds to wait for the proxy's answer (default 30)")
-    common.add_argument("--json", action="store_true", help="print JSON")
+    common = proxy_arguments(30.0)
 
     models = subparsers.add_parser("models", help="where models live; pull, remove, place")
     sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)

@@ -22,6 +22,20 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_LINE_BYTES = 1024 * 1024
 
 
+def proxy_arguments(timeout_s: float = 10.0) -> argparse.ArgumentParser:
+    """The options every command that talks to a running proxy takes (a parent parser):
+    ``--url``, ``--timeout`` and ``--json``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None,
+                        help="proxy URL (default: $OLOL_URL, else listen in $OLOL_CONFIG or "
+                             "olol.toml, else http://127.0.0.1:11435)")
+    common.add_argument("--timeout", type=float, default=timeout_s,
+                        help=f"seconds to wait for each answer of the proxy "
+                             f"(default {timeout_s:g})")
+    common.add_argument("--json", action="store_true", help="print JSON")
+    return common
+
+
 class CliError(Exception):
     def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
         super().__init__(message)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 RET_OK = 0
@@ -136,25 +134,10 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
 
 def secret(value: str | None, path: str | None, credential: str) -> str | None:
     """A secret from its flag, else the file named, else the systemd credential
-    ``credential`` ($CREDENTIALS_DIRECTORY/<credential>) when present.
+    ``credential`` (:func:`olol.credentials.read_secret`)."""
+    from olol.credentials import read_secret
 
-    :raises ValueError: the file cannot be read or is empty.
-    """
-    if value:
-        return value
-    if path is None:
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        candidate = Path(creds) / credential if creds else None
-        if candidate is None or not candidate.is_file():
-            return None
-        path = str(candidate)
-    try:
-        text = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not text:
-        raise ValueError(f"{path} is empty")
-    return text
+    return read_secret(value, path, credential)
 
 
 def _gib(n: Any) -> str:
