@@ -43,3 +43,21 @@ def proxy_url(explicit: str | None = None) -> str:
         if isinstance(listen, str) and ":" in listen:
             return url_from_listen(listen)
     return url_from_listen(DEFAULT_LISTEN)
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """A short sentence for a proxy that did not answer: the cause in plain words and
+    what to try, instead of the HTTP library's chain of wrapped errors."""
+    text = str(exc)
+    if "Connection refused" in text or "Errno 111" in text:
+        cause = "connection refused: is the proxy running?"
+    elif "timed out" in text.lower() or "Timeout" in type(exc).__name__:
+        cause = "no answer in time"
+    elif "Name or service not known" in text or "nodename nor servname" in text:
+        cause = "unknown host name"
+    elif "SSL" in text or "certificate" in text:
+        cause = "TLS failed: " + text[-160:]
+    else:
+        cause = text[-160:]
+    return (f"cannot reach the olol proxy at {url} ({cause}); start it with `olol proxy`, "
+            "or point --url or $OLOL_URL at it")

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from olol.clientconf import proxy_url
+from olol.clientconf import proxy_url, unreachable
 from olol.keys import KeyStore
 from olol.store import journal as jr
 from olol.store.database import DatabaseManager, default_data_dir
@@ -66,7 +66,7 @@ class _Remote:
             resp = requests.request(method, self.url + "/olol/v1/keys" + path, json=body,
                                     headers=self.headers, timeout=10)
         except requests.RequestException as exc:
-            raise _Failed(f"cannot reach the olol proxy at {self.url}: {exc}") from None
+            raise _Failed(unreachable(self.url, exc)) from None
         try:
             data = resp.json()
         except ValueError:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from olol.clientconf import proxy_url
+from olol.clientconf import proxy_url, unreachable
 
 DEFAULT_URL = "http://127.0.0.1:11435"
 API = "/olol/v1"
@@ -73,7 +73,7 @@ class Api:
                                          params=params, headers=self.headers,
                                          timeout=self.timeout)
         except self.requests.RequestException as exc:
-            raise CliError(f"cannot reach the olol proxy at {self.url}: {exc}") from None
+            raise CliError(unreachable(self.url, exc)) from None
         if resp.status_code >= 400 and resp.status_code not in ok:
             raise self._error(method, path, resp)
         try:
@@ -86,7 +86,7 @@ class Api:
             resp = self.requests.post(self.url + API + path, json=body, headers=self.headers,
                                       stream=True, timeout=(self.timeout, idle_s))
         except self.requests.RequestException as exc:
-            raise CliError(f"cannot reach the olol proxy at {self.url}: {exc}") from None
+            raise CliError(unreachable(self.url, exc)) from None
         with resp:
             if resp.status_code >= 400:
                 raise self._error("POST", path, resp)

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from olol.clientconf import proxy_url
+from olol.clientconf import proxy_url, unreachable
 
 DEFAULT_URL = "http://127.0.0.1:11435"
 NODES_PATH = "/olol/v1/nodes"
@@ -71,7 +71,7 @@ class _HttpBackend:
             resp = self._requests.request(method, self.url + path, json=body,
                                           headers=self.headers, timeout=self.timeout)
         except self._requests.RequestException as exc:
-            raise CliError(f"cannot reach the olol proxy at {self.url}: {exc}") from None
+            raise CliError(unreachable(self.url, exc)) from None
         try:
             data = resp.json()
         except ValueError:

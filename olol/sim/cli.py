@@ -56,6 +56,21 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a size like 4G, got {text!r}") from None
 
 
+def _rate(text: str) -> float:
+    """Bytes per second: a number, or a size with a suffix like the other options (200M)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            value = float(parse_size(text))
+        except (SpecError, ValueError):
+            raise argparse.ArgumentTypeError(
+                f"expected bytes per second like 200M or 1.5e8, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sim", help="run an Ollama-API simulator (no GPU needed)",
@@ -77,8 +92,9 @@ def register(subparsers: Any) -> None:
                    help="models loaded at once (default 3)")
     p.add_argument("--max-queue", type=_non_negative(int), default=512, metavar="N",
                    help="waiting requests before 503 (default 512)")
-    p.add_argument("--pull-speed", type=_non_negative(float), default=0.0, metavar="BPS",
-                   help="pull/push speed in bytes per second, 0 = instant (default 0)")
+    p.add_argument("--pull-speed", type=_rate, default=0.0, metavar="BPS",
+                   help="pull/push speed in bytes per second (K/M/G suffixes), "
+                        "0 = instant (default 0)")
     p.add_argument("--disk-bytes", type=_size, default=None, metavar="BYTES",
                    help="simulated disk size (K/M/G/T suffixes); pulls that do not fit fail "
                         "(default unlimited)")

@@ -98,3 +98,22 @@ def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_no_proxy_is_said_in_plain_words(capsys):
+    from olol.cli import main
+
+    assert main(["nodes", "ls", "--url", "http://127.0.0.1:9", "--timeout", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "connection refused: is the proxy running?" in err
+    assert "HTTPConnectionPool" not in err and "NewConnectionError" not in err
+
+
+def test_sim_pull_speed_takes_a_size_suffix():
+    from olol.cli import build_parser
+
+    args = build_parser().parse_args(["sim", "--pull-speed", "200M"])
+    assert args.pull_speed == 200 * 1024**2 or args.pull_speed == 200_000_000
+    assert build_parser().parse_args(["sim", "--pull-speed", "1.5e3"]).pull_speed == 1500.0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sim", "--pull-speed", "fast"])
