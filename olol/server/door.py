@@ -186,7 +186,10 @@ class GatedParser(HTTPRequestParser):
                                                     self.headers, length)
         except Exception:  # noqa: BLE001 - never take the I/O loop down: the app decides
             log.exception("door policy failed on %s %s", self.command, self.path)
-            return
+            # still bounded: what every route but blob uploads may send
+            err, limit = None, int(self.channel.policy.config.max_body_bytes)
+            if length is not None and length > limit:
+                err = too_large(limit)
         self.body_limit = limit
         if err is not None:
             self.error = Refusal(err, self.path or "")

@@ -275,3 +275,18 @@ def test_expect_continue_without_a_body_is_answered(open_door):
         sock.sendall(head("GET", "/api/version", extra="Expect: 100-continue\r\n"))
         status, _, body = read_response(sock)
     assert status == 200 and "version" in json.loads(body)
+
+
+def test_a_failing_policy_still_bounds_the_body(open_door, monkeypatch):
+    from olol.server import door
+
+    def broken(self, *args):
+        raise RuntimeError("policy bug")
+
+    monkeypatch.setattr(door.DoorPolicy, "decide", broken)
+    with connect(open_door) as sock:
+        sock.sendall(head("POST", "/api/chat", length=600 << 20))
+        status, _, _ = read_response(sock)
+    assert status == 413  # not read to the end on the largest route's limit
+    r = requests.post(open_door.url + "/api/chat", json=CHAT, timeout=30)
+    assert r.status_code == 200  # small bodies still served; the app checks them
