@@ -150,6 +150,23 @@ class ProxyContext:
     # set when the proxy shuts down: the front door stops admitting (503)
     draining: threading.Event = field(default_factory=threading.Event)
 
+    def readiness(self) -> list[str]:
+        """Why the proxy cannot serve inference now (empty: ready): shutting down, the
+        store closed or failed, no healthy node (each node's last error named)."""
+        reasons = []
+        if self.draining.is_set():
+            reasons.append("the proxy is shutting down")
+        if getattr(self.db, "closed", False):
+            reasons.append("the store is closed")
+        nodes = self.cluster.list_nodes()
+        if not nodes:
+            reasons.append("no node is configured (olol nodes add HOST:PORT)")
+        elif not any(n.healthy for n in nodes):
+            why = "; ".join(f"{n.address}: {n.last_error or 'not checked yet'}"
+                            for n in nodes[:10])
+            reasons.append(f"no healthy node among {len(nodes)} ({why})")
+        return reasons
+
 
 def node_token_of(config: ProxyConfig) -> str | None:
     """The token for the node agents: ``node_token``, else the contents of

@@ -356,8 +356,7 @@ class Proxy:
     def _ready(self) -> bool:
         """What the readiness probe says (``olol_ready``): serving, the store open and
         at least one healthy node."""
-        return (not self.context.draining.is_set() and not self.db.closed
-                and any(n.healthy for n in self.cluster.list_nodes()))
+        return not self.context.readiness()
 
     def alive(self) -> bool:
         """True while the HTTP loop runs and the store accepts writes (the watchdog's

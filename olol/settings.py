@@ -58,9 +58,13 @@ def _fraction(name: str, value: Any) -> None:
 
 #: Range checks beyond the type (the schema's); a live setting without one is
 #: positive when numeric.
+def _priority(name: str, value: Any) -> None:
+    if not -100 <= value <= 100:
+        raise SettingError(f"{name} must be in -100..100, got {value!r}")
+
+
 CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "default_priority": lambda n, v: None if -100 <= v <= 100 else (_ for _ in ()).throw(
-        SettingError(f"{n} must be in -100..100, got {v!r}")),
+    "default_priority": _priority,
     "retry_backoff_s": _non_negative,
     "first_record_timeout_s": _non_negative,
     "stall_timeout_s": _non_negative,

@@ -53,6 +53,7 @@ from typing import Any
 import orjson
 
 from olol.store.database import iso_utc
+from olol.store.journal import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,6 @@ def list_files(folder: Path) -> list[tuple[int, str, Path]]:
         if m:
             found.append((int(m.group(1)), m.group(2), entry))
     return sorted(found)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RequestStats:
@@ -309,19 +302,9 @@ class RequestStats:
         assert self.log_dir is not None
         gen = self._gen + 1
         path = self.log_dir / f"{LOG_PREFIX}{gen:08d}.sum"
-        tmp = path.with_name(path.name + ".tmp")
         payload = b"".join(encode_line(h, c.fields()) for h, c in sorted(self._pending.items()))
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(self.log_dir)
+            write_atomic(path, payload)
         except OSError as exc:
             log.error("request stats: compacting the unrolled log failed: %s", exc)
             self._compact_at = self._log_bytes + self.max_log_bytes

@@ -20,10 +20,12 @@ import orjson
 from olol.api import gojson
 from olol.api.errors import ApiError
 
-_IMAGE_PREFIXES = ("data:;base64,",) + tuple(
+#: Data-URL prefixes Ollama accepts for images (the OpenAI layers share them).
+IMAGE_PREFIXES = ("data:;base64,",) + tuple(
     f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp")
 )
-_REASONING = {
+#: Reasoning effort -> Ollama's think value (chat completions and Responses alike).
+REASONING_LEVELS = {
     "none": False,
     "minimal": "low",
     "low": "low",
@@ -178,7 +180,7 @@ def _tool_name_for(messages: list[Mapping[str, Any]], call_id: str) -> str:
 
 
 def _image_from_url(url: str) -> str:
-    for prefix in _IMAGE_PREFIXES:
+    for prefix in IMAGE_PREFIXES:
         if url.startswith(prefix):
             data = url[len(prefix) :]
             try:
@@ -296,13 +298,13 @@ def _think_from(body: Mapping[str, Any]) -> Any:
         effort = _get(body, "reasoning_effort")
     if not effort:
         return None
-    if effort not in _REASONING:
+    if effort not in REASONING_LEVELS:
         raise ApiError(
             400,
             f'invalid reasoning value: \'{effort}\' (must be "none", "minimal", "low", '
             '"medium", "high", "max", "xhigh", or "ultra")',
         )
-    return _REASONING[effort]
+    return REASONING_LEVELS[effort]
 
 
 def _format_from(response_format: Any) -> Any:

@@ -61,6 +61,7 @@ import orjson
 
 from olol.api import gojson
 from olol.api.errors import ApiError
+from olol.api.openai_requests import IMAGE_PREFIXES, REASONING_LEVELS
 
 _STRUCTS: dict[str, dict[str, str]] = {
     **gojson.API_STRUCTS,
@@ -132,21 +133,6 @@ _STRUCTS: dict[str, dict[str, str]] = {
     },
 }
 
-_REASONING = {
-    "none": False,
-    "minimal": "low",
-    "low": "low",
-    "medium": "medium",
-    "high": "high",
-    "max": "max",
-    "xhigh": "max",
-    "ultra": "max",
-}
-_IMAGE_PREFIXES = ("data:;base64,",) + tuple(
-    f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp")
-)
-
-
 def _get(body: Mapping[str, Any], name: str) -> Any:
     return gojson.field_value(body, name)
 
@@ -178,7 +164,7 @@ def _image(url: str) -> str:
             400,
             "image URLs are not currently supported, please use base64 encoded data instead",
         )
-    for prefix in _IMAGE_PREFIXES:
+    for prefix in IMAGE_PREFIXES:
         if url.startswith(prefix):
             data = url[len(prefix) :]
             try:
@@ -428,13 +414,13 @@ def _think(body: Mapping[str, Any]) -> Any:
     effort = _get(reasoning, "effort") if isinstance(reasoning, Mapping) else None
     if not effort:
         return None
-    if effort not in _REASONING:
+    if effort not in REASONING_LEVELS:
         raise ApiError(
             400,
             f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", '
             '"high", "xhigh", "ultra", "max", or "none")',
         )
-    return _REASONING[effort]
+    return REASONING_LEVELS[effort]
 
 
 def _format(body: Mapping[str, Any]) -> Any:

@@ -88,18 +88,9 @@ def ready() -> Response:
     """Readiness for load balancers: 200 when the proxy can serve inference, else 503
     with the reasons (shutting down, store closed, no healthy node)."""
     ctx = get_ctx()
-    reasons = []
-    if ctx.draining.is_set():
-        reasons.append("the proxy is shutting down")
-    if getattr(ctx.db, "closed", False):
-        reasons.append("the store is closed")
+    reasons = ctx.readiness()
     nodes = ctx.cluster.list_nodes()
     healthy = [n for n in nodes if n.healthy]
-    if not nodes:
-        reasons.append("no node is configured (olol nodes add HOST:PORT)")
-    elif not healthy:
-        why = "; ".join(f"{n.address}: {n.last_error or 'not checked yet'}" for n in nodes[:10])
-        reasons.append(f"no healthy node among {len(nodes)} ({why})")
     body = {"status": "not ready" if reasons else "ready", "healthy_nodes": len(healthy),
             "nodes": len(nodes)}
     if reasons:

@@ -10,7 +10,6 @@ from flask import Response, current_app, g, request
 from olol.api.errors import ApiError
 from olol.api.streaming import JSON_CONTENT_TYPE
 from olol.api.validation import parse_json_body
-from olol.server.door import bearer_token  # noqa: F401 - re-exported
 
 #: Key under which the app keeps its ProxyContext in ``app.extensions``.
 EXTENSION = "olol"

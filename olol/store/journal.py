@@ -461,9 +461,10 @@ class Journal:
                     self._fd = -1
 
 
-def write_snapshot(data_dir: Path, payload: bytes) -> None:
-    """Atomically replace db.json: temp file, fsync, rename, fsync of the folder."""
-    tmp = data_dir / (SNAPSHOT + ".tmp")
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Replace ``path`` with ``payload`` atomically and durably: temp file (0600),
+    fsync, rename, fsync of the folder."""
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(payload)
@@ -472,5 +473,10 @@ def write_snapshot(data_dir: Path, payload: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, data_dir / SNAPSHOT)
-    fsync_dir(data_dir)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_snapshot(data_dir: Path, payload: bytes) -> None:
+    """Atomically replace db.json."""
+    write_atomic(data_dir / SNAPSHOT, payload)
