@@ -1,7 +1,9 @@
-"""Write docs/config.md from ProxyConfig: ``python -m olol.config_doc [--check]``.
+"""Write docs/config.md from ProxyConfig and WorkerConfig: ``python -m olol.config_doc
+[--check]``.
 
-ProxyConfig is the single source of the proxy's settings; the file, the environment
-variables, the flags and this reference are all derived from it, and
+ProxyConfig is the single source of the proxy's settings, WorkerConfig of the node
+agent's; the files, the environment variables, the flags and this reference are all
+derived from them, and
 ``tests/server/test_config_schema.py`` fails when docs/config.md is stale.
 """
 
@@ -77,7 +79,28 @@ def render() -> str:
         if f.metadata.get("live"):
             text = "**Live** (`olol config set`). " + text
         lines.append(f"| `{f.name}` | {_type(default)} | {_shown(default)} | {where} | {text} |")
+    lines += _worker_section()
     return "\n".join(lines) + "\n"
+
+
+def _worker_section() -> list[str]:
+    from workers.config import ENV_PREFIX, WorkerConfig
+
+    lines = [
+        "", "## Worker (`olol worker`)", "",
+        "The node agent reads its settings in the same way, from its own file "
+        "(`olol worker --config FILE`; see `deploy/olol-worker.example.toml`), the "
+        f"environment variables `{ENV_PREFIX}<KEY>` and its flags. Sizes take suffixes "
+        "(`200G`, `512Mi`). Its tokens are read from files or the systemd credentials "
+        "`token` and `admin-token`, never from argv.",
+        "", "| key | type | default | flag · environment | meaning |", "|---|---|---|---|---|",
+    ]
+    for f in config_fields(WorkerConfig):
+        default = default_of(f.name, WorkerConfig)
+        where = f"`--{f.name.replace('_', '-')}` · `{env_name(f.name, ENV_PREFIX)}`"
+        text = f.metadata.get("help", "").replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {_type(default)} | {_shown(default)} | {where} | {text} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

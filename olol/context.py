@@ -206,22 +206,23 @@ def node_tls_of(config: ProxyConfig) -> Any:
 
 # -- the schema, read by the config file, the environment, the flags and the API --------
 
-def config_fields() -> list[Any]:
-    """ProxyConfig's fields that the file, the environment and flags may set."""
-    return [f for f in fields(ProxyConfig) if not f.metadata.get("runtime_only")]
+def config_fields(schema: type = ProxyConfig) -> list[Any]:
+    """The fields of ``schema`` (ProxyConfig, or the worker's WorkerConfig) that the
+    file, the environment and flags may set."""
+    return [f for f in fields(schema) if not f.metadata.get("runtime_only")]
 
 
-def default_of(key: str) -> Any:
-    spec = next(f for f in fields(ProxyConfig) if f.name == key)
+def default_of(key: str, schema: type = ProxyConfig) -> Any:
+    spec = next(f for f in fields(schema) if f.name == key)
     return spec.default_factory() if callable(spec.default_factory) else spec.default
 
 
-def from_text(key: str, raw: str) -> Any:
+def from_text(key: str, raw: str, schema: type = ProxyConfig) -> Any:
     """An environment variable's text as the type of field ``key`` (judged by its
     default); a text that does not parse is returned as is, for _type_problem to name."""
     import json
 
-    default = default_of(key)
+    default = default_of(key, schema)
     text = raw.strip()
     if isinstance(default, bool):
         lowered = text.lower()
@@ -250,9 +251,9 @@ def from_text(key: str, raw: str) -> Any:
     return raw
 
 
-def type_problem(key: str, value: Any) -> str | None:
-    """Why ``value`` does not fit ProxyConfig's field ``key`` (judged by its default)."""
-    default = default_of(key)
+def type_problem(key: str, value: Any, schema: type = ProxyConfig) -> str | None:
+    """Why ``value`` does not fit the field ``key`` of ``schema`` (judged by its default)."""
+    default = default_of(key, schema)
     if default is None:  # optional paths and secrets
         ok = isinstance(value, str)
         want = "a string"

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +57,26 @@ FLAG_ALIASES = {"nodes": ["--node"], "keys_enabled": ["--keys"],
                 "waitress_threads": ["--threads"]}
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, generated from ProxyConfig (help, type, default)."""
+def add_config_flags(parser: argparse.ArgumentParser, schema: type = ProxyConfig,
+                     aliases: dict[str, list[str]] | None = None,
+                     choices: dict[str, list[str]] | None = None,
+                     hidden: tuple[str, ...] = ("node_token",),
+                     types: dict[str, Any] | None = None) -> None:
+    """One flag per setting of ``schema``, generated from it (help, type, default).
+
+    ``hidden`` settings take a flag that ``--help`` does not show (secrets: visible in
+    ps, the ``*_file`` settings are the way); ``types`` replaces a flag's parser."""
     import json
 
-    for f in config_fields():
-        names = [f"--{f.name.replace('_', '-')}", *FLAG_ALIASES.get(f.name, [])]
-        default = default_of(f.name)
+    aliases = FLAG_ALIASES if aliases is None else aliases
+    choices = {"strategy": ["smart", "least-busy", "round-robin"]} if choices is None else choices
+    for f in config_fields(schema):
+        names = [f"--{f.name.replace('_', '-')}", *aliases.get(f.name, [])]
+        default = default_of(f.name, schema)
         text = f.metadata.get("help", "")
         kw: dict[str, Any] = {"dest": f.name, "default": None}
-        if f.name == "node_token":
-            kw["help"] = argparse.SUPPRESS  # visible in ps: use --node-token-file
+        if f.name in hidden:
+            kw["help"] = argparse.SUPPRESS
         elif default is None or isinstance(default, (str, int, float)) and not isinstance(
                 default, bool):
             kw["help"] = f"{text} (default {default})" if default is not None else text
@@ -81,17 +91,74 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kw.update(action="append", metavar="VALUE", help=f"{text} (repeatable)")
         elif isinstance(default, dict):
             kw.update(type=json.loads, metavar="JSON", help=f"{text} (a JSON object)")
-        if f.name == "strategy":
-            kw["choices"] = ["smart", "least-busy", "round-robin"]
+        if types and f.name in types:
+            kw["type"] = types[f.name]
+        if f.name in choices:
+            kw["choices"] = choices[f.name]
         parser.add_argument(*names, **kw)
 
 
-def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {f.name: getattr(args, f.name, None) for f in config_fields()}
+def flag_overrides(args: argparse.Namespace, schema: type = ProxyConfig) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name, None) for f in config_fields(schema)}
 
 
-def env_name(key: str) -> str:
-    return "OLOL_" + key.upper()
+def env_name(key: str, prefix: str = "OLOL_") -> str:
+    return prefix + key.upper()
+
+
+def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
+                  env: dict[str, str] | None = None, prefix: str = "OLOL_",
+                  convert: Callable[[str, Any], Any] | None = None) -> dict[str, Any]:
+    """The settings of ``schema`` that are not defaults: the TOML file, then
+    ``<prefix><KEY>`` environment variables, then the flags in ``overrides`` (None, []
+    and False mean "not given"). ``convert(key, value)`` may turn a file's or the
+    environment's value into the field's type (raising ValueError to refuse it).
+
+    :raises SystemExit: an unknown key or a value of the wrong type, naming the key.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    known = {f.name for f in config_fields(schema)}
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"olol: cannot read config {path}: {exc}") from None
+        if "node_tls" in values and schema is ProxyConfig:
+            raise SystemExit(f"olol: node_tls in {path}: use node_ca, node_cert and node_key "
+                             "(paths to PEM files) instead")
+        unknown = set(values) - known
+        if unknown:
+            raise SystemExit(f"olol: unknown config keys in {path}: {', '.join(sorted(unknown))}")
+
+    def checked(key: str, value: Any) -> tuple[Any, str | None]:
+        if convert is not None:
+            try:
+                value = convert(key, value)
+            except ValueError as exc:
+                return value, f"{key}: {exc}"
+        return value, type_problem(key, value, schema)
+
+    problems = []
+    for key, value in list(values.items()):
+        values[key], problem = checked(key, value)
+        if problem:
+            problems.append(problem)
+    if problems:  # every problem of the file at once
+        raise SystemExit(f"olol: bad config in {path}: " + "; ".join(problems))
+    for f in config_fields(schema):
+        raw = env.get(env_name(f.name, prefix))
+        if raw is None or raw == "":
+            continue
+        values[f.name], problem = checked(f.name, from_text(f.name, raw, schema))
+        if problem:
+            raise SystemExit(f"olol: bad environment variable {env_name(f.name, prefix)}: "
+                             f"{problem}")
+    values.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    return values
 
 
 def load_config(path: str | None, overrides: dict[str, Any],
@@ -101,35 +168,7 @@ def load_config(path: str | None, overrides: dict[str, Any],
 
     :raises SystemExit: an unknown key or a value of the wrong type, naming the key.
     """
-    import os
-
-    env = os.environ if env is None else env
-    known = {f.name for f in config_fields()}
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, "rb") as fh:
-                values = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SystemExit(f"olol: cannot read config {path}: {exc}") from None
-        if "node_tls" in values:
-            raise SystemExit(f"olol: node_tls in {path}: use node_ca, node_cert and node_key "
-                             "(paths to PEM files) instead")
-        unknown = set(values) - known
-        if unknown:
-            raise SystemExit(f"olol: unknown config keys in {path}: {', '.join(sorted(unknown))}")
-    problems = [p for k, v in values.items() if (p := type_problem(k, v))]
-    if problems:
-        raise SystemExit(f"olol: bad config in {path}: " + "; ".join(problems))
-    for f in config_fields():
-        raw = env.get(env_name(f.name))
-        if raw is None or raw == "":
-            continue
-        value = from_text(f.name, raw)
-        if (p := type_problem(f.name, value)):
-            raise SystemExit(f"olol: bad environment variable {env_name(f.name)}: {p}")
-        values[f.name] = value
-    values.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    values = read_settings(path, overrides, ProxyConfig, env)
     if "data_dir" in values and values["data_dir"] is not None:
         values["data_dir"] = Path(values["data_dir"])
     return ProxyConfig(**values)

@@ -17,6 +17,12 @@ RET_CONFIG = 2
 _LOG = logging.getLogger(__name__)
 
 
+def size_of(value: Any) -> int | None:
+    from workers.config import size_of as convert
+
+    return convert(value)
+
+
 def _size(text: str) -> int:
     from workers.hardware import parse_bytes
 
@@ -30,39 +36,22 @@ def _size(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    worker = subparsers.add_parser("worker", help="run the node agent in front of a local Ollama")
-    worker.add_argument("--listen", default="127.0.0.1:50051",
-                        help="HOST:PORT the proxy connects to (default 127.0.0.1:50051; any "
-                             "other than loopback needs TLS)")
-    worker.add_argument("--ollama-url", default="http://127.0.0.1:11434",
-                        help="the local Ollama's API (default http://127.0.0.1:11434)")
-    worker.add_argument("--token-file", default=None,
-                        help="file holding the bearer token required on every call "
-                             "(default: the systemd credential 'token', if any)")
-    worker.add_argument("--admin-token-file", default=None,
-                        help="file holding the bearer token for model commands "
-                             "(default: the systemd credential 'admin-token', if any)")
+    from olol.proxy_cli import add_config_flags
+    from workers.config import WorkerConfig
+
+    worker = subparsers.add_parser(
+        "worker", help="run the node agent in front of a local Ollama",
+        description="Run the node agent in front of a local Ollama. Each setting comes from "
+                    "its default, then the TOML file given with --config, then the "
+                    "environment variable OLOL_WORKER_<KEY>, then its flag "
+                    "(docs/config.md lists them).")
+    worker.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML file of worker settings (keys as in docs/config.md)")
+    add_config_flags(worker, WorkerConfig, aliases={}, choices={}, hidden=(),
+                     types={k: _size for k in ("disk_budget", "memory_budget")})
     # visible in ps: use the files
     worker.add_argument("--token", default=None, help=argparse.SUPPRESS)
     worker.add_argument("--admin-token", default=None, help=argparse.SUPPRESS)
-    worker.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
-    worker.add_argument("--tls-key", default=None, help="server private key (PEM)")
-    worker.add_argument("--tls-client-ca", default=None, help="CA for client certs (mutual TLS)")
-    worker.add_argument("--parallel", type=int, default=4,
-                        help="Ollama's parallel slots (OLLAMA_NUM_PARALLEL; default 4)")
-    worker.add_argument("--models-dir", default=None,
-                        help="Ollama's models folder, for its disk use (default: Ollama's)")
-    worker.add_argument("--disk-budget", type=_size, default=None, metavar="BYTES",
-                        help="declared disk for models (K/M/G suffixes); reported instead of "
-                             "the measured disk")
-    worker.add_argument("--memory-budget", type=_size, default=None, metavar="BYTES",
-                        help="declared memory for loaded models (K/M/G suffixes); reported "
-                             "instead of the measured memory")
-    worker.add_argument("--grace", type=float, default=30.0,
-                        help="seconds running calls may take to finish on SIGTERM "
-                             "(default 30)")
-    worker.add_argument("--insecure-bind-any", action="store_true",
-                        help="allow a non-loopback address without TLS")
     worker.set_defaults(func=run_worker)
 
     node = subparsers.add_parser("node", help="inspect node agents")
@@ -94,24 +83,30 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        token = secret(args.token, getattr(args, "token_file", None), "token")
-        admin_token = secret(args.admin_token, getattr(args, "admin_token_file", None),
+        cfg = worker_config(args)
+        token = secret(getattr(args, "token", None), cfg.token_file, "token")
+        admin_token = secret(getattr(args, "admin_token", None), cfg.admin_token_file,
                              "admin-token")
         agent = Agent(AgentConfig(
-            listen=args.listen,
-            ollama_url=args.ollama_url,
+            listen=cfg.listen,
+            ollama_url=cfg.ollama_url,
             token=token,
             admin_token=admin_token,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            parallel=args.parallel,
-            models_dir=args.models_dir,
-            insecure_bind_any=args.insecure_bind_any,
-            disk_budget=getattr(args, "disk_budget", None),
-            memory_budget=getattr(args, "memory_budget", None),
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
+            tls_client_ca=cfg.tls_client_ca,
+            parallel=cfg.parallel,
+            models_dir=cfg.models_dir,
+            insecure_bind_any=cfg.insecure_bind_any,
+            disk_budget=size_of(cfg.disk_budget),
+            memory_budget=size_of(cfg.memory_budget),
         ))
         agent.start()
+    except SystemExit as exc:  # a bad config file or environment variable
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print(f"olol worker: {str(exc.code).removeprefix('olol: ')}", file=sys.stderr)
+        return RET_CONFIG
     except (AgentConfigError, ValueError, OSError, RuntimeError) as exc:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -127,9 +122,23 @@ def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) ->
     notify("STOPPING=1")
     if watchdog is not None:
         watchdog.stop()
-    _LOG.info("stopping: letting running calls finish (grace %.1fs)", args.grace)
-    agent.stop(args.grace)
+    _LOG.info("stopping: letting running calls finish (grace %.1fs)", cfg.grace)
+    agent.stop(cfg.grace)
     return RET_OK
+
+
+def worker_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> Any:
+    """The WorkerConfig of ``olol worker``: defaults, the file, the environment, flags.
+
+    :raises SystemExit: an unknown key or a value of the wrong type, naming the key.
+    """
+    from olol.proxy_cli import flag_overrides, read_settings
+    from workers.config import ENV_PREFIX, WorkerConfig, convert
+
+    overrides = flag_overrides(args, WorkerConfig)
+    values = read_settings(getattr(args, "config", None), overrides, WorkerConfig, env,
+                           prefix=ENV_PREFIX, convert=convert)
+    return WorkerConfig(**values)
 
 
 def secret(value: str | None, path: str | None, credential: str) -> str | None:
