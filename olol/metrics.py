@@ -449,13 +449,7 @@ def _reserved_slots(scheduler: Any) -> dict[str, int] | None:
     if scheduler is None:
         return None
     fn = getattr(scheduler, "slots_in_use", None)
-    if callable(fn):
-        return dict(fn())
-    counts, lock = getattr(scheduler, "_node_inflight", None), getattr(scheduler, "_lock", None)
-    if counts is None or lock is None:
-        return None
-    with lock:
-        return dict(counts)
+    return dict(fn()) if callable(fn) else None
 
 
 class LiveCollector:

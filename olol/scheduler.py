@@ -357,6 +357,11 @@ class RequestScheduler:
         if self._node_inflight[node] <= 0:
             del self._node_inflight[node]
 
+    def slots_in_use(self) -> dict[str, int]:
+        """Node calls (slots) this scheduler holds now, by node address."""
+        with self._lock:
+            return dict(self._node_inflight)
+
     def release(self, assignment: Assignment) -> None:
         """The node call of an assignment ended (any outcome)."""
         with self._lock:
