@@ -16,7 +16,6 @@ manager.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -47,7 +46,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SOURCES = ("config", "api", "cli")
-_ADDRESS_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?):(\d{1,5})$")
 
 
 class NodeUnhealthyError(Exception):
@@ -66,16 +64,10 @@ def normalize_address(address: Any) -> str:
 
     :raises ValueError: with a message naming what is wrong.
     """
-    if not isinstance(address, str) or not address.strip():
-        raise ValueError("node address must be a non-empty string like host:port")
-    text = address.strip()
-    match = _ADDRESS_RE.match(text)
-    if match is None:
-        raise ValueError(f"invalid node address {text!r}: expected host:port")
-    port = int(match.group(2))
-    if not 1 <= port <= 65535:
-        raise ValueError(f"invalid node address {text!r}: port must be 1-65535")
-    return text
+    from olol.address import parse_address
+
+    parse_address(address, what="node address")
+    return address.strip()
 
 
 class ClusterManager:

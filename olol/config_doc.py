@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from olol.cli.proxy import FLAG_ALIASES, env_name
 from olol.context import config_fields, default_of
-from olol.proxy_cli import FLAG_ALIASES, env_name
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from olol.address import is_loopback, parse_address
 from olol.context import ProxyConfig, ProxyContext, node_tls_of, node_token_of
 from olol.hub import ResponseHub
 from olol.store.database import configured_db as get_db_default
@@ -25,17 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def split_hostport(listen: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep:
-        return listen, default_port
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"bad listen address {listen!r}: the port must be a number") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"bad listen address {listen!r}: the port must be 0-65535")
-    return host, number
+    """The proxy's ``listen`` address (:func:`olol.address.parse_address`)."""
+    return parse_address(listen, what="listen address", default_port=default_port,
+                         default_host="127.0.0.1", listen=True)
 
 
 def limit_malloc_arenas(arenas: int) -> bool:
@@ -85,10 +78,6 @@ def raise_fd_limit(connections: int, spare: int = 512) -> int:
                     soft, fit, connections)
         return fit
     return connections
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def close_waitress(server: Any, thread: threading.Thread | None, timeout: float = 5.0) -> None:

@@ -9,7 +9,6 @@ releases every resource.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from olol.address import connect_host, format_address, is_loopback, parse_address
 from olol.rpc import node_pb2, node_pb2_grpc
 from workers.auth import TokenInterceptor
 from workers.hardware import HardwareProbe, NvmlProbe, apply_budget
@@ -85,9 +85,7 @@ class AgentConfig:
         return max(16, 4 * self.parallel + 8)
 
     def validate(self) -> None:
-        host, port = split_host_port(self.listen)
-        if not 0 <= port <= 65535:
-            raise AgentConfigError(f"invalid port in --listen {self.listen!r}")
+        host, _ = split_host_port(self.listen)
         if self.parallel < 1:
             raise AgentConfigError("--parallel must be at least 1")
         for name in ("disk_budget", "memory_budget"):
@@ -109,20 +107,11 @@ class AgentConfig:
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` accepted)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise AgentConfigError(f"--listen must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+    """Split ``HOST:PORT`` to listen on (:func:`olol.address.parse_address`)."""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return parse_address(listen, what="--listen", default_host="0.0.0.0", listen=True)
+    except ValueError as exc:
+        raise AgentConfigError(str(exc)) from None
 
 
 class BudgetedServicer(NodeAgentServicer):
@@ -172,11 +161,7 @@ class Agent:
     @property
     def address(self) -> str:
         host, _ = split_host_port(self.config.listen)
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{self.port}"
+        return format_address(connect_host(host), self.port)
 
     def start(self) -> Agent:
         cfg = self.config
@@ -220,7 +205,7 @@ class Agent:
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         host, port = split_host_port(cfg.listen)
-        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bind = format_address(host, port)
         if cfg.tls:
             creds = grpc.ssl_server_credentials(
                 [(_read(cfg.tls_key), _read(cfg.tls_cert))],

@@ -36,7 +36,7 @@ def _size(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from olol.proxy_cli import add_config_flags
+    from olol.cli.proxy import add_config_flags
     from workers.config import WorkerConfig
 
     worker = subparsers.add_parser(
@@ -132,7 +132,7 @@ def worker_config(args: argparse.Namespace, env: dict[str, str] | None = None) -
 
     :raises SystemExit: an unknown key or a value of the wrong type, naming the key.
     """
-    from olol.proxy_cli import flag_overrides, read_settings
+    from olol.cli.proxy import flag_overrides, read_settings
     from workers.config import ENV_PREFIX, WorkerConfig, convert
 
     overrides = flag_overrides(args, WorkerConfig)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from olol.proxy_cli import read_settings
+from olol.cli.proxy import read_settings
 from workers.cli import register, worker_config
 from workers.config import ENV_PREFIX, WorkerConfig, convert
 

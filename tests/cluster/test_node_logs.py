@@ -10,11 +10,11 @@ import logging
 import grpc
 import pytest
 
+from olol.cli.nodes import format_table, register
 from olol.cluster import ClusterManager
 from olol.context import ProxyConfig
 from olol.health import HealthMonitor, NodeTransitions, node_state_of
 from olol.node_state import NodeState, plain_reason
-from olol.nodes_cli import format_table, register
 from olol.proxy import Proxy
 from olol.rpc.client import NodeError
 from olol.sim import SimConfig, Simulator, parse_models_spec

@@ -11,8 +11,8 @@ from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
 from olol import cli
+from olol.cli.nodes import register
 from olol.cluster import ClusterManager
-from olol.nodes_cli import register
 from olol.store import DatabaseManager
 
 ADMIN_KEY = "sk-admin-test"
@@ -63,7 +63,7 @@ def test_data_dir_in_use_by_a_proxy_is_a_clear_error(tmp_path, capsys):
 def test_bad_address_and_conflicting_options(tmp_path, capsys):
     folder = str(tmp_path / "data")
     assert run(["nodes", "add", "not-an-address", "--data-dir", folder]) == 2
-    assert "expected host:port" in capsys.readouterr().err
+    assert "no port (HOST:PORT)" in capsys.readouterr().err
     assert run(["nodes", "ls", "--data-dir", folder, "--url", "http://127.0.0.1:1"]) == 2
 
 
@@ -151,7 +151,7 @@ def test_http_wrong_key_is_reported(proxy, monkeypatch, capsys):
     monkeypatch.setenv("OLOL_API_KEY", "wrong")
     assert run(["nodes", "ls", "--url", url]) == 1
     err = capsys.readouterr().err
-    assert "HTTP 401" in err and "unauthorized" in err
+    assert "answered 401" in err and "OLOL_API_KEY" in err and "unauthorized" in err
 
 
 def test_http_no_proxy_is_a_clear_error(monkeypatch, capsys):
@@ -165,7 +165,7 @@ def test_http_no_proxy_is_a_clear_error(monkeypatch, capsys):
 
 
 def test_through_the_olol_command(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["olol.nodes_cli"])
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["olol.cli.nodes"])
     folder = str(tmp_path / "data")
     assert cli.main(["nodes", "add", "10.9.9.9:1", "--data-dir", folder]) == 0
     assert cli.main(["nodes", "ls", "--data-dir", folder]) == 0

@@ -11,8 +11,8 @@ import ollama
 import pytest
 
 from olol.cli import main as olol_main
+from olol.cli.proxy import load_config
 from olol.proxy import Proxy
-from olol.proxy_cli import load_config
 from olol.rpc.client import NodeClient, NodeError, TLSConfig
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from workers.agent import Agent, AgentConfig

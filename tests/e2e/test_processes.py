@@ -10,8 +10,8 @@ import ollama
 import pytest
 import requests
 
+from olol.cli.proxy import load_config
 from olol.proxy import exposure_warning
-from olol.proxy_cli import load_config
 from tests.bench.procs import free_port
 from tests.support import wait_until
 

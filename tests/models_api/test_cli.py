@@ -9,8 +9,8 @@ import json
 import pytest
 
 from olol import cli
+from olol.cli.models import ProgressView, register
 from olol.maintenance import MaintenanceJobs
-from olol.models_cli import ProgressView, register
 from tests.models_api.conftest import running_cluster
 
 
@@ -144,7 +144,7 @@ def test_progress_view_draws_one_bar_per_node_in_a_terminal():
 
 
 def test_cli_main_dispatches_to_models_commands(two_nodes, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["olol.models_cli"])
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["olol.cli.models"])
     assert cli.main(["maintenance", "ls", "--url", two_nodes.url]) == 0
     assert capsys.readouterr().out.strip() == "no maintenance jobs"
     with pytest.raises(SystemExit):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from olol.cli import build_parser
+from olol.cli.proxy import config_fields, env_name, flag_overrides, load_config
 from olol.config_doc import DOC, render
-from olol.proxy_cli import config_fields, env_name, flag_overrides, load_config
 
 
 def test_docs_config_md_is_generated_from_the_schema():

@@ -10,8 +10,8 @@ import openai
 import pytest
 import requests
 
+from olol.cli.keys import register
 from olol.keys import KeyStore, token_digest
-from olol.keys_cli import register
 from olol.store import DatabaseManager
 from tests.server.conftest import build_ctx, serve
 
@@ -202,7 +202,7 @@ def test_a_keys_priority_is_its_ceiling_except_for_admin_keys(keyed):
 def test_cli_through_olol_main(tmp_path, monkeypatch, capsys):
     import olol.cli
 
-    monkeypatch.setattr(olol.cli, "COMMAND_MODULES", ["olol.keys_cli"])
+    monkeypatch.setattr(olol.cli, "COMMAND_MODULES", ["olol.cli.keys"])
     data = str(tmp_path / "d")
     assert olol.cli.main(["keys", "create", "svc", "--priority", "3", "--data-dir", data]) == 0
     out = capsys.readouterr().out

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-from olol.clientconf import proxy_url, unreachable
+from olol.cli.client import Api, CliError
 from olol.keys import KeyStore
 from olol.store import journal as jr
 from olol.store.database import DatabaseManager, default_data_dir
@@ -51,37 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_revoke)
 
 
-class _Remote:
-    """The admin API of a running proxy."""
+class _Remote(Api):
+    """The keys admin API of a running proxy (:class:`olol.cli.client.Api`)."""
 
     def __init__(self, url: str | None) -> None:
-        self.url = proxy_url(url)
-        key = os.environ.get("OLOL_API_KEY")
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        super().__init__(url=url, timeout=10.0)
 
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
-        import requests
-
-        try:
-            resp = requests.request(method, self.url + "/olol/v1/keys" + path, json=body,
-                                    headers=self.headers, timeout=10)
-        except requests.RequestException as exc:
-            raise _Failed(unreachable(self.url, exc)) from None
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
-        if resp.status_code >= 400:
-            message = data.get("error") if isinstance(data, dict) else None
-            if resp.status_code in (401, 403):
-                message = f"{message or 'refused'} (set OLOL_API_KEY to an admin key)"
-            raise _Failed(f"the proxy at {self.url} answered {resp.status_code}: "
-                          f"{message or resp.text[:200]}")
-        return resp.status_code, data
+    def call(self, method: str, path: str, body: dict | None = None,  # type: ignore[override]
+             params: dict | None = None, ok: tuple[int, ...] = ()) -> tuple[int, Any]:
+        return super().call(method, "/keys" + path, body, params, ok)
 
 
-class _Failed(Exception):
-    pass
+_Failed = CliError
 
 
 def _open(args: argparse.Namespace) -> DatabaseManager | _Remote | None:

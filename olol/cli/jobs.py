@@ -11,8 +11,8 @@ import sys
 import time
 from typing import Any
 
-from olol.models_cli_http import EXIT_FAILED, EXIT_OK, Api, CliError, _run, proxy_arguments
-from olol.models_cli_view import table
+from olol.cli.client import EXIT_FAILED, EXIT_OK, Api, CliError, _run, proxy_arguments
+from olol.cli.models_view import table
 
 FINISHED = ("completed", "failed", "interrupted", "cancelled")
 

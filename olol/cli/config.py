@@ -7,9 +7,9 @@ import argparse
 import json
 from typing import Any
 
+from olol.cli.client import EXIT_OK, Api, CliError, _run, proxy_arguments
+from olol.cli.models_view import table
 from olol.context import from_text
-from olol.models_cli_http import EXIT_OK, Api, CliError, _run, proxy_arguments
-from olol.models_cli_view import table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

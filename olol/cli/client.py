@@ -1,7 +1,7 @@
 """The HTTP side of ``olol models`` and ``olol jobs``: a small client of a running proxy's
 admin API (``/olol/v1``) and the error type the commands report with.
 
-The proxy URL comes from ``--url``, else ``$OLOL_URL`` (see ``olol.clientconf``); the
+The proxy URL comes from ``--url``, else ``$OLOL_URL`` (see ``olol.cli.clientconf``); the
 admin key from ``$OLOL_API_KEY``. A failure becomes a ``CliError`` carrying the exit status.
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from olol.clientconf import proxy_url, unreachable
+from olol.cli.clientconf import proxy_url, unreachable
 
 DEFAULT_URL = "http://127.0.0.1:11435"
 API = "/olol/v1"
@@ -37,20 +37,27 @@ def proxy_arguments(timeout_s: float = 10.0) -> argparse.ArgumentParser:
 
 
 class CliError(Exception):
+    """A failure to report on stderr in one line, with the exit status to end with."""
+
     def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.status = status
 
 
 class Api:
-    """The proxy's admin API over ``requests``."""
+    """The proxy's admin API over ``requests``.
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    :param args: the parsed options of :func:`proxy_arguments` (``url``, ``timeout``);
+        or give ``url`` and ``timeout`` directly.
+    """
+
+    def __init__(self, args: argparse.Namespace | None = None, *, url: str | None = None,
+                 timeout: float = 10.0) -> None:
         import requests
 
         self.requests = requests
-        self.url = proxy_url(args.url)
-        self.timeout = args.timeout
+        self.url = proxy_url(getattr(args, "url", None) if args is not None else url)
+        self.timeout = getattr(args, "timeout", timeout) if args is not None else timeout
         key = os.environ.get("OLOL_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -60,11 +67,16 @@ class Api:
         except ValueError:
             data = None
         message = data.get("error") if isinstance(data, dict) else None
+        if isinstance(message, dict):  # the OpenAI shape
+            message = message.get("message")
         if not isinstance(message, str):
-            message = resp.text[:200] or resp.reason
+            message = resp.text[:200].strip() or resp.reason
         if resp.status_code == 404 and not isinstance(data, dict):
-            message = f"the proxy at {self.url} has no models admin API"
-        return CliError(message)
+            # gin's plain "404 page not found": not an olol proxy, or an older one
+            message = f"no {API}{path.split('?')[0]} here (is this an olol proxy?)"
+        if resp.status_code in (401, 403):
+            message = f"{message} (set OLOL_API_KEY to an admin key)"
+        return CliError(f"the proxy at {self.url} answered {resp.status_code}: {message}")
 
     def call(self, method: str, path: str, body: dict | None = None,
              params: dict | None = None, ok: tuple[int, ...] = ()) -> tuple[int, Any]:

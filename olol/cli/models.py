@@ -6,7 +6,7 @@ what the API answered (``pull --json``: one progress record per line). A pull sh
 live progress bar per node when stdout is a terminal, plain lines otherwise.
 
 This module holds the parser and the commands; the admin API client lives in
-``olol.models_cli_http`` and the output formatting in ``olol.models_cli_view`` (their
+``olol.cli.client`` and the output formatting in ``olol.cli.models_view`` (their
 public names are re-exported here).
 """
 
@@ -18,7 +18,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from olol.models_cli_http import (
+from olol.cli.client import (
     API,
     DEFAULT_URL,
     EXIT_FAILED,
@@ -30,7 +30,7 @@ from olol.models_cli_http import (
     _run,
     proxy_arguments,
 )
-from olol.models_cli_view import (
+from olol.cli.models_view import (
     BAR_WIDTH,
     ProgressView,
     _print_json,

@@ -10,25 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from typing import Any
 from urllib.parse import quote
 
-from olol.clientconf import proxy_url, unreachable
+from olol.cli.client import Api, CliError
 
 DEFAULT_URL = "http://127.0.0.1:11435"
 NODES_PATH = "/olol/v1/nodes"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
-
-
-class CliError(Exception):
-    """A failure to report on stderr with an exit status."""
-
-    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,45 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 class _HttpBackend:
+    """The nodes admin API of a running proxy (:class:`olol.cli.client.Api`)."""
+
     def __init__(self, args: argparse.Namespace) -> None:
-        import requests
-
-        self._requests = requests
-        self.url = proxy_url(args.url)
-        self.timeout = args.timeout
-        key = os.environ.get("OLOL_API_KEY")
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-
-    def _call(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
-        try:
-            resp = self._requests.request(method, self.url + path, json=body,
-                                          headers=self.headers, timeout=self.timeout)
-        except self._requests.RequestException as exc:
-            raise CliError(unreachable(self.url, exc)) from None
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
-        if resp.status_code >= 400 and resp.status_code != 404:
-            message = data.get("error") if isinstance(data, dict) else None
-            raise CliError(f"{method} {path}: HTTP {resp.status_code}: "
-                           f"{message or resp.text[:200] or resp.reason}")
-        return resp.status_code, data
+        self.api = Api(url=args.url, timeout=args.timeout)
+        self.url = self.api.url
 
     def add(self, address: str) -> dict:
-        status, data = self._call("POST", NODES_PATH, {"address": address})
-        if status == 404 or not isinstance(data, dict):
-            raise CliError(f"the proxy at {self.url} has no nodes admin API")
+        _, data = self.api.call("POST", "/nodes", {"address": address})
         return data
 
     def remove(self, address: str) -> bool:
-        status, _ = self._call("DELETE", f"{NODES_PATH}/{quote(address, safe=':')}")
+        status, _ = self.api.call("DELETE", f"/nodes/{quote(address, safe=':')}", ok=(404,))
         return status < 400
 
     def list(self) -> list[dict]:
-        status, data = self._call("GET", NODES_PATH)
-        if status == 404 or not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
-            raise CliError(f"the proxy at {self.url} has no nodes admin API")
+        _, data = self.api.call("GET", "/nodes")
+        if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+            raise CliError(f"the proxy at {self.url} answered no list of nodes")
         return data["nodes"]
 
     def close(self) -> None:

@@ -18,13 +18,13 @@ COMMAND_MODULES = [
     "olol.store.cli",
     "olol.sim.cli",
     "workers.cli",
-    "olol.proxy_cli",
-    "olol.nodes_cli",
-    "olol.keys_cli",
-    "olol.certs_cli",
-    "olol.models_cli",
-    "olol.jobs_cli",
-    "olol.config_cli",
+    "olol.cli.proxy",
+    "olol.cli.nodes",
+    "olol.cli.keys",
+    "olol.cli.certs",
+    "olol.cli.models",
+    "olol.cli.jobs",
+    "olol.cli.config",
 ]
 
 

@@ -8,6 +8,7 @@ import os
 import tomllib
 from pathlib import Path
 
+from olol.address import connect_host, format_address, parse_address
 from olol.context import DEFAULT_LISTEN
 
 
@@ -19,13 +20,12 @@ def config_paths() -> list[Path]:
 
 
 def url_from_listen(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    """The URL of a proxy that listens on ``listen`` (a wildcard is reached on loopback).
+
+    :raises ValueError: not a listen address."""
+    host, port = parse_address(listen, what="listen address", default_port=11435,
+                               default_host="127.0.0.1", listen=True)
+    return f"http://{format_address(connect_host(host), port)}"
 
 
 def proxy_url(explicit: str | None = None) -> str:
@@ -41,7 +41,10 @@ def proxy_url(explicit: str | None = None) -> str:
         except (OSError, tomllib.TOMLDecodeError):
             continue
         if isinstance(listen, str) and ":" in listen:
-            return url_from_listen(listen)
+            try:
+                return url_from_listen(listen)
+            except ValueError:
+                continue
     return url_from_listen(DEFAULT_LISTEN)
 
 
