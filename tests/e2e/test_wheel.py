@@ -71,7 +71,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_olol_up_serves(tmp_path):
             except OSError:
                 if time.monotonic() > deadline:
                     log.seek(0)
-                    raise AssertionError("olol up never answered a chat:\n" + log.read())
+                    raise AssertionError("olol up never answered a chat:\n" + log.read()) from None
                 time.sleep(0.5)
         assert answer["done"] is True and answer["message"]["content"]
     finally:
