@@ -85,6 +85,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = jobs.add_subparsers(dest="maintenance_command", metavar="ACTION", required=True)
     p = sub.add_parser("ls", parents=[common], help="each job, its last run and next run")
     p.set_defaults(func=cmd_jobs_ls)
+    p = sub.add_parser("run", parents=[common],
+                       help="run a job now and wait for its outcome (exit 1 if it failed)")
+    p.add_argument("job", help="the job's name (as `olol maintenance ls` lists it)")
+    p.set_defaults(func=cmd_jobs_run)
+
+
+def cmd_jobs_run(args: argparse.Namespace) -> int:
+    def action(api: Api) -> int:
+        _, entry = api.call("POST", f"/maintenance/{quote(args.job, safe='')}/run")
+        if args.json:
+            _print_json(entry)
+        else:
+            print(jobs_table([entry]))
+        return EXIT_FAILED if isinstance(entry, dict) and entry.get("outcome") == "error" \
+            else EXIT_OK
+
+    return _run(args, action)
 
 
 # -- models ---------------------------------------------------------------------------------

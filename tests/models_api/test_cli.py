@@ -1,4 +1,4 @@
-"""``olol models ...`` and ``olol maintenance ls`` against a live front door."""
+"""``olol models ...`` and ``olol maintenance ls|run`` against a live front door."""
 
 from __future__ import annotations
 
@@ -111,6 +111,27 @@ def test_jobs_ls_human_and_json(capsys):
         assert run(["maintenance", "ls", "--url", c.url, "--json"]) == 0
         data = {j["id"]: j for j in json.loads(capsys.readouterr().out)}
         assert data["broken"]["failures"] == 1 and data["queue-cleanup"]["runs"] == 1
+
+
+def test_maintenance_run_runs_a_job_now_and_says_how_it_went(capsys):
+    jobs = MaintenanceJobs(None)
+    ran = []
+    with running_cluster([("llama3.2:1b", 10.0)], maintenance=jobs) as c:
+        jobs.add("queue-cleanup", lambda: ran.append(1) or 3, 300)
+
+        def broken() -> None:
+            raise RuntimeError("no disk")
+
+        jobs.add("broken", broken, 60)
+        assert run(["maintenance", "run", "queue-cleanup", "--url", c.url]) == 0
+        assert ran == [1]
+        out = capsys.readouterr().out
+        assert out.splitlines()[1].startswith("queue-cleanup ") and " ok " in out
+        assert run(["maintenance", "run", "broken", "--url", c.url, "--json"]) == 1
+        assert json.loads(capsys.readouterr().out)["error"].endswith("no disk")
+        assert run(["maintenance", "run", "nope", "--url", c.url]) == 1
+        err = capsys.readouterr().err
+        assert "no maintenance job named 'nope'" in err and "Traceback" not in err
 
 
 def test_unreachable_proxy_and_admin_key(capsys, monkeypatch):
