@@ -32,8 +32,8 @@ from werkzeug.wsgi import ClosingIterator
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
 from olol.server import admin, anthropic, jobs, models, ollama, openai, openapi, responses
-from olol.server import passthrough as passthrough_bp
 from olol.server import metrics as metrics_bp
+from olol.server import passthrough as passthrough_bp
 from olol.server.common import (
     AFTER_RESPONSE,
     EXTENSION,
