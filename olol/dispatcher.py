@@ -43,6 +43,7 @@ from typing import Any
 
 import grpc
 
+from olol import passthrough
 from olol.hub import CHUNK, DONE, ERROR, RELAY
 from olol.metrics import request_usage
 from olol.node_faults import (
@@ -319,6 +320,8 @@ class Dispatcher:
                 resp = call(head["body"], timeout=self.request_timeout_s)
                 for req in a.requests:
                     self._finish(req, resp)
+            elif head["endpoint"] == passthrough.PASSTHROUGH:  # a route olol does not know
+                return passthrough.run(self, client, a, started_ts)
             elif self._can_relay(a):
                 return self._start_relay(client, a, started_ts)
             else:

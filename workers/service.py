@@ -28,6 +28,7 @@ import grpc
 from olol import __version__
 from olol.rpc import node_pb2, node_pb2_grpc
 from workers.aggregate import AggregateError, Aggregator
+from workers.forward import forward
 from workers.hardware import HardwareProbe
 from workers.ollama import (
     OllamaCall,
@@ -380,6 +381,11 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
             return
         _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                f"unknown model command {request.action!r} (pull, push, delete, copy, create)", 400)
+
+    def Forward(self, request, context):
+        """A GET or POST olol has no typed call for, relayed as bytes
+        (:mod:`workers.forward` says what is refused)."""
+        return forward(self._ollama, self.in_flight, request, context)
 
     # -- status -------------------------------------------------------------
 

@@ -122,7 +122,8 @@ def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
 # Ollama words "model not found" four ways depending on the endpoint; the helpers below
 # take the endpoint name so callers never have to remember which.
 
-_NOT_FOUND_SINGLE_QUOTES = frozenset({"generate", "chat", "show", "delete", "completions"})
+_NOT_FOUND_SINGLE_QUOTES = frozenset({"generate", "chat", "show", "delete", "completions",
+                                      "passthrough"})
 _NOT_FOUND_TRY_PULLING = frozenset({"embed", "embeddings"})
 
 

@@ -13,8 +13,8 @@ from olol.api.names import InvalidModelName, normalize_model_name
 TABLE = "inference_queue"
 
 KINDS = ("sync", "job")
-ENDPOINTS = ("generate", "chat", "embed", "embeddings")
-APIS = ("ollama", "openai", "anthropic", "responses")
+ENDPOINTS = ("generate", "chat", "embed", "embeddings", "passthrough")
+APIS = ("ollama", "openai", "anthropic", "responses", "passthrough")
 ACTIVE = frozenset({"pending", "processing"})
 FINISHED = frozenset({"completed", "failed", "interrupted", "cancelled"})
 

@@ -231,6 +231,54 @@ class NodeStream:
         self.cancel()
 
 
+class ForwardStream:
+    """The answer of a ``Forward`` call: :meth:`head` reads its first message
+    (``(status, content_type, first bytes)``), :meth:`pieces` the rest of the body
+    as it arrives. ``cancel()`` stops the call. Failures raise :class:`NodeError`.
+
+    :ivar received: messages received so far (a watchdog reads it).
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self.received = 0
+
+    def _next(self) -> Any:
+        try:
+            message = next(self._call)
+        except grpc.RpcError as exc:
+            raise node_error(exc) from None
+        self.received += 1
+        return message
+
+    def head(self) -> tuple[int, str, bytes]:
+        """Ollama's status, Content-Type and the first bytes of its answer.
+
+        :raises NodeError: the call failed, or ended without an answer (502).
+        """
+        try:
+            first = self._next()
+        except StopIteration:
+            raise NodeError(grpc.StatusCode.UNAVAILABLE,
+                            "the node ended the call without an answer", 502) from None
+        return int(first.http_status) or 200, first.content_type, first.body
+
+    def pieces(self) -> Iterator[bytes]:
+        """The rest of the answer's bytes, each piece as soon as it arrives."""
+        while True:
+            try:
+                message = self._next()
+            except StopIteration:
+                return
+            if message.body:
+                yield message.body
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    close = cancel
+
+
 class NodeClient:
     """Client of one node agent.
 
@@ -436,6 +484,17 @@ class NodeClient:
             metadata=self._metadata,
         )
         return NodeStream(call, raw=raw)
+
+    def forward(self, method: str, path: str, body: bytes = b"", *, content_type: str = "",
+                model: str = "", timeout: float | None = None) -> ForwardStream:
+        """``Forward``: relay a call olol has no typed RPC for (GET or POST under
+        ``/api/`` or ``/v1/``) and stream Ollama's answer back as bytes."""
+        call = self._stub.Forward(
+            node_pb2.ForwardRequest(method=method, path=path, content_type=content_type,
+                                    body=body, model=model),
+            timeout=timeout, metadata=self._metadata,
+        )
+        return ForwardStream(call)
 
     def close(self) -> None:
         self._channel.close()

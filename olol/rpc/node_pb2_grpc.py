@@ -5,7 +5,7 @@ import warnings
 
 from . import node_pb2 as olol_dot_node_dot_v1_dot_node__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -118,6 +118,11 @@ class NodeAgentStub:
                 '/olol.node.v1.NodeAgent/RemoteModelCommand',
                 request_serializer=olol_dot_node_dot_v1_dot_node__pb2.ModelCommandRequest.SerializeToString,
                 response_deserializer=olol_dot_node_dot_v1_dot_node__pb2.OllamaChunk.FromString,
+                _registered_method=True)
+        self.Forward = channel.unary_stream(
+                '/olol.node.v1.NodeAgent/Forward',
+                request_serializer=olol_dot_node_dot_v1_dot_node__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=olol_dot_node_dot_v1_dot_node__pb2.ForwardChunk.FromString,
                 _registered_method=True)
 
 
@@ -232,6 +237,13 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forward(self, request, context):
+        """Any other GET or POST under /api/ or /v1/, relayed as bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +331,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.RemoteModelCommand,
                     request_deserializer=olol_dot_node_dot_v1_dot_node__pb2.ModelCommandRequest.FromString,
                     response_serializer=olol_dot_node_dot_v1_dot_node__pb2.OllamaChunk.SerializeToString,
+            ),
+            'Forward': grpc.unary_stream_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=olol_dot_node_dot_v1_dot_node__pb2.ForwardRequest.FromString,
+                    response_serializer=olol_dot_node_dot_v1_dot_node__pb2.ForwardChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -780,6 +797,33 @@ class NodeAgent:
             '/olol.node.v1.NodeAgent/RemoteModelCommand',
             olol_dot_node_dot_v1_dot_node__pb2.ModelCommandRequest.SerializeToString,
             olol_dot_node_dot_v1_dot_node__pb2.OllamaChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/olol.node.v1.NodeAgent/Forward',
+            olol_dot_node_dot_v1_dot_node__pb2.ForwardRequest.SerializeToString,
+            olol_dot_node_dot_v1_dot_node__pb2.ForwardChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,7 @@ from olol.api.errors import ApiError
 from olol.keys import KeyStore
 from olol.server import admin, anthropic, jobs, models, ollama, openai, openapi, responses
 from olol.server import metrics as metrics_bp
+from olol.server import passthrough as passthrough_bp
 from olol.server.common import (
     AFTER_RESPONSE,
     EXTENSION,
@@ -144,5 +145,6 @@ def create_app(ctx: Any) -> Flask:
     app.register_blueprint(models.admin_bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics_bp.bp)
+    app.register_blueprint(passthrough_bp.bp)  # last: routes no other blueprint has
     app.wsgi_app = AfterResponse(app.wsgi_app)  # type: ignore[method-assign]
     return app

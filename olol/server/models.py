@@ -95,7 +95,7 @@ def pull() -> Response:
     insecure = body.get("insecure") is True
     stream = _want_stream(body)
     op = _start_pull(model, _header_nodes(), insecure)
-    return _pull_response(op, stream, get_ctx().config.stream_idle_timeout_s)
+    return _pull_response(op, stream, get_ctx().config.stream_idle_timeout_s, coherent=True)
 
 
 # -- delete, copy --------------------------------------------------------------------------

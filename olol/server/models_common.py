@@ -18,6 +18,7 @@ from olol.api import errors
 from olol.api.errors import ApiError
 from olol.api.names import InvalidModelName, normalize_model_name
 from olol.api.streaming import NDJSON_CONTENT_TYPE, ndjson_line, ollama_stream_error_line
+from olol.registry import pull_view
 from olol.server.common import current_key, get_ctx, json_response
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,11 @@ def _start_pull(model: str, targets: list[str] | None, insecure: bool) -> Any:
         raise ApiError(503, str(exc) or "no node can take this model") from None
 
 
-def _pull_response(op: Any, stream: bool, idle_s: float) -> Response:
-    """The operation's aggregated progress as NDJSON, or its final record."""
+def _pull_response(op: Any, stream: bool, idle_s: float, coherent: bool = False) -> Response:
+    """The operation's aggregated progress as NDJSON, or its final record.
+
+    ``coherent``: one progress per layer, as one Ollama would send it
+    (:mod:`olol.registry.pull_view`); otherwise every node's records (admin API)."""
     if not stream:
         last: dict[str, Any] = {}
         for record in op.events(timeout=idle_s):
@@ -137,7 +141,8 @@ def _pull_response(op: Any, stream: bool, idle_s: float) -> Response:
     def records() -> Iterator[bytes]:
         ended = False
         try:
-            for record in op.events(timeout=idle_s):
+            log_records = op.events(timeout=idle_s)
+            for record in (pull_view.coherent(log_records) if coherent else log_records):
                 yield ndjson_line(record)
                 if "error" in record or record.get("status") == "success":
                     ended = True

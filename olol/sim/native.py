@@ -184,7 +184,8 @@ class NativeApi:
 
     # -- generation ----------------------------------------------------------------
 
-    def _common(self, ex: Exchange, body: dict, name: str, op: str) -> tuple[Installed, dict]:
+    def _common(self, ex: Exchange | None, body: dict, name: str,
+                op: str) -> tuple[Installed, dict]:
         entry = self.lookup(name)
         if entry is None:
             raise ApiError(404, f"model '{name}' not found")
@@ -251,17 +252,30 @@ class NativeApi:
             convo = [{"role": "system", "content": system or entry.spec.system},
                      {"role": "user", "content": prompt}]
             job = self._job(name, entry, body, options, conversation_text(convo), None)
-        emitter = _NativeEmitter(ex, self, name, stream, chat=False, raw=raw)
+        emitter = NativeEmitter(ex, self, name, stream, chat=False, raw=raw)
         emitter.prompt_text = prompt
         self.engine.run(ex, job, emitter)
 
     def chat(self, ex: Exchange) -> None:
         body = ex.json("api.ChatRequest")
+        stream = want_stream(body)
+        name, entry, job = self.chat_job(body)
+        if job is None:
+            self._load_or_unload(ex, entry, body, {
+                "model": name, "created_at": self.now(),
+                "message": {"role": "assistant", "content": ""}, "done": True})
+            return
+        emitter = NativeEmitter(ex, self, name, stream, chat=True, raw=False)
+        self.engine.run(ex, job, emitter)
+
+    def chat_job(self, body: dict) -> tuple[str, Installed, Job | None]:
+        """Check an ``/api/chat`` body as Ollama does; the job to run (None for an
+        empty ``messages``: a load or unload). Shared with the translated APIs."""
         name = self._name_field(body)
         if not name:
             raise ApiError(400, "model is required")
-        stream = want_stream(body)
-        entry, options = self._common(ex, body, name, "chat")
+        want_stream(body)
+        entry, options = self._common(None, body, name, "chat")
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise ApiError(400, "json: cannot unmarshal into Go struct field "
@@ -273,10 +287,7 @@ class NativeApi:
         if tools and not entry.spec.tools:
             raise ApiError(400, f"{full_name(entry.spec.name)} does not support tools")
         if not messages:
-            self._load_or_unload(ex, entry, body, {
-                "model": name, "created_at": self.now(),
-                "message": {"role": "assistant", "content": ""}, "done": True})
-            return
+            return name, entry, None
         for m in messages:
             if not isinstance(m.get("content") or "", str):
                 raise ApiError(400, "json: cannot unmarshal into Go struct field "
@@ -292,8 +303,7 @@ class NativeApi:
         last_is_user = str(messages[-1].get("role", "")).lower() == "user"
         job = self._job(name, entry, body, options, conversation_text(convo),
                         tools if last_is_user else None, prefix)
-        emitter = _NativeEmitter(ex, self, name, stream, chat=True, raw=False)
-        self.engine.run(ex, job, emitter)
+        return name, entry, job
 
     # -- embeddings ----------------------------------------------------------------
 
@@ -486,7 +496,7 @@ def context_ids(prompt: str, text: str) -> list[int]:
             for w in words]
 
 
-class _NativeEmitter(Emitter):
+class NativeEmitter(Emitter):
     def __init__(self, ex: Exchange, api: NativeApi, model: str, stream: bool, *,
                  chat: bool, raw: bool):
         self.ex, self.api, self.model = ex, api, model
@@ -523,7 +533,19 @@ class _NativeEmitter(Emitter):
         else:
             rec = self._record(str(value))
         rec["done"] = False
+        self.out(rec)
+
+    def out(self, rec: dict) -> None:
+        """Write one record of a stream."""
         self.ex.write_record(dumps(rec) + b"\n")
+
+    def last(self, rec: dict) -> None:
+        """Write the final record (the whole answer when not streamed)."""
+        if self.stream:
+            self.ex.write_record(dumps(rec) + b"\n")
+            self.ex.end_stream()
+        else:
+            self.ex.send_json(200, rec)
 
     def finish(self, result: Result) -> None:
         if self.stream:
@@ -536,11 +558,7 @@ class _NativeEmitter(Emitter):
         if not self.chat and not self.raw:
             rec["context"] = context_ids(self.prompt_text, result.text)
         rec.update(result.metrics())
-        if self.stream:
-            self.ex.write_record(dumps(rec) + b"\n")
-            self.ex.end_stream()
-        else:
-            self.ex.send_json(200, rec)
+        self.last(rec)
 
 
 def _with_id(call: object, index: int) -> dict:

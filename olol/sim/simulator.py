@@ -9,10 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from olol.api.errors import anthropic_error_body
 from olol.sim.engine import Engine
 from olol.sim.faults import Faults
 from olol.sim.httpserver import ApiError, ClientGone, Exchange, SimHTTPServer, dumps
 from olol.sim.models import ModelStore
+from olol.sim.more_api import MoreApi
 from olol.sim.native import NativeApi
 from olol.sim.openai_api import OpenAIApi, error_body
 from olol.sim.scheduler import Scheduler, Stats
@@ -86,6 +88,14 @@ _OPENAI_ROUTES = {
     "/v1/embeddings": {"POST": "embeddings"},
     "/v1/models": {"GET": "models"},
 }
+_MORE_ROUTES = {
+    "/v1/messages": {"POST": "messages"},
+    "/v1/responses": {"POST": "responses"},
+    "/v1/images/generations": {"POST": "images"},
+    "/api/status": {"GET": "status"},
+    "/api/x-sim/echo": {"POST": "echo"},
+    "/v1/x-sim/echo": {"POST": "echo_sse"},
+}
 
 
 class Simulator:
@@ -121,6 +131,7 @@ class Simulator:
             token_range=self.config.response_tokens)
         self.native = NativeApi(self)
         self.openai = OpenAIApi(self.native)
+        self.more = MoreApi(self)
         self._server: SimHTTPServer | None = None
         self._threads: list[threading.Thread] = []
 
@@ -228,6 +239,8 @@ class Simulator:
             methods = _NATIVE_ROUTES[path]
         elif path in _OPENAI_ROUTES:
             methods, owner = _OPENAI_ROUTES[path], self.openai
+        elif path in _MORE_ROUTES:
+            methods, owner = _MORE_ROUTES[path], self.more
         elif path.startswith("/api/blobs/") and len(path) > len("/api/blobs/"):
             methods = {"HEAD": "blob_head", "POST": "blob_post"}
             args = (path[len("/api/blobs/"):],)
@@ -252,10 +265,15 @@ class Simulator:
 
     def _error(self, ex: Exchange, status: int, message: str, is_openai: bool) -> None:
         body = error_body(status, message) if is_openai else {"error": message}
+        anthropic = ex.path.rstrip("/") == "/v1/messages"
+        if anthropic:
+            body = anthropic_error_body(status, message)
         if not ex.started:
             ex.send_json(status, body)
         elif ex.streaming:
             line = b"data: " + dumps(body) + b"\n\n" if is_openai else dumps(body) + b"\n"
+            if anthropic:
+                line = b"event: error\n" + line
             ex.write_record(line)
             ex.end_stream()
         else:

@@ -74,15 +74,21 @@ def test_pull_raw_ndjson_shape(two_nodes):
     assert records[0]["status"] == "pulling manifest"
     assert records[-1]["status"] == "success"
     assert all("error" not in r for r in records)
+    assert sum(r["status"] == "success" for r in records) == 1
     progress = [r for r in records if "digest" in r]
     addresses = {n.address for n in two_nodes.nodes}
-    assert {r["node"] for r in progress} <= addresses
     for r in progress:
-        assert set(r) >= {"status", "digest", "total", "node"}
+        assert set(r) >= {"status", "digest", "total", "nodes_pulling", "node_completed"}
         assert r["status"] == f"pulling {r['digest'][7:19]}"
+        assert set(r["node_completed"]) <= addresses
+    # one coherent progress per layer: the slowest node's, never going back
+    per_digest: dict[str, list[int]] = {}
+    for r in progress:
+        per_digest.setdefault(r["digest"], []).append(r.get("completed", 0))
+    for seen in per_digest.values():
+        assert seen == sorted(seen) and len(seen) == len(set(seen))
     last = progress[-1]
-    assert last["node_completed"] == last["node_total"] > 0
-    assert last["cluster_completed"] == last["cluster_total"]
+    assert last["completed"] == last["total"] > 0
 
 
 def test_pull_targets_nodes_from_header(two_nodes):
@@ -97,7 +103,9 @@ def test_pull_targets_nodes_from_header(two_nodes):
     both = f"{c.nodes[0].address}, {c.nodes[1].address}"
     records = raw_pull(c.url, "all-minilm", both)
     assert records[-1] == {"status": "success", "nodes": [n.address for n in c.nodes]}
-    assert {r["node"] for r in records if "digest" in r} == {n.address for n in c.nodes}
+    layers = [r for r in records if "digest" in r]
+    assert layers and all(r["nodes_pulling"] == 2 for r in layers)
+    assert set(layers[-1]["node_completed"]) == {n.address for n in c.nodes}
     assert all("all-minilm:latest" in n.models() for n in c.nodes)
 
 
@@ -258,3 +266,23 @@ def test_concurrent_pulls_of_one_model_share_one_operation():
         assert max(len(v) for v in by_digest.values()) > 2  # really streamed in steps
         assert all(v == sorted(v) for v in by_digest.values())
         assert sum("qwen2.5:0.5b" in n.models() for n in c.nodes) == 1
+
+
+def test_a_pull_onto_two_paced_nodes_reads_as_one_ollama_pull():
+    """Both nodes pull the same layers at once; the official client sees one progress per
+    layer that never goes back, and one success."""
+    with running_cluster([("", 100.0), ("", 100.0)], pull_bytes_per_second=200e6) as c:
+        both = ",".join(n.address for n in c.nodes)
+        records = list(ollama.Client(host=c.url, headers={"X-OLOL-Nodes": both}, timeout=30)
+                       .pull("all-minilm", stream=True))
+        assert [r.status for r in records].count("success") == 1
+        assert records[-1].status == "success" and records[0].status == "pulling manifest"
+        per_digest: dict[str, list[int]] = {}
+        for r in records:
+            if r.digest:
+                per_digest.setdefault(r.digest, []).append(r.completed or 0)
+        assert per_digest
+        for seen in per_digest.values():
+            assert seen == sorted(seen), seen
+            assert seen[-1] > 0
+        assert all("all-minilm:latest" in n.models() for n in c.nodes)

@@ -1,0 +1,207 @@
+"""Pass-through: requests on routes olol does not know, run by the dispatcher.
+
+The front door (:mod:`olol.server.passthrough`) queues an unknown ``POST`` under
+``/api/`` or ``/v1/`` whose JSON body names a ``model`` as a queue record of endpoint
+``passthrough``; its body says what to relay (``method``, ``path``, ``content_type``,
+``raw``: the request body as the client sent it). The scheduler places it like any
+request for that model (a node that has it, loaded first; one slot; no batching, no
+coalescing). :func:`run` (called by the dispatcher for such a batch) opens the node's
+``Forward`` call, waits for the answer's head (status, Content-Type, first bytes), so
+that a node that fails before answering is retried on another as usual, then hands
+the rest to the caller's HTTP thread as a :class:`ForwardRelay`, the way streamed
+chats are relayed (:mod:`olol.relay`): the relay owns the slot and settles the
+request exactly once.
+
+What such routes do not get: coalescing and batching, carry-over of a broken stream
+to another node (:mod:`olol.resume`), model-name rewriting in the answer, token
+counts in the statistics, retries after the answer started, and any check of the
+body beyond "JSON object naming a model" (the node's Ollama answers bad input in its
+own words). The node's status code and Content-Type are kept, whatever they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from olol.hub import RELAY
+from olol.metrics import request_usage
+from olol.rpc.client import NodeError
+from olol.scheduler import Assignment
+
+log = logging.getLogger(__name__)
+
+#: The queue record's ``endpoint`` (and ``api``) for a pass-through request.
+PASSTHROUGH = "passthrough"
+STALLED = "the node sent nothing for too long"
+
+
+class ForwardRelay:
+    """The rest of one node's answer to a pass-through request, read by the HTTP thread.
+
+    Quacks like :class:`~olol.relay.StreamRelay` where the dispatcher looks
+    (``request_id``, ``idle_s``, ``settled``, ``last_record``, ``stall()``,
+    ``abandon()``): its watchdog ends a stalled answer and a cancel stops it.
+
+    :param settle: called once with ``("completed" | "failed" | "cancelled", info)``.
+    """
+
+    def __init__(self, request_id: str, stream: Any, status: int, content_type: str,
+                 first: bytes, *, settle: Callable[[str, Any], None],
+                 on_piece: Callable[[], None], monotonic: Callable[[], float],
+                 idle_s: float | None = None) -> None:
+        self.request_id = request_id
+        self.status = status
+        self.content_type = content_type
+        self.idle_s = idle_s
+        self._stream = stream
+        self._first: bytes | None = first
+        self._settle_cb = settle
+        self._on_piece = on_piece
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._settled = False
+        self._stalled = False
+        self.last_record = monotonic()
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+    def chunks(self) -> Iterator[bytes]:
+        """The answer's bytes as they arrive; settles the relay at the end.
+
+        :raises NodeError: the node failed (or stalled) after the answer started.
+        """
+        if self._first is None:
+            raise RuntimeError("a relay can be read only once")
+        first, self._first = self._first, b""
+        if first:
+            yield first
+        try:
+            for piece in self._stream.pieces():
+                self.last_record = self._monotonic()
+                self._on_piece()
+                yield piece
+        except NodeError as exc:
+            if self._stalled:
+                exc = NodeError(exc.code, STALLED, 504, mid_stream=True)
+            exc.mid_stream = True
+            if self._claim():
+                self._settle_cb("failed", exc)
+            raise exc from None
+        if self._claim():
+            self._settle_cb("completed", None)
+
+    def abandon(self, reason: str) -> None:
+        """Nobody reads the rest: stop the node call and release what it held."""
+        if not self._claim():
+            return
+        self._cancel()
+        self._settle_cb("cancelled", reason)
+
+    def stall(self) -> None:
+        self._stalled = True
+        self._cancel()
+
+    def _cancel(self) -> None:
+        try:
+            self._stream.cancel()
+        except Exception:  # noqa: BLE001 - the call may be over already
+            log.debug("cancelling the forward call of %s failed", self.request_id,
+                      exc_info=True)
+
+
+def run(d: Any, client: Any, a: Assignment, started_ts: float) -> bool:
+    """Run a pass-through batch (one request) for the dispatcher ``d``; True: the
+    answer was handed to the caller's thread (which releases the slot).
+
+    :raises NodeError: the node failed before the answer's head (the dispatcher
+        retries or fails the request as for any call).
+    """
+    req = a.requests[0]
+    rid = req["id"]
+    body = req["body"]
+    raw = body.get("raw") or ""
+    stream = client.forward(
+        str(body.get("method") or "POST"), str(body.get("path") or ""),
+        raw.encode() if isinstance(raw, str) else b"",
+        content_type=str(body.get("content_type") or ""), model=req.get("model") or "",
+        timeout=d.request_timeout_s)
+    with d._running_lock:
+        d._running[a.batch_id] = stream
+        d._batch_of[rid] = (a.batch_id, [rid])
+    d._calls.watch(a.batch_id, stream, d._first_record_s(a), 0.0)
+    try:
+        try:
+            status, content_type, first = stream.head()
+        except NodeError as exc:
+            fired = d._calls.unwatch(a.batch_id)
+            exc = fired if fired is not None else exc
+            exc.mid_stream = False
+            raise exc from None
+    except BaseException:
+        d._calls.unwatch(a.batch_id)
+        d._forget(a)
+        raise
+    d._calls.unwatch(a.batch_id)
+    next_refresh = [d.monotonic() + d.lease_refresh_s]
+
+    def keep_lease() -> None:
+        now = d.monotonic()
+        if now >= next_refresh[0]:
+            next_refresh[0] = now + d.lease_refresh_s
+            d.queue.extend_lease(rid)
+
+    def settle(outcome: str, info: Any) -> None:
+        _settle(d, a, started_ts, outcome, info, status)
+
+    relay = ForwardRelay(rid, stream, status, content_type, first, settle=settle,
+                         on_piece=keep_lease, monotonic=d.monotonic,
+                         idle_s=d.stream_idle_timeout_s)
+    with d._running_lock:
+        d._relays[rid] = relay
+    if d.queue.is_cancelled(rid):
+        relay.abandon("cancelled")
+    elif not d.hub.publish(rid, RELAY, relay, timeout=d.publish_timeout_s):
+        relay.abandon("the client went away")
+    return True
+
+
+def _settle(d: Any, a: Assignment, started_ts: float, outcome: str, info: Any,
+            status: int) -> None:
+    """The end of a relayed pass-through answer: record it, release the slot (once)."""
+    req = a.requests[0]
+    try:
+        d._forget(a)
+        if outcome == "completed":
+            if status >= 400:  # the node's own refusal, relayed as it is
+                d.queue.update_request_status(req["id"], "failed",
+                                              error=f"the node answered {status}",
+                                              error_status=status)
+                d._settle_attempts(req["id"], succeeded=False)
+            else:
+                d.queue.update_request_status(req["id"], "completed",
+                                              usage=request_usage(None, cold=a.cold))
+                d._succeeded(a, started_ts)
+        elif outcome == "failed":
+            exc: NodeError = info
+            d.queue.update_request_status(req["id"], "failed", error=exc.message,
+                                          error_status=exc.http_status)
+            d._settle_attempts(req["id"], succeeded=False)
+        else:
+            d.queue.update_request_status(req["id"], "cancelled", error=str(info))
+            d._settle_attempts(req["id"], succeeded=False)
+    except Exception:
+        log.exception("settling pass-through request %s failed", req["id"])
+    finally:
+        d._release(a)
