@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "olol.models_cli",
     "olol.jobs_cli",
     "olol.config_cli",
+    "olol.stats_cli",
 ]
 
 

@@ -28,10 +28,10 @@ def test_roll_up_upserts_one_row_per_period(db, clk):
     stats = RequestStats(db, clock=clk)
     stats.record("generate", 100.0, True)
     stats.record("chat", 300.0, True)
-    assert stats.roll_up() == 2
+    assert stats.roll_up() == 3  # hourly, daily, weekly
     stats.record("embed", 20.0, True)
     stats.record("embeddings", 40.0, False)
-    assert stats.roll_up() == 2
+    assert stats.roll_up() == 3
     assert stats.roll_up() == 0  # nothing new: nothing written
 
     hourly = rows(db, "hourly")
@@ -43,6 +43,9 @@ def test_roll_up_upserts_one_row_per_period(db, clk):
     daily = rows(db, "daily")
     assert list(daily) == ["2024-03-10T00:00:00"]
     assert daily["2024-03-10T00:00:00"]["total_requests"] == 4
+    weekly = rows(db, "weekly")
+    assert list(weekly) == ["2024-03-04T00:00:00"]  # the ISO week starts on Monday
+    assert weekly["2024-03-04T00:00:00"]["total_requests"] == 4
 
 
 def test_requests_are_credited_to_the_period_they_finished_in(db, clk):
@@ -51,7 +54,8 @@ def test_requests_are_credited_to_the_period_they_finished_in(db, clk):
     clk.advance(45 * 60)                         # 00:15 on the 11th
     stats.record("generate", 30.0, True)
     stats.record("chat", 50.0, False)
-    assert stats.roll_up() == 4  # a roll-up after the boundary still splits correctly
+    # a roll-up after the boundary still splits correctly (Sunday -> Monday: a new week)
+    assert stats.roll_up() == 6
 
     hourly = rows(db, "hourly")
     assert hourly["2024-03-10T23:00:00"]["total_requests"] == 1
@@ -96,7 +100,7 @@ def test_a_failed_roll_up_keeps_the_counts(db, clk):
     assert stats.run_once() == 0  # the job logs instead of raising
     fresh = DatabaseManager.memory(clock=clk)
     stats.db = fresh
-    assert stats.roll_up() == 2
+    assert stats.roll_up() == 3
     assert rows(fresh, "hourly")["2024-03-10T23:00:00"]["chat_requests"] == 1
     fresh.close()
 

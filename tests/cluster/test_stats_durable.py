@@ -62,7 +62,7 @@ def test_counts_not_rolled_up_survive_a_crash_and_are_rolled_up_once(tmp_path, c
     db = open_store(tmp_path, clk)
     stats = RequestStats(db, clock=clk)
     assert stats.recovered.total == 30
-    assert stats.roll_up() == 4
+    assert stats.roll_up() == 6  # two hours, two days, two ISO weeks
     assert totals(db) == (30, 30)
     h = {r["timestamp"][:13]: r for r in db.search("request_stats", {"period": "hourly"})}
     assert h["2024-03-10T23"]["total_requests"] == 30 - h["2024-03-11T00"]["total_requests"]
@@ -115,7 +115,7 @@ def test_a_crash_after_the_roll_up_commits_does_not_count_its_files_again(
     record_n(stats, clk, 12)
     # killed after the transaction is on disk, before the consumed files are deleted
     monkeypatch.setattr(stats, "_remove_below", lambda gen: None)
-    assert stats.roll_up() == 2
+    assert stats.roll_up() == 3
     assert len(list_files(tmp_path)) == 1
     record_n(stats, clk, 3)
     crash(db, stats)
@@ -138,7 +138,7 @@ def test_a_failed_roll_up_is_retried_by_the_same_process(tmp_path, clk, monkeypa
     assert stats.run_once() == 0
     monkeypatch.setattr(db, "transaction", real)
     record_n(stats, clk, 1)
-    assert stats.roll_up() == 2
+    assert stats.roll_up() == 3
     assert totals(db) == (6, 6)
     assert stats.roll_up() == 0
     db.close()
@@ -165,12 +165,18 @@ def test_unrolled_log_is_bounded_and_compaction_keeps_every_count(tmp_path, clk,
     import olol.stats as mod
 
     monkeypatch.setattr(mod, "MAX_PENDING_HOURS", 4)
+    full = mod._Counts()
+    for i in range(20):
+        full.add(mod.Finished("generate", error="other" if i % 5 == 0 else None,
+                              duration_ms=10.0))
+    summary_line = len(mod.encode_summary(clk(), (None, None, None), full))
     db = open_store(tmp_path, clk)
     stats = RequestStats(db, clock=clk, max_log_bytes=2_000)
     for _ in range(30):  # roll-ups never run: 600 requests over 30 hours
         record_n(stats, clk, 20, step_s=180)
         size = sum(p.stat().st_size for _, _, p in list_files(tmp_path))
-        assert size < 2_000 + 4 * 80 + 80
+        # the limit, plus a summary of at most 4 hours (one series each), plus a line
+        assert size < 2_000 + 4 * summary_line + 80
     assert len(stats._pending) <= 4
     assert any(kind == "sum" for _, kind, _ in list_files(tmp_path))
     crash(db, stats)
@@ -188,7 +194,7 @@ def test_memory_store_keeps_counts_in_ram_only(clk, tmp_path):
     stats = RequestStats(db, clock=clk)
     record_n(stats, clk, 3)
     assert stats.log_dir is None
-    assert stats.roll_up() == 2 and totals(db) == (3, 3)
+    assert stats.roll_up() == 3 and totals(db) == (3, 3)
     assert db.search_one("config", {"key": CURSOR_KEY}) is None
     db.close()
 
