@@ -19,8 +19,8 @@ boundary still credits the right period, and rows accumulate across restarts.
 Rows older than each period's retention (``retention_days``, run-time settings)
 are removed by the same job (:meth:`prune`), and hidden from readers at once.
 
-Bounds: a period start holds at most ``max_series`` series; a new series past it is
-counted in the ``(other)`` series (model, node and key all ``(other)``), in RAM and
+Bounds: a period start holds at most ``max_series`` named series; a new series past
+them is counted in the ``(other)`` series (model, node and key all ``(other)``), in RAM and
 in the rows alike, so arbitrary model names cannot grow the table. Names longer
 than :data:`MAX_NAME_CHARS` are cut.
 
@@ -670,7 +670,7 @@ class RequestStats:
         counts = hour_series.get(series)
         if counts is None:
             if series != OTHER_SERIES and (
-                    len(hour_series) >= self.max_series
+                    len(hour_series) - (OTHER_SERIES in hour_series) >= self.max_series
                     or sum(len(s) for s in self._pending.values()) >= MAX_PENDING_SERIES):
                 series = OTHER_SERIES
                 counts = hour_series.get(series)
@@ -848,13 +848,13 @@ class RequestStats:
         for (period, stamp), per in sorted(deltas.items()):
             rows = existing.get((period, stamp), {})
             targets: dict[Series, _Counts] = {}
-            count = len(rows)
+            count = len(rows) - (OTHER_SERIES in rows)  # named series only
             for series, delta in sorted(per.items(), key=lambda kv: _sort_key(kv[0])):
                 target = series
                 if target not in rows and target not in targets:
                     if target != OTHER_SERIES and count >= self.max_series:
                         target = OTHER_SERIES
-                    if target not in rows and target not in targets:
+                    if target != OTHER_SERIES and target not in rows and target not in targets:
                         count += 1
                 targets.setdefault(target, _Counts()).merge(delta)
             for series, delta in targets.items():

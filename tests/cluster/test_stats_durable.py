@@ -267,3 +267,39 @@ def test_roll_ups_are_exactly_once_across_many_sigkills(tmp_path):
     rounds = 60
     acked, counted = _kill_rounds(tmp_path, rounds, seed=1)
     assert acked <= counted <= acked + rounds
+
+
+def test_rich_counts_survive_a_crash_and_a_compaction(tmp_path, clk):
+    import zlib
+
+    from olol.stats import Finished, encode_summary
+
+    db = open_store(tmp_path, clk)
+    stats = RequestStats(db, clock=clk, max_log_bytes=1_500)  # compacts along the way
+    for i in range(40):
+        stats.add(Finished("chat", model=f"m{i % 2}", node="n1", key="alice",
+                           error="timeout" if i % 10 == 0 else None, tokens_in=3,
+                           tokens_out=7, queue_ms=5.0, ttft_ms=100.0 + i, duration_ms=400.0))
+    assert any(kind == "sum" for _, kind, _ in list_files(tmp_path))
+    crash(db, stats)
+
+    # a file an olol before issue 16 left: lines of the earlier format still count
+    legacy = b"[%f,2,1,1,1,0,30.0]" % (clk() - clk() % 3600)
+    (tmp_path / "request_stats.00000099.log").write_bytes(
+        b"%08x " % zlib.crc32(legacy) + legacy + b"\n")
+    db = open_store(tmp_path, clk)
+    stats = RequestStats(db, clock=clk)
+    assert stats.recovered.total == 42
+    stats.roll_up()
+    rows = {r["model"]: r for r in db.search("request_stats", {"period": "hourly"})}
+    assert set(rows) == {"m0", "m1", None}
+    m0 = rows["m0"]
+    assert (m0["node"], m0["key"], m0["total_requests"]) == ("n1", "alice", 20)
+    assert m0["errors"] == {"timeout": 4} and m0["failed_requests"] == 4
+    assert (m0["tokens_in"], m0["tokens_out"]) == (60, 140)
+    assert sum(m0["ttft_ms_hist"].values()) == 20 and sum(m0["queue_ms_hist"].values()) == 20
+    assert rows[None]["total_requests"] == 2 and rows[None]["errors"] == {"other": 1}
+    [row] = [r for r in stats.query("hourly", since=START - 3600) if r["model"] == "m1"]
+    assert row["ttft_ms"]["p50"] == pytest.approx(120, rel=0.1)
+    assert len(encode_summary(0.0, ("m", "n", "k"), stats.recovered)) < 400
+    db.close()
