@@ -129,6 +129,19 @@ class ProxyConfig:
     pull_timeout_s: float = opt(3600.0, "Longest pull, push or blob upload.")
     job_intervals: dict[str, float] = opt(help="Maintenance job intervals in seconds, by job "
                                           "name (`olol maintenance ls` lists them).", factory=dict, live=True)
+    # -- statistics ------------------------------------------------------------------
+    stats_hourly_retention_days: float = opt(14.0, "Hourly `request_stats` rows are removed "
+                                             "after this many days.", live=True)
+    stats_daily_retention_days: float = opt(366.0, "Daily `request_stats` rows are removed "
+                                            "after this many days.", live=True)
+    stats_weekly_retention_days: float = opt(1830.0, "Weekly `request_stats` rows are removed "
+                                             "after this many days.", live=True)
+    stats_max_series: int = opt(1000, "Most (model, node, key) series one hour, day or week "
+                                "of `request_stats` holds; more are counted as `(other)`.",
+                                live=True)
+    server_stats_retention_hours: float = opt(24.0, "`server_stats` samples (health, load, "
+                                              "slots, GPU) are removed after this many hours.",
+                                              live=True)
 
 
 @dataclass

@@ -8,10 +8,13 @@ it is skipped for ``open_s`` seconds, then probed once per sweep until a probe
 succeeds (which makes it healthy again).
 
 Each sweep writes the nodes' ``servers`` rows and ``server_stats`` samples
-(types ``health`` 1/0, ``load`` 0..1, ``latency`` ms) in one transaction.
+(types ``health`` 1/0, ``load`` 0..1 (CPU), ``latency`` ms, ``slots`` busy of
+``total``, and with GPUs ``gpu_util`` % and ``gpu_memory`` bytes used of ``total``:
+:func:`capacity_samples`) in one transaction.
 Samples are written at most every ``stats_interval_s`` per node, and on every
 health change, which bounds the table's growth; rows older than the retention
-are pruned by the same job.
+are pruned by the same job (``retention_hours``, a run-time setting: a changed value
+prunes at the next sweep).
 
 Every change of a node's state (healthy, suspect, unhealthy) is logged once, with
 its reason in plain words ("token rejected", "TLS: certificate signed by unknown
@@ -165,6 +168,35 @@ class NodeTransitions:
         return f" ({hint})" if hint else ""
 
 
+def capacity_samples(status: Any, address: str, stamp: str) -> list[dict]:
+    """The ``server_stats`` samples of a node's status reply that say how busy it is:
+    ``slots`` (requests running on the agent, ``total``: its parallel slots) and, when
+    the node reports GPUs, ``gpu_util`` (mean utilisation in percent) and ``gpu_memory``
+    (bytes used, ``total``: bytes in all; ``gpus``: how many)."""
+    if not isinstance(status, dict):
+        return []
+    out = []
+    agent = status.get("agent") or {}
+    if isinstance(agent, dict) and agent.get("parallel"):
+        out.append({"server": address, "timestamp": stamp, "type": "slots",
+                    "value": int(agent.get("in_flight_total") or 0),
+                    "total": int(agent["parallel"])})
+    gpus = [g for g in ((status.get("gpu") or {}).get("gpus") or []) if isinstance(g, dict)]
+    util = [float(g["gpu_utilization_percent"]) for g in gpus
+            if isinstance(g.get("gpu_utilization_percent"), int | float)]
+    if util:
+        out.append({"server": address, "timestamp": stamp, "type": "gpu_util",
+                    "value": round(sum(util) / len(util), 1), "gpus": len(util)})
+    memory = [g for g in gpus if isinstance(g.get("memory_used_bytes"), int)
+              and isinstance(g.get("memory_total_bytes"), int)]
+    if memory:
+        out.append({"server": address, "timestamp": stamp, "type": "gpu_memory",
+                    "value": sum(g["memory_used_bytes"] for g in memory),
+                    "total": sum(g["memory_total_bytes"] for g in memory),
+                    "gpus": len(memory)})
+    return out
+
+
 class HealthMonitor:
     """Periodic health polling with a per-node circuit breaker.
 
@@ -202,6 +234,7 @@ class HealthMonitor:
         self._last_sample: dict[str, float] = {}
         self._last_health: dict[str, bool] = {}
         self._last_prune: float | None = None
+        self._pruned_with: float | None = None  # the retention of the last prune
         self._scheduler: Any = None
         self._own_scheduler = False
         self._closed = False
@@ -308,6 +341,7 @@ class HealthMonitor:
                                     "value": float(row["load"] or 0.0)})
                     samples.append({"server": address, "timestamp": stamp, "type": "latency",
                                     "value": round(float(outcome["latency_ms"]), 3)})
+                    samples.extend(capacity_samples(row.get("hardware_info"), address, stamp))
                 self.db.insert_many("server_stats", samples)
 
     def prune_stats(self, max_age_hours: float | None = None) -> int:
@@ -324,13 +358,15 @@ class HealthMonitor:
 
         removed = len(self.db.remove("server_stats", old))
         self._last_prune = self.clock()
+        if max_age_hours is None:
+            self._pruned_with = hours
         return removed
 
     def run_once(self) -> dict[str, dict]:
         """The scheduled job: one sweep, plus a prune when one is due. Never raises."""
         try:
             results = self.poll_all()
-            if self._last_prune is None or \
+            if self._last_prune is None or self._pruned_with != self.retention_hours or \
                     self.clock() - self._last_prune >= self.prune_interval_s:
                 self.prune_stats()
             return results

@@ -330,7 +330,7 @@ def install_proxy_jobs(jobs: MaintenanceJobs, *, config: Any, queue: Any = None,
     ``health-poll`` (``health.run_once``; do not also call ``health.start``),
     ``queue-cleanup`` (``queue.clean_old_requests()``, the queue's retention_hours),
     ``registry-sync`` (``queue.return_expired_leases`` + ``registry.synchronize_models``),
-    ``stats-rollup`` (``stats.roll_up``), ``store-checkpoint`` (``db.checkpoint``, durable
+    ``stats-rollup`` (``stats.maintain``), ``store-checkpoint`` (``db.checkpoint``, durable
     stores only), ``model-optimize`` (plan + apply; only when ``config.auto_optimize``).
     """
     intervals = job_intervals(config)
@@ -348,7 +348,7 @@ def install_proxy_jobs(jobs: MaintenanceJobs, *, config: Any, queue: Any = None,
     if queue is not None or registry is not None:
         add("registry-sync", _registry_job(queue, registry))
     if stats is not None:
-        add("stats-rollup", stats.roll_up)
+        add("stats-rollup", getattr(stats, "maintain", None) or stats.roll_up)
     if db is not None and getattr(db, "durable", False):
         add("store-checkpoint", db.checkpoint)
     if registry is not None and getattr(config, "auto_optimize", False):

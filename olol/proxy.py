@@ -131,7 +131,7 @@ class Proxy:
         from olol.registry import ModelRegistry
         from olol.request_log import RequestLog, check_log_format
         from olol.scheduler import RequestScheduler
-        from olol.stats import RequestStats
+        from olol.stats import RequestStats, stats_retention_days
         from olol.store import DatabaseManager, configure_db
 
         self.config = config
@@ -167,7 +167,8 @@ class Proxy:
             )
             self.cluster = ClusterManager(db, **kw)
             self.cluster.sync_config_nodes(config.nodes)
-            self.stats = RequestStats(db, clock=clock)
+            self.stats = RequestStats(db, clock=clock, max_series=config.stats_max_series,
+                                      retention_days=stats_retention_days(config))
             self.registry = ModelRegistry(
                 self.cluster, db, clock=clock, copies=config.model_copies,
                 pinned=config.pinned_models, pull_timeout_s=config.pull_timeout_s,
@@ -179,7 +180,8 @@ class Proxy:
             )
             self.dispatcher = Dispatcher(
                 self.queue, self.scheduler, self.cluster, self.hub,
-                threads=config.dispatcher_threads, stats=self.stats, clock=clock,
+                # request statistics come from the queue's finish listener (below)
+                threads=config.dispatcher_threads, stats=None, clock=clock,
                 max_attempts=config.max_attempts, retry_backoff_s=config.retry_backoff_s,
                 request_timeout_s=config.request_timeout_s, registry=self.registry,
                 lease_refresh_s=max(0.05, config.lease_s / 3),
@@ -197,9 +199,10 @@ class Proxy:
             self.health = HealthMonitor(
                 self.cluster, db, clock=clock, interval_s=config.health_interval_s,
                 timeout_s=config.health_timeout_s, failure_threshold=config.failure_threshold,
-                observer=self.metrics,
+                observer=self.metrics, retention_hours=config.server_stats_retention_hours,
             )
             self.metrics.health = self.health
+            self.queue.add_finish_listener(self.stats.request_finished)
             self.queue.add_finish_listener(self.metrics.request_finished)
             self.request_log = RequestLog(config.log_format, keys=lambda: self.context.keys) \
                 if config.request_log else None

@@ -282,6 +282,9 @@ def install_settings(proxy: Any) -> RuntimeSettings:
     def attr(target: Any, name: str, cast: Callable[[Any], Any]) -> Apply:
         return lambda value: setattr(target, name, cast(value))
 
+    def retention(period: str) -> Apply:  # read by the next prune and the next query
+        return lambda value: proxy.stats.retention_days.__setitem__(period, float(value))
+
     appliers: dict[str, Apply] = {
         "max_queue_depth": attr(queue, "max_depth", int),
         "max_queue_depth_per_model": attr(queue, "max_depth_per_model", int),
@@ -301,6 +304,11 @@ def install_settings(proxy: Any) -> RuntimeSettings:
         "outlier_max_ejection_s": ejection("max_ejection_s"),
         "outlier_max_ejected_fraction": attr(outliers, "max_ejected_fraction", float),
         "job_intervals": intervals,
+        "stats_hourly_retention_days": retention("hourly"),
+        "stats_daily_retention_days": retention("daily"),
+        "stats_weekly_retention_days": retention("weekly"),
+        "stats_max_series": attr(proxy.stats, "max_series", int),
+        "server_stats_retention_hours": attr(proxy.health, "retention_hours", float),
         # default_priority and max_body_bytes are read from the config on every request
     }
     settings = RuntimeSettings(proxy.config, proxy.db, clock=proxy.clock, appliers=appliers)

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "olol.cli.models",
     "olol.cli.jobs",
     "olol.cli.config",
+    "olol.cli.stats",
 ]
 
 

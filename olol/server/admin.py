@@ -194,3 +194,76 @@ def config_history() -> Response:
     except ValueError:
         raise ApiError(400, "limit must be an integer") from None
     return json_response({"changes": get_ctx().settings.history(limit)})
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+@bp.route("/stats", methods=["GET"])
+def request_stats() -> Response:
+    """Request statistics per period start, grouped by model, node and/or key:
+    ``?period=hourly|daily|weekly&by=model,node,key|total&since=7d&until=...&limit=``
+    (olol.stats); percentiles are computed from the stored histograms."""
+    from olol.stats import QueryError, parse_query
+
+    ctx = get_ctx()
+    if ctx.stats is None:
+        raise ApiError(404, "this proxy keeps no request statistics")
+    try:
+        query = parse_query(request.args, ctx.clock())
+        rows = ctx.stats.query(**query)
+    except QueryError as exc:
+        raise ApiError(400, str(exc)) from None
+    if "key" in query["by"]:
+        names = _key_names({r["key"] for r in rows if r.get("key")})
+        for row in rows:
+            row["key_name"] = names.get(row.get("key") or "")
+    return json_response({"period": query["period"], "by": list(query["by"]) or ["total"],
+                          "since": _iso(query["since"]), "rows": rows})
+
+
+@bp.route("/stats/servers", methods=["GET"])
+def server_stats() -> Response:
+    """The nodes' ``server_stats`` samples, oldest first:
+    ``?node=HOST:PORT&type=slots,gpu_util&since=24h&limit=``."""
+    from olol.stats import SERVER_TYPES, QueryError, parse_since, server_samples
+
+    ctx = get_ctx()
+    args = request.args
+    unknown = sorted(set(args) - {"node", "type", "since", "limit"})
+    try:
+        if unknown:
+            raise QueryError(f"unknown parameter {unknown[0]!r}; known: node, type, since, "
+                             "limit")
+        types = tuple(t.strip() for t in args.get("type", "").split(",") if t.strip())
+        bad = [t for t in types if t not in SERVER_TYPES]
+        if bad:
+            raise QueryError(f"type must be among {', '.join(SERVER_TYPES)}, got {bad[0][:40]!r}")
+        since = parse_since(args["since"], ctx.clock()) if "since" in args else None
+        try:
+            limit = int(args.get("limit", "1000"))
+        except ValueError:
+            raise QueryError("limit must be an integer") from None
+        if not 1 <= limit <= 10_000:
+            raise QueryError(f"limit must be in 1..10000, got {limit}")
+    except QueryError as exc:
+        raise ApiError(400, str(exc)) from None
+    samples = server_samples(ctx.db, now=ctx.clock(),
+                             retention_hours=ctx.config.server_stats_retention_hours,
+                             node=args.get("node") or None, types=types, since=since,
+                             limit=limit)
+    return json_response({"samples": samples})
+
+
+def _key_names(ids: set[str]) -> dict[str, str | None]:
+    store = get_ctx().keys
+    out: dict[str, str | None] = {}
+    for key_id in ids:
+        info = store.get(key_id) if store is not None else None
+        out[key_id] = info.name if info is not None else None
+    return out
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

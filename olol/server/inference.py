@@ -98,6 +98,8 @@ def enqueue(ctx: Any, record: dict[str, Any], *, wake: bool = True) -> int:
     try:
         _, position = ctx.queue.enqueue(record, wake=wake)
     except QueueFullError as exc:
+        if getattr(ctx, "stats", None) is not None:
+            ctx.stats.rejected(record)  # counted as a "rejected" error (olol.stats)
         retry = getattr(exc, "retry_after_s", None)
         raise errors.server_busy(retry if retry is not None else 1) from None
     return int(position)

@@ -121,7 +121,8 @@ DEFAULT_SCHEMAS: dict[str, TableSchema] = {
             "server_stats",
             server=Field(STR, required=True),
             timestamp=Field(STR, required=True),
-            type=Field(STR, required=True, choices=("health", "load", "latency")),
+            type=Field(STR, required=True, choices=("health", "load", "latency", "slots",
+                                                    "gpu_util", "gpu_memory")),
             value=Field(NUM, required=True),
         ),
         _s(

@@ -143,25 +143,106 @@ def test_server_stats_rows_and_pruning(cluster, db, clock, agent_a, monitors):
                           stats_interval_s=60.0, retention_hours=24.0)
     monitor.poll_all()
     good = db.search("server_stats", {"server": agent_a.address})
-    assert {r["type"]: r["value"] for r in good}.keys() == {"health", "load", "latency"}
+    # no GPU on this node: no gpu_* samples
+    assert {r["type"]: r["value"] for r in good}.keys() == {"health", "load", "latency", "slots"}
     assert next(r for r in good if r["type"] == "health")["value"] == 1
     assert next(r for r in good if r["type"] == "latency")["value"] >= 0
+    slots = next(r for r in good if r["type"] == "slots")
+    assert slots["value"] == 0 and slots["total"] == 4  # the agent's parallel slots
     bad = db.search("server_stats", {"server": dead})
     assert [(r["type"], r["value"]) for r in bad] == [("health", 0)]
 
     clock.advance(10)  # inside stats_interval_s and no change: no new samples
     monitor.poll_all()
-    assert db.count("server_stats") == 4
+    assert db.count("server_stats") == 5
     clock.advance(60)
     monitor.poll_all()
-    assert db.count("server_stats") == 8
+    assert db.count("server_stats") == 10
 
     clock.advance(23 * 3600)
     assert monitor.prune_stats() == 0
     clock.advance(3600 - 30)  # the first samples are now just over 24 h old
-    assert monitor.prune_stats() == 4
-    assert db.count("server_stats") == 4
-    assert monitor.prune_stats(max_age_hours=0) == 4
+    assert monitor.prune_stats() == 5
+    assert db.count("server_stats") == 5
+    assert monitor.prune_stats(max_age_hours=0) == 5
+
+
+class _FakeNvml:
+    """An NVML with two cards (the agent's hardware probe reads it as pynvml)."""
+
+    import pynvml
+
+    NVMLError = pynvml.NVMLError
+    NVML_TEMPERATURE_GPU = 0
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlSystemGetDriverVersion(self):
+        return "580.1"
+
+    def nvmlSystemGetCudaDriverVersion(self):
+        return 13000
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return "NVIDIA H100"
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}"
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        class M:
+            total, used, free = 80 << 30, (10 + 20 * h) << 30, (70 - 20 * h) << 30
+        return M
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        class U:
+            gpu, memory = 30 + 40 * h, 5
+        return U
+
+    def _unsupported(self, *a):
+        raise self.NVMLError(self.pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    nvmlDeviceGetTemperature = _unsupported
+    nvmlDeviceGetPowerUsage = _unsupported
+    nvmlDeviceGetEnforcedPowerLimit = _unsupported
+
+
+def test_gpu_nodes_get_gpu_samples_and_a_changed_retention_prunes_at_the_next_sweep(
+        cluster, db, clock, monitors):
+    from workers.agent import Agent, AgentConfig
+    from workers.hardware import HardwareProbe, NvmlProbe
+
+    sim = make_sim()
+    agent = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=sim.url, parallel=3,
+                              status_timeout=1.0),
+                  hardware=HardwareProbe(None, NvmlProbe(_FakeNvml()))).start()
+    try:
+        cluster.add_node(agent.address)
+        monitor = monitor_for(monitors, cluster, db, clock, stats_interval_s=60.0,
+                              retention_hours=24.0)
+        monitor.run_once()
+        got = {r["type"]: r for r in db.search("server_stats", {"server": agent.address})}
+        assert got["slots"]["value"] == 0 and got["slots"]["total"] == 3
+        assert got["gpu_util"]["value"] == 50.0 and got["gpu_util"]["gpus"] == 2  # mean
+        assert got["gpu_memory"]["value"] == 40 << 30  # 10 + 30 GiB used
+        assert got["gpu_memory"]["total"] == 160 << 30 and got["gpu_memory"]["gpus"] == 2
+        clock.advance(2 * 3600)
+        monitor.run_once()  # a prune runs (every 10 min), nothing is 24 h old
+        assert db.count("server_stats", {"server": agent.address}) == 12
+        monitor.retention_hours = 1.0  # what the run-time setting does
+        clock.advance(1)
+        monitor.run_once()  # 1 s later: the changed retention prunes now, not in 10 min
+        assert db.count("server_stats", {"server": agent.address}) == 6
+    finally:
+        agent.stop(0)
+        sim.stop()
 
 
 def test_node_removed_during_sweep_is_ignored(cluster, db, clock, agent_a, monitors):

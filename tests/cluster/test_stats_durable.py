@@ -62,7 +62,7 @@ def test_counts_not_rolled_up_survive_a_crash_and_are_rolled_up_once(tmp_path, c
     db = open_store(tmp_path, clk)
     stats = RequestStats(db, clock=clk)
     assert stats.recovered.total == 30
-    assert stats.roll_up() == 4
+    assert stats.roll_up() == 6  # two hours, two days, two ISO weeks
     assert totals(db) == (30, 30)
     h = {r["timestamp"][:13]: r for r in db.search("request_stats", {"period": "hourly"})}
     assert h["2024-03-10T23"]["total_requests"] == 30 - h["2024-03-11T00"]["total_requests"]
@@ -115,7 +115,7 @@ def test_a_crash_after_the_roll_up_commits_does_not_count_its_files_again(
     record_n(stats, clk, 12)
     # killed after the transaction is on disk, before the consumed files are deleted
     monkeypatch.setattr(stats, "_remove_below", lambda gen: None)
-    assert stats.roll_up() == 2
+    assert stats.roll_up() == 3
     assert len(list_files(tmp_path)) == 1
     record_n(stats, clk, 3)
     crash(db, stats)
@@ -138,7 +138,7 @@ def test_a_failed_roll_up_is_retried_by_the_same_process(tmp_path, clk, monkeypa
     assert stats.run_once() == 0
     monkeypatch.setattr(db, "transaction", real)
     record_n(stats, clk, 1)
-    assert stats.roll_up() == 2
+    assert stats.roll_up() == 3
     assert totals(db) == (6, 6)
     assert stats.roll_up() == 0
     db.close()
@@ -165,12 +165,18 @@ def test_unrolled_log_is_bounded_and_compaction_keeps_every_count(tmp_path, clk,
     import olol.stats as mod
 
     monkeypatch.setattr(mod, "MAX_PENDING_HOURS", 4)
+    full = mod._Counts()
+    for i in range(20):
+        full.add(mod.Finished("generate", error="other" if i % 5 == 0 else None,
+                              duration_ms=10.0))
+    summary_line = len(mod.encode_summary(clk(), (None, None, None), full))
     db = open_store(tmp_path, clk)
     stats = RequestStats(db, clock=clk, max_log_bytes=2_000)
     for _ in range(30):  # roll-ups never run: 600 requests over 30 hours
         record_n(stats, clk, 20, step_s=180)
         size = sum(p.stat().st_size for _, _, p in list_files(tmp_path))
-        assert size < 2_000 + 4 * 80 + 80
+        # the limit, plus a summary of at most 4 hours (one series each), plus a line
+        assert size < 2_000 + 4 * summary_line + 80
     assert len(stats._pending) <= 4
     assert any(kind == "sum" for _, kind, _ in list_files(tmp_path))
     crash(db, stats)
@@ -188,7 +194,7 @@ def test_memory_store_keeps_counts_in_ram_only(clk, tmp_path):
     stats = RequestStats(db, clock=clk)
     record_n(stats, clk, 3)
     assert stats.log_dir is None
-    assert stats.roll_up() == 2 and totals(db) == (3, 3)
+    assert stats.roll_up() == 3 and totals(db) == (3, 3)
     assert db.search_one("config", {"key": CURSOR_KEY}) is None
     db.close()
 
@@ -261,3 +267,39 @@ def test_roll_ups_are_exactly_once_across_many_sigkills(tmp_path):
     rounds = 60
     acked, counted = _kill_rounds(tmp_path, rounds, seed=1)
     assert acked <= counted <= acked + rounds
+
+
+def test_rich_counts_survive_a_crash_and_a_compaction(tmp_path, clk):
+    import zlib
+
+    from olol.stats import Finished, encode_summary
+
+    db = open_store(tmp_path, clk)
+    stats = RequestStats(db, clock=clk, max_log_bytes=1_500)  # compacts along the way
+    for i in range(40):
+        stats.add(Finished("chat", model=f"m{i % 2}", node="n1", key="alice",
+                           error="timeout" if i % 10 == 0 else None, tokens_in=3,
+                           tokens_out=7, queue_ms=5.0, ttft_ms=100.0 + i, duration_ms=400.0))
+    assert any(kind == "sum" for _, kind, _ in list_files(tmp_path))
+    crash(db, stats)
+
+    # a file an olol before issue 16 left: lines of the earlier format still count
+    legacy = b"[%f,2,1,1,1,0,30.0]" % (clk() - clk() % 3600)
+    (tmp_path / "request_stats.00000099.log").write_bytes(
+        b"%08x " % zlib.crc32(legacy) + legacy + b"\n")
+    db = open_store(tmp_path, clk)
+    stats = RequestStats(db, clock=clk)
+    assert stats.recovered.total == 42
+    stats.roll_up()
+    rows = {r["model"]: r for r in db.search("request_stats", {"period": "hourly"})}
+    assert set(rows) == {"m0", "m1", None}
+    m0 = rows["m0"]
+    assert (m0["node"], m0["key"], m0["total_requests"]) == ("n1", "alice", 20)
+    assert m0["errors"] == {"timeout": 4} and m0["failed_requests"] == 4
+    assert (m0["tokens_in"], m0["tokens_out"]) == (60, 140)
+    assert sum(m0["ttft_ms_hist"].values()) == 20 and sum(m0["queue_ms_hist"].values()) == 20
+    assert rows[None]["total_requests"] == 2 and rows[None]["errors"] == {"other": 1}
+    [row] = [r for r in stats.query("hourly", since=START - 3600) if r["model"] == "m1"]
+    assert row["ttft_ms"]["p50"] == pytest.approx(120, rel=0.1)
+    assert len(encode_summary(0.0, ("m", "n", "k"), stats.recovered)) < 400
+    db.close()

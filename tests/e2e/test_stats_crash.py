@@ -1,6 +1,8 @@
 """A real proxy process killed with SIGKILL keeps the request counts it had not rolled
 up yet (issue 9 item 6): after each restart on the same data folder they are rolled up
-exactly once, so request_stats counts every request that got its answer."""
+exactly once, so request_stats counts every request that got its answer, with its
+model, node, tokens and queue wait (issue 16 item 2), and the statistics API shows
+them before and after the roll-up."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
@@ -61,6 +62,22 @@ class ProxyProcess:
         # server thread: a later request on the same connection comes after it.
         assert session.get(self.url + "/api/version", timeout=5).ok
 
+    def counted(self) -> dict:
+        """What ``GET /olol/v1/stats`` says of the last two days (rows, and counts not
+        rolled up yet): requests, tokens out, models and nodes."""
+        r = requests.get(self.url + "/olol/v1/stats", timeout=10,
+                         params={"period": "daily", "by": "model,node", "since": "2d"})
+        assert r.ok, r.text
+        rows = r.json()["rows"]
+        return {"requests": sum(x["requests"] for x in rows),
+                "tokens_out": sum(x["tokens_out"] for x in rows),
+                "models": {x["model"] for x in rows}, "nodes": {x["node"] for x in rows}}
+
+    def wait_counted(self, n: int) -> None:
+        """Bounded polling until the proxy has counted ``n`` requests (each is counted
+        once its answer is written, just after the client got it)."""
+        assert wait_until(lambda: self.counted()["requests"] >= n, timeout=15), self.counted()
+
     def roll_up(self) -> int:
         """Run the roll-up job now; the number of rows it wrote."""
         r = requests.post(self.url + "/olol/v1/maintenance/stats-rollup/run", timeout=30)
@@ -99,14 +116,14 @@ def test_request_counts_survive_sigkill_and_are_rolled_up_exactly_once(tmp_path)
         with requests.Session() as s:
             proxy.generate(s, n)
         expected += n
-        time.sleep(0.2)
+        proxy.wait_counted(expected)
         proxy.kill()
         # 2: more requests on the same folder, killed again before any roll-up
         proxy = ProxyProcess(data_dir, agents[0].address, config)
         with requests.Session() as s:
             proxy.generate(s, n)
         expected += n
-        time.sleep(0.2)
+        proxy.wait_counted(expected)
         proxy.kill()
         # 3: a roll-up takes what both killed processes counted, then more requests
         proxy = ProxyProcess(data_dir, agents[0].address, config)
@@ -114,10 +131,15 @@ def test_request_counts_survive_sigkill_and_are_rolled_up_exactly_once(tmp_path)
         with requests.Session() as s:
             proxy.generate(s, n)
         expected += n
-        time.sleep(0.2)
+        proxy.wait_counted(expected)
         proxy.kill()
-        # 4: the last roll-up, then a clean stop
+        # 4: the counts of the killed process are read back (not rolled up yet), then the
+        # last roll-up, then a clean stop
         proxy = ProxyProcess(data_dir, agents[0].address, config)
+        seen = proxy.counted()
+        assert seen["requests"] == expected
+        assert seen["tokens_out"] == 2 * expected  # num_predict 2
+        assert seen["models"] == {MODEL} and seen["nodes"] == {agents[0].address}
         proxy.roll_up()
         assert proxy.roll_up() == 0  # nothing left: adds nothing
         proxy.stop()
@@ -137,3 +159,14 @@ def test_request_counts_survive_sigkill_and_are_rolled_up_exactly_once(tmp_path)
     assert sum(r["total_requests"] for r in daily) == expected
     assert sum(r["generate_requests"] for r in hourly) == expected
     assert sum(r["failed_requests"] for r in hourly) == 0
+    weekly = db_rows(data_dir, "weekly")
+    assert sum(r["total_requests"] for r in weekly) == expected
+    assert {(r["model"], r["node"], r["key"]) for r in hourly} == {
+        (MODEL, agents[0].address, None)}
+    assert sum(r["tokens_out"] for r in hourly) == 2 * expected
+    assert sum(sum(r["queue_ms_hist"].values()) for r in hourly) == expected
+
+
+def db_rows(data_dir: Path, period: str) -> list[dict]:
+    with DatabaseManager(data_dir, background_checkpoints=False) as db:
+        return db.search("request_stats", {"period": period})
