@@ -13,7 +13,7 @@ nodes' Ollama serves it.
   kind (sign-in, web search) are about one node's account, not the cluster's.
 * ``GET``: relayed at once (no queue) to a healthy node, the first by address; a node
   that fails before answering is replaced by the next (at most
-  :data:`GET_ATTEMPTS` nodes).
+  :data:`GET_ATTEMPTS` nodes). No healthy node: ``404 page not found``.
 * A path olol routes with other methods (``GET /api/chat``): ``405 method not
   allowed``, as before. Other methods (``PUT``, ``DELETE``...) on unknown paths: 404.
 
@@ -52,19 +52,20 @@ _ENDPOINT = "passthrough.forward"
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
-def _known_elsewhere(path: str) -> bool:
-    """Whether another route serves ``path`` (with some other method)."""
+def _known_elsewhere(path: str) -> list[str]:
+    """The methods another route serves ``path`` with (empty: no route has it)."""
     adapter = current_app.url_map.bind("olol")
-    for method in ("GET", "POST", "DELETE", "PATCH", "PUT"):
+    methods = []
+    for method in ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT"):
         try:
             endpoint, _ = adapter.match(path, method=method)
         except (NotFound, MethodNotAllowed):
             continue
         except Exception:  # noqa: BLE001 - e.g. a redirect rule: treat as known
-            return True
+            endpoint = None
         if endpoint != _ENDPOINT:
-            return True
-    return False
+            methods.append(method)
+    return methods
 
 
 def _target() -> str:
@@ -81,8 +82,11 @@ def _not_found() -> Response:
 @bp.route("/api/<path:rest>", methods=["GET", "POST"])
 @bp.route("/v1/<path:rest>", methods=["GET", "POST"])
 def forward(rest: str) -> Response:
-    if _known_elsewhere(request.path):
-        return Response("405 method not allowed", status=405, content_type="text/plain")
+    allowed = _known_elsewhere(request.path)
+    if allowed:
+        resp = Response("405 method not allowed", status=405, content_type="text/plain")
+        resp.headers["Allow"] = ", ".join(sorted({*allowed, "OPTIONS"}))
+        return resp
     if request.method == "POST":
         return _post()
     return _get()
@@ -169,8 +173,8 @@ class _RelayedBody:
 def _get() -> Response:
     ctx = get_ctx()
     nodes = ctx.cluster.healthy_nodes()
-    if not nodes:
-        raise ApiError(503, "no node is available right now", headers={"Retry-After": "1"})
+    if not nodes:  # nobody to ask whether the route exists: as unknown
+        return _not_found()
     timeout = float(ctx.config.request_timeout_s)
     failure: NodeError | None = None
     for node in nodes[:GET_ATTEMPTS]:
