@@ -29,6 +29,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
+from olol import ui
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
 from olol.server import admin, anthropic, jobs, models, ollama, openai, openapi, responses
@@ -107,6 +108,8 @@ def create_app(ctx: Any) -> Flask:
             return
         if request.path in PUBLIC_PATHS:
             return
+        if request.blueprint == ui.bp.name:  # its own check: a key, or its session cookie
+            return
         if request.path == metrics_bp.METRICS_PATH and metrics_bp.is_public(ctx):
             return
         info = ctx.keys.verify(request_key(request.headers))
@@ -144,5 +147,6 @@ def create_app(ctx: Any) -> Flask:
     app.register_blueprint(models.admin_bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics_bp.bp)
+    app.register_blueprint(ui.bp)
     app.wsgi_app = AfterResponse(app.wsgi_app)  # type: ignore[method-assign]
     return app
