@@ -52,6 +52,10 @@ def clock(value: Any) -> str:
     return datetime.fromtimestamp(value, UTC).strftime("%H:%M:%S")
 
 
+def hhmm(value: Any) -> str:
+    return clock(value)[:5]
+
+
 def num(value: Any, digits: int = 1) -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "–"
@@ -74,5 +78,5 @@ def spark(points: list[dict], field: str) -> dict[str, Any]:
     return {"line": " ".join(coords), "max": top, "last": last, "w": CHART_W, "h": CHART_H}
 
 
-FILTERS = {"size": size, "seconds": seconds, "ms": ms, "clock": clock, "num": num,
+FILTERS = {"size": size, "seconds": seconds, "ms": ms, "clock": clock, "hhmm": hhmm, "num": num,
            "spark": spark}

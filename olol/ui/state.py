@@ -97,12 +97,15 @@ def queue_view(ctx: Any) -> dict[str, Any]:
     }
     traffic = getattr(ctx, "traffic", None)
     series = traffic.series() if traffic is not None else []
-    last = series[-16:]
+    # newest first: the current (partial) minute, then the 15 before it
     out["per_minute"] = [{"minute_ts": p["minute_ts"], "admitted": p["admitted"],
-                          "rejected": p["rejected"]} for p in last]
-    full = series[-2] if len(series) >= 2 else {"admitted": 0, "rejected": 0}
-    out["admitted_last_minute"] = full["admitted"]
-    out["rejected_last_minute"] = full["rejected"]
+                          "rejected": p["rejected"]} for p in reversed(series[-16:])]
+    # the last 60 seconds, as the two newest buckets weighted by their overlap with them
+    now_minute = series[-1] if series else {"admitted": 0, "rejected": 0, "minute_ts": now}
+    before = series[-2] if len(series) >= 2 else {"admitted": 0, "rejected": 0}
+    share = 1.0 - min(60.0, max(0.0, now - now_minute["minute_ts"])) / 60.0
+    for field in ("admitted", "rejected"):
+        out[f"{field}_per_minute"] = round(now_minute[field] + before[field] * share)
     return out
 
 

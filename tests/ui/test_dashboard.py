@@ -187,9 +187,10 @@ def test_state_has_every_view_in_its_shape(keyed):
     assert node["slots_total"] == 4 and node["ram_total"] > 0
     q = data["queue"]
     for field in ("depth", "pending", "processing", "oldest_wait_s", "groups", "per_minute",
-                  "admitted_last_minute", "rejected_last_minute"):
+                  "admitted_per_minute", "rejected_per_minute"):
         assert field in q
-    assert sum(p["admitted"] for p in q["per_minute"]) >= 1
+    assert sum(p["admitted"] for p in q["per_minute"]) >= 1 and q["admitted_per_minute"] >= 1
+    assert q["per_minute"][0]["minute_ts"] > q["per_minute"][-1]["minute_ts"]  # newest first
     m = data["models"]
     assert m["nodes"] == [keyed.agents[0].address]
     cells = {x["name"]: x["cells"] for x in m["models"]}
