@@ -19,6 +19,8 @@ from olol.metrics import _reserved_slots
 VIEWS = ("nodes", "queue", "models", "traffic", "maintenance")
 #: Latest requests shown on the traffic view.
 LATEST_SHOWN = 25
+#: Plan actions (and skipped models) listed; the apply button applies the whole plan.
+PLAN_SHOWN = 50
 
 
 def _gpu(raw: dict) -> dict[str, Any]:
@@ -142,13 +144,17 @@ def models_view(ctx: Any) -> dict[str, Any]:
                        "copies": len(m["nodes"]), "usage_count": m["usage_count"],
                        "cells": cells})
     plan = registry.optimize_model_distribution()
+    actions, skipped = plan.get("actions") or [], plan.get("skipped") or []
     return {
         "nodes": nodes,
         "models": models,
         "pulls": [{"id": op["id"], "model": op["model"], "nodes": op["nodes"],
                    "progress": {n: progress.get((op["model"], n)) for n in op["nodes"]}}
                   for op in pulls],
-        "plan": {"actions": plan.get("actions") or [], "skipped": plan.get("skipped") or []},
+        "plan": {"actions": actions[:PLAN_SHOWN], "total": len(actions),
+                 "adds": sum(1 for a in actions if a.get("action") == "add"),
+                 "removes": sum(1 for a in actions if a.get("action") == "remove"),
+                 "skipped": skipped[:PLAN_SHOWN], "skipped_total": len(skipped)},
         "plan_id": plan_id(plan),
     }
 

@@ -59,7 +59,7 @@ def test_log_in_and_see_both_nodes_and_their_models(live, driver, tmp_path):
     models = rows(driver, "#matrix tr[data-model]")
     for name in ("llama3.2:1b", "qwen2.5:0.5b", "nomic-embed-text:latest"):
         cells = models[name].find_elements(By.CSS_SELECTOR, "td")
-        assert [c.get_attribute("title") in ("present", "loaded") for c in cells] == [True, True]
+        assert [c.get_attribute("class") in ("p", "l") for c in cells] == [True, True]
     for view in ("nodes", "queue", "models", "traffic", "maintenance"):
         driver.find_element(By.ID, f"nav-{view}").click()
         browser.wait_for(driver, lambda d, v=view: d.find_element(By.TAG_NAME, "body")
@@ -97,7 +97,7 @@ def test_a_pull_started_in_the_page_shows_its_progress_moving(live, driver):
         cells = row.find_elements(By.CSS_SELECTOR, "td")
         columns = [th.get_attribute("title") for th in
                    d.find_elements(By.CSS_SELECTOR, "#matrix thead th")][1:]
-        return cells[columns.index(node)].get_attribute("title") in ("present", "loaded")
+        return cells[columns.index(node)].get_attribute("class") in ("p", "l")
 
     browser.wait_for(driver, pulled, timeout=40, what="pull finished in the matrix")
 

@@ -195,7 +195,8 @@ def test_state_has_every_view_in_its_shape(keyed):
     assert m["nodes"] == [keyed.agents[0].address]
     cells = {x["name"]: x["cells"] for x in m["models"]}
     assert cells["llama3.2:1b"][keyed.agents[0].address] in ("present", "loaded")
-    assert set(m["plan"]) == {"actions", "skipped"} and len(m["plan_id"]) == 16
+    assert m["plan"]["total"] == len(m["plan"]["actions"]) and len(m["plan_id"]) == 16
+    assert set(m["plan"]) == {"actions", "total", "adds", "removes", "skipped", "skipped_total"}
     t = data["traffic"]
     assert len(t["series"]) == 60 and t["series"][-1]["requests"] >= 1
     latest = t["latest"][0]
@@ -232,3 +233,25 @@ def test_unknown_views_are_404(keyed):
     s = login(keyed)
     assert s.get(keyed.url + UI + "/secrets").status_code == 404
     assert s.get(keyed.url + UI + "/", allow_redirects=False).headers["Location"] == UI + "/nodes"
+
+
+def test_every_page_weighs_under_300_kb_with_200_nodes_and_50_models():
+    from olol.server.app import create_app
+    from tests.bench.bench_ui import MODELS, NODES, build_ctx
+
+    ctx = build_ctx()
+    try:
+        client = create_app(ctx).test_client()
+        state = client.get(UI + "/api/state?view=nodes,models").get_json()
+        assert len(state["nodes"]["nodes"]) == NODES and len(state["models"]["models"]) == MODELS
+        assert state["models"]["plan"]["total"] > len(state["models"]["plan"]["actions"])
+        for view in VIEWS:
+            page = client.get(f"{UI}/{view}")
+            assert page.status_code == 200
+            weight = len(page.data) + sum(
+                len(client.get(path).data)
+                for path in re.findall(r'(?:href|src)="(/olol/ui/static/[^"]+)"', page.text))
+            assert weight < PAGE_BUDGET, f"{view}: {weight} bytes"
+    finally:
+        ctx.registry.close()
+        ctx.db.close()
