@@ -17,6 +17,7 @@ the ``csrf`` form field.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -55,7 +56,7 @@ bp = _Blueprint("ui", __name__, url_prefix=PREFIX, template_folder="templates",
 @bp.record
 def _install(state: Any) -> None:
     ctx = state.app.extensions["olol"]
-    state.app.extensions[EXTENSION] = SessionStore(clock=ctx.clock)
+    state.app.extensions[EXTENSION] = SessionStore(clock=getattr(ctx, "clock", time.time))
     state.app.jinja_env.filters.update(fmt.FILTERS)
 
 
