@@ -147,6 +147,12 @@ def _page(template: str, **kw: Any) -> Response:
 
 # -- log-in ------------------------------------------------------------------------------
 
+def _secure() -> bool:
+    """Whether the request came over HTTPS to this server (waitress drops a proxy's
+    X-Forwarded-Proto: behind nginx, nginx marks the cookie, docs/operations.md)."""
+    return request.is_secure
+
+
 def _next_view() -> str:
     view = request.values.get("next", "")
     return view if view in VIEWS else "nodes"
@@ -178,7 +184,7 @@ def login_post() -> Response:
     token, _ = sessions().create(info.id, info.name)
     resp = redirect(f"{PREFIX}/{_next_view()}", code=303)
     resp.set_cookie(COOKIE, token, max_age=int(sessions().ttl_s), path=PREFIX, httponly=True,
-                    samesite="Strict", secure=request.is_secure)
+                    samesite="Strict", secure=_secure())
     return resp
 
 
@@ -186,8 +192,7 @@ def login_post() -> Response:
 def logout() -> Response:
     sessions().end(request.cookies.get(COOKIE))
     resp = redirect(f"{PREFIX}/login", code=303)
-    resp.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="Strict",
-                       secure=request.is_secure)
+    resp.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="Strict", secure=_secure())
     return resp
 
 

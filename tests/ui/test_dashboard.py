@@ -56,6 +56,7 @@ def test_login_sets_a_strict_httponly_cookie_and_logout_ends_it(keyed):
     assert keyed.admin_key not in cookie
     for attr in ("HttpOnly", "SameSite=Strict", "Path=/olol/ui"):
         assert attr in cookie, cookie
+    assert "Secure" not in cookie  # plain HTTP on loopback
     page = s.get(keyed.url + UI + "/queue")
     assert page.status_code == 200 and 'id="queue-depth"' in page.text
     token = csrf_of(page.text)
