@@ -17,7 +17,8 @@ API keys (``config.keys_enabled``): every route needs ``Authorization: Bearer <k
 (401 otherwise) except the liveness probes ``/`` and ``/olol/v1/health``; the admin
 routes need an admin key (403), and so does ``/metrics`` unless ``metrics_public``.
 Under waitress the key and the body's size are first checked on the headers, before
-the body is read (:mod:`olol.server.door`).
+the body is read (:mod:`olol.server.door`). The dashboard under ``/olol/ui``
+(:mod:`olol.ui`) checks its own log-ins: an admin key in a header, or its session cookie.
 """
 
 from __future__ import annotations
