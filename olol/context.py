@@ -159,6 +159,7 @@ class ProxyContext:
     maintenance: Any = None  # olol.maintenance.MaintenanceJobs
     settings: Any = None  # olol.settings.RuntimeSettings: GET/PATCH /olol/v1/config
     metrics: Any = None  # olol.metrics.ProxyMetrics: served at /metrics
+    traffic: Any = None  # olol.traffic.TrafficRecorder: the dashboard's last hour
     clock: Callable[[], float] = time.time
     # set when the proxy shuts down: the front door stops admitting (503)
     draining: threading.Event = field(default_factory=threading.Event)

@@ -133,6 +133,7 @@ class Proxy:
         from olol.scheduler import RequestScheduler
         from olol.stats import RequestStats, stats_retention_days
         from olol.store import DatabaseManager, configure_db
+        from olol.traffic import TrafficRecorder
 
         self.config = config
         self.clock = clock
@@ -204,6 +205,8 @@ class Proxy:
             self.metrics.health = self.health
             self.queue.add_finish_listener(self.stats.request_finished)
             self.queue.add_finish_listener(self.metrics.request_finished)
+            self.traffic = TrafficRecorder(clock=clock)
+            self.queue.add_finish_listener(self.traffic.request_finished)
             self.request_log = RequestLog(config.log_format, keys=lambda: self.context.keys) \
                 if config.request_log else None
             if self.request_log is not None:
@@ -216,6 +219,7 @@ class Proxy:
             config=config, db=db, queue=self.queue, hub=self.hub, cluster=self.cluster,
             keys=self.keys, stats=self.stats, scheduler=self.scheduler, clock=clock,
             registry=self.registry, dispatcher=self.dispatcher, metrics=self.metrics,
+            traffic=self.traffic,
         )
         from olol.settings import install_settings
 

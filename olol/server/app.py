@@ -17,7 +17,8 @@ API keys (``config.keys_enabled``): every route needs ``Authorization: Bearer <k
 (401 otherwise) except the liveness probes ``/`` and ``/olol/v1/health``; the admin
 routes need an admin key (403), and so does ``/metrics`` unless ``metrics_public``.
 Under waitress the key and the body's size are first checked on the headers, before
-the body is read (:mod:`olol.server.door`).
+the body is read (:mod:`olol.server.door`). The dashboard under ``/olol/ui``
+(:mod:`olol.ui`) checks its own log-ins: an admin key in a header, or its session cookie.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
+from olol import ui
 from olol.api.errors import ApiError
 from olol.keys import KeyStore
 from olol.server import admin, anthropic, jobs, models, ollama, openai, openapi, responses
@@ -108,6 +110,8 @@ def create_app(ctx: Any) -> Flask:
             return
         if request.path in PUBLIC_PATHS:
             return
+        if request.blueprint == ui.bp.name:  # its own check: a key, or its session cookie
+            return
         if request.path == metrics_bp.METRICS_PATH and metrics_bp.is_public(ctx):
             return
         info = ctx.keys.verify(request_key(request.headers))
@@ -145,6 +149,7 @@ def create_app(ctx: Any) -> Flask:
     app.register_blueprint(models.admin_bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics_bp.bp)
+    app.register_blueprint(ui.bp)
     app.register_blueprint(passthrough_bp.bp)  # last: routes no other blueprint has
     app.wsgi_app = AfterResponse(app.wsgi_app)  # type: ignore[method-assign]
     return app

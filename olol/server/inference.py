@@ -100,8 +100,12 @@ def enqueue(ctx: Any, record: dict[str, Any], *, wake: bool = True) -> int:
     except QueueFullError as exc:
         if getattr(ctx, "stats", None) is not None:
             ctx.stats.rejected(record)  # counted as a "rejected" error (olol.stats)
+        if getattr(ctx, "traffic", None) is not None:
+            ctx.traffic.rejected()
         retry = getattr(exc, "retry_after_s", None)
         raise errors.server_busy(retry if retry is not None else 1) from None
+    if getattr(ctx, "traffic", None) is not None:
+        ctx.traffic.admitted()
     return int(position)
 
 
