@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check olol workers tests
+	$(BIN)/ruff check olol tests
 
 protos: $(STAMP)
 	$(BIN)/python -m olol.rpc.codegen

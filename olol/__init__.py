@@ -1,13 +1,11 @@
-"""olol: one Ollama-compatible endpoint in front of a fleet of Ollama hosts."""
+"""olol: one Ollama-compatible endpoint in front of a fleet of Ollama hosts.
+
+The public classes are imported on first use (``olol.QueueManager``), so that importing
+one part (the node agent in ``olol.agent``, the store for the crash-test writer) does not
+load the others.
+"""
 
 __version__ = "0.1.0"
-
-from olol.store import (  # noqa: E402
-    DatabaseManager,
-    SyncManager,
-    configure_db,
-    get_db,
-)
 
 __all__ = [
     "ClusterManager",
@@ -22,17 +20,21 @@ __all__ = [
     "get_db",
 ]
 
+_WHERE = {
+    "ClusterManager": "olol.cluster",
+    "DatabaseManager": "olol.store",
+    "HealthMonitor": "olol.health",
+    "ModelRegistry": "olol.registry",
+    "QueueManager": "olol.queue",
+    "RequestScheduler": "olol.scheduler",
+    "SyncManager": "olol.store",
+    "configure_db": "olol.store",
+    "get_db": "olol.store",
+}
+
 
 def __getattr__(name: str):
-    """The coordinator's other public classes, imported on first use (the store
-    alone must stay cheap to import, e.g. for the crash-test writer)."""
-    where = {
-        "ClusterManager": "olol.cluster",
-        "HealthMonitor": "olol.health",
-        "ModelRegistry": "olol.registry",
-        "QueueManager": "olol.queue",
-        "RequestScheduler": "olol.scheduler",
-    }.get(name)
+    where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'olol' has no attribute {name!r}")
     import importlib

@@ -84,7 +84,7 @@ def render() -> str:
 
 
 def _worker_section() -> list[str]:
-    from workers.config import ENV_PREFIX, WorkerConfig
+    from olol.agent.config import ENV_PREFIX, WorkerConfig
 
     lines = [
         "", "## Worker (`olol worker`)", "",

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import ollama
 
+from olol.agent.agent import Agent, AgentConfig
+from olol.agent.hardware import GpuSnapshot, HardwareProbe
 from olol.context import ProxyConfig
 from olol.proxy import Proxy
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from tests.e2e.conftest import MODELS
 from tests.ui import browser
-from workers.agent import Agent, AgentConfig
-from workers.hardware import GpuSnapshot, HardwareProbe
 
 GIB = 1024**3
 

@@ -17,7 +17,7 @@ from olol import __version__
 COMMAND_MODULES = [
     "olol.store.cli",
     "olol.sim.cli",
-    "workers.cli",
+    "olol.agent.cli",
     "olol.cli.proxy",
     "olol.cli.nodes",
     "olol.cli.keys",

@@ -245,10 +245,10 @@ def ollama_answers(url: str) -> bool:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from olol.agent.agent import Agent, AgentConfig
     from olol.proxy import Proxy
     from olol.sim import SimConfig, Simulator, parse_models_spec
     from olol.store import StoreError, default_data_dir
-    from workers.agent import Agent, AgentConfig
 
     # Handlers before any port opens: a signal as soon as it answers still stops cleanly.
     stop = stop_on_signals()

@@ -17,7 +17,7 @@ nodes' Ollama serves it.
 * A path olol routes with other methods (``GET /api/chat``): ``405 method not
   allowed``, as before. Other methods (``PUT``, ``DELETE``...) on unknown paths: 404.
 
-The node's agent relays only what it allows (:mod:`workers.forward`): never the model
+The node's agent relays only what it allows (:mod:`olol.agent.forward`): never the model
 management paths, which have their own routes here anyway.
 """
 

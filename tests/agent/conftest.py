@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.rpc.client import NodeClient
 from olol.sim import Simulator
 from tests import support
 from tests.support import wait_until  # noqa: F401
-from workers.agent import Agent, AgentConfig
 
 MODELS = "llama3.2:1b,nomic-embed-text[embed]"
 

@@ -7,12 +7,12 @@ import argparse
 import pytest
 import requests
 
+from olol.agent.agent import Agent, AgentConfig, AgentConfigError
+from olol.agent.cli import register
+from olol.agent.hardware import DECLARED_BUDGET_NOTE, parse_bytes
 from olol.rpc.client import NodeClient
 from olol.sim import parse_models_spec
 from tests.agent.conftest import make_sim
-from workers.agent import Agent, AgentConfig, AgentConfigError
-from workers.cli import register
-from workers.hardware import DECLARED_BUDGET_NOTE, parse_bytes
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workers.ollama import ChunkedLines
+from olol.agent.ollama import ChunkedLines
 
 
 def chunked(pieces: list[bytes], trailer: bytes = b"") -> bytes:

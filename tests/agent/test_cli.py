@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from olol.agent import cli
 from olol.rpc import codegen
 from olol.rpc.client import NodeClient
-from workers import cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_node_status_unreachable_exits_1(capsys):
 def test_node_status_exits_1_when_the_agents_ollama_is_down(capsys):
     import socket
 
-    from workers.agent import Agent, AgentConfig
+    from olol.agent.agent import Agent, AgentConfig
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

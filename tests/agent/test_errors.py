@@ -6,8 +6,8 @@ import grpc
 import pytest
 import requests
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.rpc.client import NodeClient, NodeError, node_error
-from workers.agent import Agent, AgentConfig
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 

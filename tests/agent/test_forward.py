@@ -7,9 +7,9 @@ import grpc
 import orjson
 import pytest
 
+from olol.agent.agent import Agent, AgentConfig
+from olol.agent.forward import check_target
 from olol.rpc.client import NodeClient, NodeError
-from workers.agent import Agent, AgentConfig
-from workers.forward import check_target
 
 MODEL = "llama3.2:1b"
 

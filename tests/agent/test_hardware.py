@@ -5,7 +5,7 @@ from __future__ import annotations
 import psutil
 import pynvml
 
-from workers.hardware import HardwareProbe, NvmlProbe
+from olol.agent.hardware import HardwareProbe, NvmlProbe
 
 
 def test_report_shape_on_this_machine(tmp_path):

@@ -9,8 +9,8 @@ import threading
 import orjson
 import requests
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.rpc.client import NodeClient
-from workers.agent import Agent, AgentConfig
 
 VOLATILE = {"created_at", "total_duration", "load_duration", "prompt_eval_duration",
             "eval_duration", "modified_at", "expires_at"}

@@ -8,8 +8,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from olol.agent.agent import Agent, AgentConfig, AgentConfigError
 from olol.rpc.client import NodeClient, NodeError, TLSConfig
-from workers.agent import Agent, AgentConfig, AgentConfigError
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_mutual_tls(sim, pki):
 def test_plaintext_binds_loopback_only(sim, caplog):
     with pytest.raises(AgentConfigError, match="without TLS"):
         Agent(AgentConfig(listen="0.0.0.0:0", ollama_url=sim.url))
-    with caplog.at_level(logging.WARNING, logger="workers.agent"):
+    with caplog.at_level(logging.WARNING, logger="olol.agent.agent"):
         with Agent(AgentConfig(listen="0.0.0.0:0", ollama_url=sim.url,
                                insecure_bind_any=True)) as agent:
             with NodeClient(agent.address) as c:

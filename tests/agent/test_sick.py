@@ -10,10 +10,10 @@ import grpc
 import pytest
 import requests
 
+from olol.agent.ollama import OllamaClient, OllamaUnavailable
 from olol.rpc.client import NodeError
 from tests.agent.test_relay import direct_lines, stable
 from tests.support import wait_until
-from workers.ollama import OllamaClient, OllamaUnavailable
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}],
         "options": {"seed": 3, "num_predict": 12}}

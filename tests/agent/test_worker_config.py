@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from olol.agent.cli import register, worker_config
+from olol.agent.config import ENV_PREFIX, WorkerConfig, convert
 from olol.cli.proxy import read_settings
-from workers.cli import register, worker_config
-from workers.config import ENV_PREFIX, WorkerConfig, convert
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ import time
 
 import orjson
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.rpc.client import NodeClient
 from olol.sim import SimConfig, Simulator, parse_models_spec
-from workers.agent import Agent, AgentConfig
 
 MODEL = "llama3.2:1b"
 

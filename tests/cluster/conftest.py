@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.cluster import ClusterManager
 from olol.rpc.client import NodeClient
 from olol.sim import Simulator
 from olol.store import DatabaseManager
 from tests import support
 from tests.support import FakeClock, wait_until  # noqa: F401
-from workers.agent import Agent, AgentConfig
 
 
 def make_sim(models: str = "llama3.2:1b,nomic-embed-text[embed]", port: int = 0,

@@ -216,8 +216,8 @@ class _FakeNvml:
 
 def test_gpu_nodes_get_gpu_samples_and_a_changed_retention_prunes_at_the_next_sweep(
         cluster, db, clock, monitors):
-    from workers.agent import Agent, AgentConfig
-    from workers.hardware import HardwareProbe, NvmlProbe
+    from olol.agent.agent import Agent, AgentConfig
+    from olol.agent.hardware import HardwareProbe, NvmlProbe
 
     sim = make_sim()
     agent = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=sim.url, parallel=3,

@@ -10,6 +10,7 @@ import logging
 import grpc
 import pytest
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.cli.nodes import format_table, register
 from olol.cluster import ClusterManager
 from olol.context import ProxyConfig
@@ -20,7 +21,6 @@ from olol.rpc.client import NodeError
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from olol.store import DatabaseManager
 from tests.support import FakeClock, wait_until
-from workers.agent import Agent, AgentConfig
 
 GOOD = {"ollama": {"reachable": True, "models": [{"name": "llama3.2:1b"}], "loaded": []},
         "agent": {"parallel": 2}}

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.context import ProxyConfig
 from olol.proxy import Proxy
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from tests.support import wait_until  # noqa: F401
-from workers.agent import Agent, AgentConfig
 
 MODELS = "llama3.2:1b,qwen2.5:0.5b,nomic-embed-text[embed]"
 

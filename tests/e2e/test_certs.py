@@ -10,12 +10,12 @@ import stat
 import ollama
 import pytest
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.cli import main as olol_main
 from olol.cli.proxy import load_config
 from olol.proxy import Proxy
 from olol.rpc.client import NodeClient, NodeError, TLSConfig
 from olol.sim import SimConfig, Simulator, parse_models_spec
-from workers.agent import Agent, AgentConfig
 
 
 def test_init_and_issue_write_a_ca_and_certificates(tmp_path, capsys):

@@ -117,7 +117,7 @@ def test_a_worker_reads_its_token_from_a_credential_and_notifies_systemd(tmp_pat
 
 
 def test_secrets_come_from_the_flag_the_file_or_the_credential(tmp_path, monkeypatch):
-    from workers.cli import secret
+    from olol.agent.cli import secret
 
     (tmp_path / "t").write_text(" s1 \n")
     (tmp_path / "empty").write_text("")

@@ -2,13 +2,13 @@
 
 import ollama
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.cli import build_parser
 from olol.context import ProxyConfig
 from olol.proxy import Proxy
 from olol.rpc.client import TLSConfig
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from tests.agent.conftest import make_pki
-from workers.agent import Agent, AgentConfig
 
 
 def test_proxy_to_agent_over_mutual_tls_with_a_token(tmp_path):

@@ -38,6 +38,10 @@ def test_the_wheel_installs_in_a_fresh_venv_and_olol_up_serves(tmp_path):
     assert "olol/cli/__init__.py" in names and "olol/server/openapi.json" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "LICENSE not shipped"
     assert not any(n.startswith("tests/") for n in names)
+    # the agent ships inside olol: no generic top-level package in site-packages
+    assert "olol/agent/agent.py" in names
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"olol"}, tops
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)

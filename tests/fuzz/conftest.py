@@ -66,8 +66,8 @@ class FuzzEnv:
 
 
 def start_node() -> Node:
+    from olol.agent.agent import Agent, AgentConfig
     from olol.sim import SimConfig, Simulator, parse_models_spec
-    from workers.agent import Agent, AgentConfig
 
     sim = Simulator(SimConfig(models=parse_models_spec(NODE_MODELS), ttft=0.0,
                               tokens_per_second=0.0, load_time=0.0,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import waitress
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.cluster import ClusterManager
 from olol.context import ProxyConfig, ProxyContext
 from olol.hub import ResponseHub
@@ -23,7 +24,6 @@ from olol.server import create_app
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from olol.store import DatabaseManager
 from tests.support import wait_until  # noqa: F401
-from workers.agent import Agent, AgentConfig
 
 GB = 1_000_000_000
 

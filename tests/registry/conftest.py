@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.cluster import ClusterManager
 from olol.registry import ModelRegistry
 from olol.rpc.client import NodeClient
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from olol.store import DatabaseManager
 from tests.support import FakeClock, wait_until  # noqa: F401
-from workers.agent import Agent, AgentConfig
 
 GB = 1_000_000_000
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import waitress
 
+from olol.agent.agent import Agent, AgentConfig
 from olol.cluster import ClusterManager
 from olol.context import ProxyConfig, ProxyContext
 from olol.hub import DONE, ResponseHub
@@ -23,7 +24,6 @@ from olol.sim import Simulator
 from olol.store import DatabaseManager
 from tests import support
 from tests.support import wait_until  # noqa: F401
-from workers.agent import Agent, AgentConfig
 
 MODELS = "llama3.2:1b,nomic-embed-text[embed]"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from olol.address import connect_host, format_address, is_loopback, parse_address
+from olol.agent.agent import AgentConfigError, split_host_port
 from olol.cli.clientconf import url_from_listen
 from olol.cluster import normalize_address
 from olol.proxy import split_hostport
-from workers.agent import AgentConfigError, split_host_port
 
 
 @pytest.mark.parametrize("text, want", [

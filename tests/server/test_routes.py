@@ -8,9 +8,9 @@ import pytest
 import requests
 
 from olol import __version__
+from olol.agent.agent import Agent, AgentConfig
 from olol.sim import parse_models_spec
 from tests.server.conftest import build_ctx, make_sim, serve
-from workers.agent import Agent, AgentConfig
 
 
 @pytest.fixture(scope="module")

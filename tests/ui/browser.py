@@ -47,7 +47,6 @@ def color_scheme(driver: Any, scheme: str) -> None:
 
 def log_in(driver: Any, base: str, key: str, view: str = "nodes") -> None:
     from selenium.webdriver.common.by import By
-
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 

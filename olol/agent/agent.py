@@ -20,11 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from olol.address import connect_host, format_address, is_loopback, parse_address
+from olol.agent.auth import TokenInterceptor
+from olol.agent.hardware import HardwareProbe, NvmlProbe, apply_budget
+from olol.agent.ollama import OllamaClient
+from olol.agent.service import NodeAgentServicer
 from olol.rpc import node_pb2, node_pb2_grpc
-from workers.auth import TokenInterceptor
-from workers.hardware import HardwareProbe, NvmlProbe, apply_budget
-from workers.ollama import OllamaClient
-from workers.service import NodeAgentServicer
 
 _LOG = logging.getLogger(__name__)
 

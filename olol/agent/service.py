@@ -5,7 +5,7 @@ one record per gRPC message as soon as Ollama writes it. When the caller
 cancels or its deadline passes, gRPC runs the callback registered with
 ``context.add_callback``, which closes the HTTP connection to Ollama at once.
 
-Errors (one mapping, :func:`workers.ollama.grpc_code_for_status`): Ollama's
+Errors (one mapping, :func:`olol.agent.ollama.grpc_code_for_status`): Ollama's
 message is the status details word for word; the HTTP status goes into the
 trailing metadata ``x-ollama-status`` (502 when Ollama is unreachable). An
 ``{"error": ...}`` record after a stream started ends the call with INTERNAL
@@ -26,11 +26,10 @@ from typing import Any
 import grpc
 
 from olol import __version__
-from olol.rpc import node_pb2, node_pb2_grpc
-from workers.aggregate import AggregateError, Aggregator
-from workers.forward import forward
-from workers.hardware import HardwareProbe
-from workers.ollama import (
+from olol.agent.aggregate import AggregateError, Aggregator
+from olol.agent.forward import forward
+from olol.agent.hardware import HardwareProbe
+from olol.agent.ollama import (
     OllamaCall,
     OllamaClient,
     OllamaHTTPError,
@@ -38,13 +37,14 @@ from workers.ollama import (
     classify_line,
     grpc_code_for_status,
 )
+from olol.rpc import node_pb2, node_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
 
 STATUS_METADATA = "x-ollama-status"
 STREAM_ERROR_METADATA = "x-ollama-stream-error"
 #: Request metadata: "build the non-streamed answer here and show progress every
-#: N seconds" (value: N). See :mod:`workers.aggregate`.
+#: N seconds" (value: N). See :mod:`olol.agent.aggregate`.
 AGGREGATE_METADATA = "x-olol-aggregate"
 TRUNCATED_MESSAGE = "ollama ended the stream without its final record"
 UNREACHABLE_STATUS = 502
@@ -384,7 +384,7 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
 
     def Forward(self, request, context):
         """A GET or POST olol has no typed call for, relayed as bytes
-        (:mod:`workers.forward` says what is refused)."""
+        (:mod:`olol.agent.forward` says what is refused)."""
         return forward(self._ollama, self.in_flight, request, context)
 
     # -- status -------------------------------------------------------------

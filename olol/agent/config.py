@@ -21,7 +21,7 @@ SIZE_KEYS = ("disk_budget", "memory_budget")
 
 @dataclass
 class WorkerConfig:
-    """The settings of ``olol worker`` (see :class:`workers.agent.AgentConfig` for what
+    """The settings of ``olol worker`` (see :class:`olol.agent.agent.AgentConfig` for what
     the running agent receives)."""
 
     listen: str = opt("127.0.0.1:50051", "HOST:PORT the proxy connects to; an address "
@@ -60,7 +60,7 @@ def convert(key: str, value: Any) -> Any:
 
 def size_of(value: Any) -> int | None:
     """A size setting in bytes (None: not set)."""
-    from workers.hardware import parse_bytes
+    from olol.agent.hardware import parse_bytes
 
     if value is None:
         return None

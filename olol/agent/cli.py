@@ -18,13 +18,13 @@ _LOG = logging.getLogger(__name__)
 
 
 def size_of(value: Any) -> int | None:
-    from workers.config import size_of as convert
+    from olol.agent.config import size_of as convert
 
     return convert(value)
 
 
 def _size(text: str) -> int:
-    from workers.hardware import parse_bytes
+    from olol.agent.hardware import parse_bytes
 
     try:
         value = parse_bytes(text)
@@ -36,8 +36,8 @@ def _size(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
+    from olol.agent.config import WorkerConfig
     from olol.cli.proxy import add_config_flags
-    from workers.config import WorkerConfig
 
     worker = subparsers.add_parser(
         "worker", help="run the node agent in front of a local Ollama",
@@ -72,7 +72,7 @@ def register(subparsers: Any) -> None:
 
 def run_worker(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT (or ``stop`` is set), then drain and exit 0."""
-    from workers.agent import Agent, AgentConfig, AgentConfigError
+    from olol.agent.agent import Agent, AgentConfig, AgentConfigError
 
     # Handlers before the port opens: a signal that comes as soon as it answers must
     # still drain and exit cleanly. They only set the flag; the main thread does the
@@ -132,8 +132,8 @@ def worker_config(args: argparse.Namespace, env: dict[str, str] | None = None) -
 
     :raises SystemExit: an unknown key or a value of the wrong type, naming the key.
     """
+    from olol.agent.config import ENV_PREFIX, WorkerConfig, convert
     from olol.cli.proxy import flag_overrides, read_settings
-    from workers.config import ENV_PREFIX, WorkerConfig, convert
 
     overrides = flag_overrides(args, WorkerConfig)
     values = read_settings(getattr(args, "config", None), overrides, WorkerConfig, env,

@@ -7,7 +7,7 @@ Rules (the agent is the node's security boundary, whatever the coordinator asks)
   URL characters, without ``..`` segments, empty segments or fragments;
 * never the model-management paths (pull, push, create, copy, delete, blobs) nor the
   account ones (sign-out, user keys): those have their own RPCs, behind the admin
-  token when one is set (:mod:`workers.auth`), and a generic relay must not bypass it;
+  token when one is set (:mod:`olol.agent.auth`), and a generic relay must not bypass it;
 * the request body is bounded by gRPC's message size (the client's limit), the
   answer by :data:`MAX_ANSWER_BYTES` in total.
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
+from olol.agent.ollama import OllamaUnavailable
 from olol.rpc import node_pb2
-from workers.ollama import OllamaUnavailable
 
 #: Most bytes of one relayed answer (a long stream included).
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
