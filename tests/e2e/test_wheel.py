@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,9 +30,14 @@ def _free_port() -> int:
 
 
 def test_the_wheel_installs_in_a_fresh_venv_and_olol_up_serves(tmp_path):
+    # from a copy without build outputs: a stale build/ folder would leak into the wheel
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+        ".mypy_cache", ".ruff_cache"))
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--disable-pip-version-check", "-w", str(dist), str(ROOT)],
+                    "--disable-pip-version-check", "-w", str(dist), str(src)],
                    check=True, timeout=600)
     wheel, = dist.glob("olol-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
