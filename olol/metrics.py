@@ -141,7 +141,7 @@ def route_of(record: dict) -> str:
     """The route label of a queued request."""
     if record.get("kind") == "job":
         return JOBS_ROUTE
-    return ROUTES.get((record.get("api"), record.get("endpoint")), "other")
+    return ROUTES.get((str(record.get("api")), str(record.get("endpoint"))), "other")
 
 
 def _num(value: Any) -> float | None:
@@ -512,8 +512,8 @@ class LiveCollector:
                 ages[k2] = max(ages.get(k2, 0.0), age)
         for key, n in sorted(counts.items()):
             depth.add_metric(list(key), n)
-        for key, age in sorted(ages.items()):
-            oldest.add_metric(list(key), age)
+        for key2, age in sorted(ages.items()):
+            oldest.add_metric(list(key2), age)
         yield depth
         yield oldest
         stats = m.queue.get_queue_stats()

@@ -129,8 +129,9 @@ def create_app(ctx: Any) -> Flask:
             return _plain("404 page not found", 404)
         if err.code == 405:
             allowed = {}
-            if getattr(err, "valid_methods", None):
-                allowed = {"Allow": ", ".join(err.valid_methods)}
+            methods = getattr(err, "valid_methods", None)
+            if methods:
+                allowed = {"Allow": ", ".join(methods)}
             return _plain("405 method not allowed", 405, allowed)
         return render_error(ApiError(err.code or 500, err.description or err.name))
 

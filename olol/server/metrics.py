@@ -8,6 +8,8 @@ readiness probes (the app skips the key check for it).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from flask import Blueprint, Response, request
 
 from olol.api.errors import ApiError
@@ -48,7 +50,7 @@ def _install(state) -> None:
     def count(response: Response) -> Response:
         m = ctx.metrics
         if m is not None:
-            req = request._get_current_object()  # one context lookup, not three
+            req = cast(Any, request)._get_current_object()  # one context lookup, not three
             rule = req.url_rule
             method = req.method
             m.http_request(rule.rule if rule is not None else "unmatched",

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, g, redirect, render_template, request
+from werkzeug.wrappers import Response as BaseResponse  # what redirect() returns
 
 from olol import __version__
 from olol.api.errors import ApiError
@@ -70,7 +71,7 @@ def _wants_json() -> bool:
     return request.path.startswith(PREFIX + "/api/") or request.args.get("fragment") == "1"
 
 
-def _to_login() -> Response:
+def _to_login() -> BaseResponse:
     if _wants_json():
         raise ApiError(401, "log in to the dashboard first (" + PREFIX + "/login)")
     view = request.path[len(PREFIX):].strip("/")
@@ -89,7 +90,7 @@ def _check_csrf() -> None:
 
 
 @bp.before_request
-def _gate() -> Response | None:
+def _gate() -> BaseResponse | None:
     ctx = get_ctx()
     store = sessions()
     g.ui_user, g.ui_csrf, g.ui_session = None, store.open_csrf, None
@@ -159,28 +160,27 @@ def _next_view() -> str:
 
 
 @bp.route("/login", methods=["GET"])
-def login() -> Response:
+def login() -> BaseResponse:
     if not get_ctx().config.keys_enabled:
         return redirect(f"{PREFIX}/{_next_view()}", code=303)
     return _page("olol_ui/login.html", error=None, next=_next_view(), view="login")
 
 
 @bp.route("/login", methods=["POST"])
-def login_post() -> Response:
+def login_post() -> BaseResponse:
     ctx = get_ctx()
     if not ctx.config.keys_enabled:
         return redirect(f"{PREFIX}/{_next_view()}", code=303)
     key = (request.form.get("key") or "").strip()
     info = ctx.keys.verify(key) if key else None
-    error, status = None, 200
-    if info is None:
-        error, status = "This key is not valid (unknown, revoked or mistyped).", 401
-    elif not info.admin:
-        error, status = "This key is valid but not an admin key.", 403
-    if error is not None:
-        resp = _page("olol_ui/login.html", error=error, next=_next_view(), view="login")
-        resp.status_code = status
-        return resp
+    if info is None or not info.admin:
+        if info is None:
+            error, status = "This key is not valid (unknown, revoked or mistyped).", 401
+        else:
+            error, status = "This key is valid but not an admin key.", 403
+        answer = _page("olol_ui/login.html", error=error, next=_next_view(), view="login")
+        answer.status_code = status
+        return answer
     token, _ = sessions().create(info.id, info.name)
     resp = redirect(f"{PREFIX}/{_next_view()}", code=303)
     resp.set_cookie(COOKIE, token, max_age=int(sessions().ttl_s), path=PREFIX, httponly=True,
@@ -189,7 +189,7 @@ def login_post() -> Response:
 
 
 @bp.route("/logout", methods=["POST"])
-def logout() -> Response:
+def logout() -> BaseResponse:
     sessions().end(request.cookies.get(COOKIE))
     resp = redirect(f"{PREFIX}/login", code=303)
     resp.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="Strict", secure=_secure())
@@ -199,7 +199,7 @@ def logout() -> Response:
 # -- pages -------------------------------------------------------------------------------
 
 @bp.route("/", methods=["GET"])
-def index() -> Response:
+def index() -> BaseResponse:
     return redirect(f"{PREFIX}/nodes", code=303)
 
 
