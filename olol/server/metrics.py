@@ -24,7 +24,7 @@ bp = Blueprint("metrics", __name__)
 
 def is_public(ctx) -> bool:
     """Whether ``/metrics`` is answered without a key."""
-    return bool(getattr(ctx.config, "metrics_public", False))
+    return ctx.config.metrics_public
 
 
 @bp.route(METRICS_PATH, methods=["GET"])
@@ -34,7 +34,7 @@ def metrics() -> Response:
         key = current_key()
         if key is None or not key.admin:
             raise ApiError(403, "this endpoint needs an admin API key (or metrics_public)")
-    m = getattr(ctx, "metrics", None)
+    m = ctx.metrics
     if m is None:
         raise ApiError(404, "metrics are not enabled on this proxy")
     body, content_type = m.exposition(request.headers.get("Accept"))

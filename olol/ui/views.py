@@ -17,7 +17,6 @@ the ``csrf`` form field.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import quote
 
@@ -57,7 +56,7 @@ bp = _Blueprint("ui", __name__, url_prefix=PREFIX, template_folder="templates",
 @bp.record
 def _install(state: Any) -> None:
     ctx = state.app.extensions["olol"]
-    state.app.extensions[EXTENSION] = SessionStore(clock=getattr(ctx, "clock", time.time))
+    state.app.extensions[EXTENSION] = SessionStore(clock=ctx.clock)
     state.app.jinja_env.filters.update(fmt.FILTERS)
 
 
@@ -253,7 +252,7 @@ def apply_plan() -> Response:
     wanted = body.get("plan_id")
     if not isinstance(wanted, str) or not wanted:
         raise ApiError(400, "plan_id is required: the id of the plan shown")
-    registry = getattr(get_ctx(), "registry", None)
+    registry = get_ctx().registry
     if registry is None:
         raise ApiError(503, "the model registry is not running")
     plan = registry.optimize_model_distribution()
@@ -268,7 +267,7 @@ def apply_plan() -> Response:
 def run_job(name: str) -> Response:
     from olol.maintenance import UnknownJobError
 
-    jobs = getattr(get_ctx(), "maintenance", None)
+    jobs = get_ctx().maintenance
     if jobs is None:
         raise ApiError(404, f"no maintenance job named '{name[:40]}'")
     try:
