@@ -40,6 +40,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check olol tests
+	$(BIN)/mypy
 
 protos: $(STAMP)
 	$(BIN)/python -m olol.rpc.codegen

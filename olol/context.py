@@ -7,7 +7,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from olol.dispatcher import Dispatcher
+    from olol.interfaces import ClusterView, Queue, ResponseHub, Store
+    from olol.keys import KeyStore
+    from olol.maintenance import MaintenanceJobs
+    from olol.metrics import ProxyMetrics
+    from olol.registry import ModelRegistry
+    from olol.scheduler import RequestScheduler
+    from olol.settings import RuntimeSettings
+    from olol.stats import RequestStats
+    from olol.traffic import TrafficRecorder
 
 DEFAULT_LISTEN = "127.0.0.1:11435"
 
@@ -144,8 +156,61 @@ class ProxyConfig:
                                               live=True)
 
 
+def readiness_of(draining: threading.Event, db: Store, cluster: ClusterView) -> list[str]:
+    """Why the proxy cannot serve inference now (empty: ready): shutting down, the
+    store closed or failed, no healthy node (each node's last error named)."""
+    reasons = []
+    if draining.is_set():
+        reasons.append("the proxy is shutting down")
+    if getattr(db, "closed", False):
+        reasons.append("the store is closed")
+    nodes = cluster.list_nodes()
+    if not nodes:
+        reasons.append("no node is configured (olol nodes add HOST:PORT)")
+    elif not any(n.healthy for n in nodes):
+        why = "; ".join(f"{n.address}: {n.last_error or 'not checked yet'}"
+                        for n in nodes[:10])
+        reasons.append(f"no healthy node among {len(nodes)} ({why})")
+    return reasons
+
+
+@dataclass(frozen=True)
+class Services:
+    """The collaborators the front door (and the dashboard, the metrics) work with,
+    built once at start-up (:class:`olol.proxy.Proxy`) and never reassigned: a typed,
+    frozen set. The objects themselves keep their own state (``config`` holds the live
+    settings, ``draining`` is set on shutdown). ``None`` marks a part this assembly
+    does not have (a test app without a registry, say)."""
+
+    config: ProxyConfig
+    db: Store
+    queue: Queue
+    hub: ResponseHub
+    cluster: ClusterView
+    keys: KeyStore
+    clock: Callable[[], float] = time.time
+    stats: RequestStats | None = None
+    scheduler: RequestScheduler | None = None
+    dispatcher: Dispatcher | None = None  # runs a request inline when it can
+    registry: ModelRegistry | None = None
+    maintenance: MaintenanceJobs | None = None
+    settings: RuntimeSettings | None = None  # GET/PATCH /olol/v1/config
+    metrics: ProxyMetrics | None = None  # served at /metrics
+    traffic: TrafficRecorder | None = None  # the dashboard's last hour
+    # set when the proxy shuts down: the front door stops admitting (503)
+    draining: threading.Event = field(default_factory=threading.Event)
+
+    def readiness(self) -> list[str]:
+        """Why the proxy cannot serve inference now (empty: ready)."""
+        return readiness_of(self.draining, self.db, self.cluster)
+
+
 @dataclass
 class ProxyContext:
+    """A mutable assembly of the same collaborators, for code and tests that build the
+    front door piece by piece; :meth:`services` freezes it (``create_app`` accepts
+    either)."""
+
     config: ProxyConfig
     db: Any
     queue: Any
@@ -167,19 +232,23 @@ class ProxyContext:
     def readiness(self) -> list[str]:
         """Why the proxy cannot serve inference now (empty: ready): shutting down, the
         store closed or failed, no healthy node (each node's last error named)."""
-        reasons = []
-        if self.draining.is_set():
-            reasons.append("the proxy is shutting down")
-        if getattr(self.db, "closed", False):
-            reasons.append("the store is closed")
-        nodes = self.cluster.list_nodes()
-        if not nodes:
-            reasons.append("no node is configured (olol nodes add HOST:PORT)")
-        elif not any(n.healthy for n in nodes):
-            why = "; ".join(f"{n.address}: {n.last_error or 'not checked yet'}"
-                            for n in nodes[:10])
-            reasons.append(f"no healthy node among {len(nodes)} ({why})")
-        return reasons
+        return readiness_of(self.draining, self.db, self.cluster)
+
+    def services(self) -> Services:
+        """These collaborators as a frozen :class:`Services` (a key store on ``db`` is
+        made, and kept here, when there is none: keys can be prepared before they are
+        enabled)."""
+        if self.keys is None:
+            from olol.keys import KeyStore
+
+            self.keys = KeyStore(self.db, self.clock)
+        return Services(
+            config=self.config, db=self.db, queue=self.queue, hub=self.hub,
+            cluster=self.cluster, keys=self.keys, clock=self.clock, stats=self.stats,
+            scheduler=self.scheduler, dispatcher=self.dispatcher, registry=self.registry,
+            maintenance=self.maintenance, settings=self.settings, metrics=self.metrics,
+            traffic=self.traffic, draining=self.draining,
+        )
 
 
 def node_token_of(config: ProxyConfig) -> str | None:

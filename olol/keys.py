@@ -19,10 +19,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olol.store.database import iso_utc
 from olol.store.schema import Field, TableSchema
+
+if TYPE_CHECKING:
+    from olol.interfaces import Store
 
 TABLE = "api_keys"
 TOKEN_PREFIX = "olol-"
@@ -91,7 +94,7 @@ class KeyStore:
     :param clock: returns the current time (seconds); stamps ``last_used_at``.
     """
 
-    def __init__(self, db: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Store, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
         db.register_table(API_KEYS_SCHEMA)

@@ -20,7 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from olol.context import ProxyConfig
+    from olol.health import HealthMonitor
+    from olol.interfaces import Queue, Store
+    from olol.registry import ModelRegistry
+    from olol.stats import RequestStats
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +329,10 @@ def _optimize_job(registry: Any) -> Callable[[], Any]:
     return run
 
 
-def install_proxy_jobs(jobs: MaintenanceJobs, *, config: Any, queue: Any = None,
-                       registry: Any = None, stats: Any = None, db: Any = None,
-                       health: Any = None) -> list[str]:
+def install_proxy_jobs(jobs: MaintenanceJobs, *, config: ProxyConfig, queue: Queue | None = None,
+                       registry: ModelRegistry | None = None, stats: RequestStats | None = None,
+                       db: Store | None = None, health: HealthMonitor | None = None
+                       ) -> list[str]:
     """Add the proxy's jobs for the parts given; returns the names added.
 
     ``health-poll`` (``health.run_once``; do not also call ``health.start``),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import (
@@ -43,6 +43,12 @@ from prometheus_client.core import (
 
 from olol import __version__
 from olol.health import NODE_STATES, node_state_of
+
+if TYPE_CHECKING:
+    from olol.health import HealthMonitor
+    from olol.interfaces import ClusterView, Queue, Store
+    from olol.registry import ModelRegistry
+    from olol.scheduler import RequestScheduler
 
 OTHER = "other"  # a model name outside the bounded set
 NO_NODE = "none"  # a request that finished before any node took it
@@ -141,7 +147,7 @@ def route_of(record: dict) -> str:
     """The route label of a queued request."""
     if record.get("kind") == "job":
         return JOBS_ROUTE
-    return ROUTES.get((record.get("api"), record.get("endpoint")), "other")
+    return ROUTES.get((str(record.get("api")), str(record.get("endpoint"))), "other")
 
 
 def _num(value: Any) -> float | None:
@@ -247,8 +253,9 @@ class ProxyMetrics:
     :param max_models: most distinct ``model`` label values.
     """
 
-    def __init__(self, *, queue: Any = None, cluster: Any = None, db: Any = None,
-                 scheduler: Any = None, registry: Any = None, health: Any = None,
+    def __init__(self, *, queue: Queue | None = None, cluster: ClusterView | None = None,
+                 db: Store | None = None, scheduler: RequestScheduler | None = None,
+                 registry: ModelRegistry | None = None, health: HealthMonitor | None = None,
                  ready: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
@@ -464,11 +471,11 @@ class LiveCollector:
         info.add_metric([__version__], 1)
         yield info
         if m.queue is not None:
-            yield from self._queue()
+            yield from self._queue(m.queue)
         nodes = []
         if m.cluster is not None:
             nodes = m.cluster.list_nodes()
-            yield from self._nodes(nodes)
+            yield from self._nodes(m.cluster, nodes)
         if m.ready is not None:
             try:
                 ready = bool(m.ready())
@@ -477,7 +484,7 @@ class LiveCollector:
             yield GaugeMetricFamily("olol_ready", "1 when the proxy can serve inference "
                                     "(the readiness probe's answer).", value=int(ready))
         if m.db is not None:
-            yield from self._store()
+            yield from self._store(m.db)
         if m.health is not None:
             yield CounterMetricFamily("olol_health_sweeps", "Health sweeps run.",
                                       value=m.health.sweeps)
@@ -491,7 +498,7 @@ class LiveCollector:
             yield GaugeMetricFamily("olol_model_pulls_active", "Model pulls in progress.",
                                     value=pulls)
 
-    def _queue(self) -> Iterator[Metric]:
+    def _queue(self, queue: Queue) -> Iterator[Metric]:
         m = self.m
         now = m.clock()
         depth = GaugeMetricFamily("olol_queue_depth", "Requests waiting (pending) or "
@@ -502,7 +509,7 @@ class LiveCollector:
                                    labels=["model", "priority"])
         counts: dict[tuple[str, str, str], int] = {}
         ages: dict[tuple[str, str], float] = {}
-        for model_key, priority, status, n, first_ts in m.queue.active_summary():
+        for model_key, priority, status, n, first_ts in queue.active_summary():
             model = m.models(model_key)
             key = (model, str(priority), status)
             counts[key] = counts.get(key, 0) + n
@@ -512,11 +519,11 @@ class LiveCollector:
                 ages[k2] = max(ages.get(k2, 0.0), age)
         for key, n in sorted(counts.items()):
             depth.add_metric(list(key), n)
-        for key, age in sorted(ages.items()):
-            oldest.add_metric(list(key), age)
+        for key2, age in sorted(ages.items()):
+            oldest.add_metric(list(key2), age)
         yield depth
         yield oldest
-        stats = m.queue.get_queue_stats()
+        stats = queue.get_queue_stats()
         by_status = GaugeMetricFamily("olol_queue_requests", "Records in the queue by "
                                       "status (finished ones until they are cleaned up).",
                                       labels=["status"])
@@ -530,9 +537,9 @@ class LiveCollector:
             yield GaugeMetricFamily("olol_queue_bytes", "Body bytes held for pending and "
                                     "running requests.", value=active_bytes())
 
-    def _nodes(self, nodes: list[Any]) -> Iterator[Metric]:
+    def _nodes(self, cluster: ClusterView, nodes: list[Any]) -> Iterator[Metric]:
         m = self.m
-        now = m.cluster.clock()
+        now = cluster.clock()
         up = GaugeMetricFamily("olol_node_up", "1 when the node takes work (healthy, "
                                "circuit closed, not suspect).", labels=["node"])
         state = GaugeMetricFamily("olol_node_state", "1 for the node's current state "
@@ -590,8 +597,7 @@ class LiveCollector:
                     families[event].add_metric([node], value)
             yield from families.values()
 
-    def _store(self) -> Iterator[Metric]:
-        db = self.m.db
+    def _store(self, db: Store) -> Iterator[Metric]:
         yield GaugeMetricFamily("olol_store_open", "1 while the store accepts writes.",
                                 value=int(not getattr(db, "closed", False)))
         stats = db.stats()

@@ -334,6 +334,7 @@ class OutlierDetector:
         self._push(key, now, False, ticket.id)
         if key.ejected_until > now:
             return  # a call placed before the ejection: nothing more to decide
+        reason: str | None
         if key.probation:
             reason = "failed again after its re-admission"
         elif key.consecutive >= self.consecutive_failures:

@@ -14,13 +14,18 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olol.address import is_loopback, parse_address
-from olol.context import ProxyConfig, ProxyContext, node_tls_of, node_token_of
+from olol.context import ProxyConfig, Services, node_tls_of, node_token_of
 from olol.hub import ResponseHub
 from olol.store.database import configured_db as get_db_default
 from olol.store.database import reset_default_db
+
+if TYPE_CHECKING:
+    from olol.keys import KeyStore
+    from olol.maintenance import MaintenanceJobs
+    from olol.store import DatabaseManager
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +126,14 @@ def exposure_warning(host: str, keys_enabled: bool) -> str | None:
 
 class Proxy:
     def __init__(self, config: ProxyConfig, *, clock: Callable[[], float] = time.time,
-                 client_factory: Callable[[str], Any] | None = None, db: Any = None):
+                 client_factory: Callable[[str], Any] | None = None,
+                 db: DatabaseManager | None = None):
+        from apscheduler.schedulers.background import BackgroundScheduler
+
         from olol.cluster import ClusterManager
         from olol.dispatcher import Dispatcher
         from olol.health import HealthMonitor
+        from olol.maintenance import MaintenanceJobs, install_proxy_jobs
         from olol.metrics import ProxyMetrics
         from olol.outliers import OutlierDetector
         from olol.queue import QueueManager
@@ -177,7 +186,6 @@ class Proxy:
             self.scheduler = RequestScheduler(
                 self.queue, self.cluster, strategy=config.strategy, clock=clock,
                 batch_size=config.batch_size,
-                on_unplaceable=lambda req, msg: self.dispatcher.fail_unplaceable(req, msg),
             )
             self.dispatcher = Dispatcher(
                 self.queue, self.scheduler, self.cluster, self.hub,
@@ -192,6 +200,8 @@ class Proxy:
                 node_progress=config.node_progress, resume_streams=config.resume_streams,
                 max_resumes=config.max_resumes,
             )
+            # the scheduler fails what no node can ever run through the dispatcher
+            self.scheduler.on_unplaceable = self.dispatcher.fail_unplaceable
             self.metrics = ProxyMetrics(
                 queue=self.queue, cluster=self.cluster, db=db, scheduler=self.scheduler,
                 registry=self.registry, clock=clock, max_models=config.metrics_max_models,
@@ -207,32 +217,50 @@ class Proxy:
             self.queue.add_finish_listener(self.metrics.request_finished)
             self.traffic = TrafficRecorder(clock=clock)
             self.queue.add_finish_listener(self.traffic.request_finished)
-            self.request_log = RequestLog(config.log_format, keys=lambda: self.context.keys) \
+            keys = self.keys = self._make_keys()
+            self.request_log = RequestLog(config.log_format, keys=lambda: keys) \
                 if config.request_log else None
             if self.request_log is not None:
                 self.queue.add_finish_listener(self.request_log)
         except BaseException:
             db.close()
             raise
-        self.keys = self._make_keys()
-        self.context = ProxyContext(
-            config=config, db=db, queue=self.queue, hub=self.hub, cluster=self.cluster,
-            keys=self.keys, stats=self.stats, scheduler=self.scheduler, clock=clock,
-            registry=self.registry, dispatcher=self.dispatcher, metrics=self.metrics,
-            traffic=self.traffic,
-        )
         from olol.settings import install_settings
 
-        self.settings = self.context.settings = install_settings(self)
-        self.maintenance: Any = None
+        self.maintenance: MaintenanceJobs | None = None  # its appliers look it up later
+        self.settings = install_settings(self)
+        # maintenance jobs run once started (start()); installed here, after the stored
+        # settings were applied to the config, so that the Services below hold them
+        self._jobs = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+            timezone="UTC",
+        )
+        self.maintenance = MaintenanceJobs(self._jobs, clock=self.clock)
+        install_proxy_jobs(
+            self.maintenance, config=self.config, queue=self.queue, registry=self.registry,
+            stats=self.stats, db=self.db, health=self.health,
+        )
+        #: the collaborators of the front door, built once
+        self.services = Services(
+            config=config, db=db, queue=self.queue, hub=self.hub, cluster=self.cluster,
+            keys=keys, clock=clock, stats=self.stats, scheduler=self.scheduler,
+            dispatcher=self.dispatcher, registry=self.registry,
+            maintenance=self.maintenance, settings=self.settings, metrics=self.metrics,
+            traffic=self.traffic,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
-        self._jobs: Any = None
+        self._jobs_started = False
         self._stopped = threading.Event()
         self.url: str | None = None
         self.address: str | None = None
 
-    def _make_keys(self) -> Any:
+    @property
+    def context(self) -> Services:
+        """The former name of :attr:`services`."""
+        return self.services
+
+    def _make_keys(self) -> KeyStore:
         from olol.keys import KeyStore
 
         return KeyStore(self.db, clock=self.clock)
@@ -255,9 +283,7 @@ class Proxy:
 
     def _start(self, host: str, port: int) -> None:
         import waitress
-        from apscheduler.schedulers.background import BackgroundScheduler
 
-        from olol.maintenance import MaintenanceJobs, install_proxy_jobs
         from olol.server import door
         from olol.server.app import create_app
 
@@ -266,19 +292,10 @@ class Proxy:
             self.health.poll_all()
         except Exception:  # noqa: BLE001 - a bad sweep must not stop start-up
             log.exception("initial health sweep failed")
-        self._jobs = BackgroundScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
-            timezone="UTC",
-        )
-        self.maintenance = MaintenanceJobs(self._jobs, clock=self.clock)
-        install_proxy_jobs(
-            self.maintenance, config=self.config, queue=self.queue, registry=self.registry,
-            stats=self.stats, db=self.db, health=self.health,
-        )
-        self.context.maintenance = self.maintenance
         self._jobs.start()
+        self._jobs_started = True
         self.dispatcher.start()
-        app = create_app(self.context)
+        app = create_app(self.services)
         cfg = self.config
         connections = raise_fd_limit(cfg.max_connections)
         try:
@@ -286,7 +303,8 @@ class Proxy:
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {self.config.listen}: "
                           f"{exc.strerror or exc}") from None
-        door.install(self._server, door.DoorPolicy(cfg, lambda: self.context.keys),
+        keys = self.services.keys
+        door.install(self._server, door.DoorPolicy(cfg, lambda: keys),
                      header_timeout_s=cfg.header_timeout_s, body_timeout_s=cfg.body_timeout_s)
         real_port = self._server.effective_port
         self.address = f"{host}:{real_port}"
@@ -315,11 +333,11 @@ class Proxy:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.context.draining.set()
+        self.services.draining.set()
         finished = self.dispatcher.stop(grace_s=grace_s)
         if not finished:
             log.warning("shutdown: work still running after %.0f s was cancelled", grace_s)
-        if self._jobs is not None:
+        if self._jobs_started:
             try:
                 self._jobs.shutdown(wait=False)
             except Exception:  # noqa: BLE001
@@ -352,7 +370,7 @@ class Proxy:
     def _ready(self) -> bool:
         """What the readiness probe says (``olol_ready``): serving, the store open and
         at least one healthy node."""
-        return not self.context.readiness()
+        return not self.services.readiness()
 
     def alive(self) -> bool:
         """True while the HTTP loop runs and the store accepts writes (the watchdog's

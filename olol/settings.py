@@ -17,11 +17,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olol.context import ProxyConfig, config_fields, default_of, type_problem
 from olol.store.database import iso_utc
 from olol.store.schema import Field, TableSchema
+
+if TYPE_CHECKING:
+    from olol.interfaces import Store
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ class RuntimeSettings:
         hand it the new one (called after the checks, may raise SettingError to refuse).
     """
 
-    def __init__(self, config: ProxyConfig, db: Any, *, clock: Callable[[], float] = time.time,
+    def __init__(self, config: ProxyConfig, db: Store, *, clock: Callable[[], float] = time.time,
                  appliers: dict[str, Apply] | None = None):
         self.config = config
         self.db = db

@@ -66,12 +66,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from olol.store.database import iso_utc
 from olol.store.journal import write_atomic
+
+if TYPE_CHECKING:
+    from olol.interfaces import Store
 
 log = logging.getLogger(__name__)
 
@@ -574,7 +577,7 @@ class RequestStats:
     :param max_series: most series one period start holds (past it: ``(other)``).
     """
 
-    def __init__(self, db: Any, clock: Callable[[], float] = time.time, *,
+    def __init__(self, db: Store, clock: Callable[[], float] = time.time, *,
                  log_dir: Any = _STORE_DIR, max_log_bytes: int = MAX_LOG_BYTES,
                  retention_days: Mapping[str, float] | None = None,
                  max_series: int = DEFAULT_MAX_SERIES) -> None:

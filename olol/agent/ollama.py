@@ -280,8 +280,10 @@ class OllamaCall:
             try:
                 if conn.sock is None:
                     if self._timeout is not None:
-                        conn.timeout = min(conn.timeout, self._timeout)
+                        conn.timeout = (self._timeout if conn.timeout is None
+                                        else min(conn.timeout, self._timeout))
                     conn.connect()
+                    assert conn.sock is not None  # connect() sets it or raises
                     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     if self._aborted:  # abort() came while there was no socket to shut
                         conn.close()

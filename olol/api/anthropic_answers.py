@@ -147,7 +147,7 @@ class MessagesStreamTranslator:
         if not self._started:
             self._started = True
             input_tokens = int(record.get("prompt_eval_count") or 0)
-            start = {
+            start: dict[str, Any] = {
                 "id": self.message_id,
                 "type": "message",
                 "role": "assistant",

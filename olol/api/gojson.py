@@ -405,6 +405,7 @@ def parse_go_duration(text: str) -> float:
     total = 0.0
     while s:
         match = _DURATION_PART.match(s)
+        assert match is not None  # every part of the pattern is optional: it always matches
         whole, frac, unit = match.group(1), match.group(2), match.group(3)
         if not whole and not frac:
             raise ValueError(f"time: invalid duration {quoted}")

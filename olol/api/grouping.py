@@ -53,7 +53,7 @@ def is_deterministic(validated: ValidatedRequest) -> bool:
         return False
     options = validated.options
     seed = options.get("seed")
-    if gojson.is_number(seed) and seed >= 0:
+    if seed is not None and gojson.is_number(seed) and seed >= 0:
         return True
     temperature = options.get("temperature")
     return gojson.is_number(temperature) and temperature == 0

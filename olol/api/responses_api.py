@@ -313,6 +313,7 @@ class _Conversation:
 
     def function_call_output(self, item: Mapping[str, Any], where: str) -> None:
         output = _get(item, "output")
+        images: list[str]
         if isinstance(output, str) or output is None:
             text, images = output or "", []
         else:

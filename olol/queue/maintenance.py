@@ -1,11 +1,12 @@
-"""Start-up repair and periodic upkeep of the queue (a part of ``QueueManager``)."""
+"""Start-up repair and periodic upkeep of the queue (a collaborator of ``QueueManager``)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
+from olol.interfaces import Store
 from olol.queue.records import ACTIVE, FINISHED, LEASE_ERROR, RESTART_ERROR, TABLE
 from olol.queue.state import QueueState
 from olol.store.database import iso_utc
@@ -15,33 +16,36 @@ CLEAN_CHUNK = 1_000
 RECOVER_CHUNK = 500
 
 
-class QueueMaintenance:
-    """Mixed into :class:`~olol.queue.manager.QueueManager`; uses its store, lock and
-    RAM state, and its check-and-write ``_transition``."""
+class Transition(Protocol):
+    """The queue's check-and-write of one record (``QueueManager._transition``)."""
 
-    db: Any
-    clock: Callable[[], float]
-    lease_s: float
-    retention_hours: float
-    _lock: threading.RLock
-    _cond: threading.Condition
-    _s: QueueState
-    _rebuild: Callable[[], None]
-    _transition: Callable[..., dict | None]
-    _signal: Callable[..., None]
+    def __call__(self, request_id: str, allowed: Iterable[str],
+                 make_patch: Callable[[dict, float], dict | None]) -> dict | None: ...
+
+
+class QueueMaintenance:
+    """Start-up repair and periodic upkeep of one queue: a collaborator of
+    :class:`~olol.queue.manager.QueueManager`, which builds it with what it works on
+    (the store, the RAM state and the lock that guards it, the clock) and the queue's
+    own steps it calls back (rebuild the RAM indexes, check-and-write one record, wake
+    waiting threads). The queue's tunables (lease, retention, attempts) are passed by
+    the queue on each call, so run-time changes of them apply at once."""
+
+    def __init__(self, db: Store, state: QueueState, cond: threading.Condition, *,
+                 clock: Callable[[], float], rebuild: Callable[[], None],
+                 transition: Transition, signal: Callable[[bool], None]) -> None:
+        self.db = db
+        self._s = state
+        self._cond = cond  # its lock is the queue's lock
+        self.clock = clock
+        self._rebuild = rebuild
+        self._transition = transition
+        self._signal = signal
 
     # ------------------------------------------------------------------ start-up
-    def recover(self) -> dict[str, int]:
-        """Start-up repair: call once, before the front door and dispatchers run.
-
-        Sync requests that were pending or processing had an HTTP caller that is
-        gone: they become ``interrupted`` (never silently re-run); one whose
-        admission never reached the disk (it does not wait for its journal sync) is
-        simply absent. Jobs that were processing go back to ``pending``
-        (at-least-once), unless they have used ``max_attempts`` claims: then they
-        fail (a job that takes the proxy down is not run forever); pending jobs
-        stay. Then the RAM indexes are rebuilt from the store.
-        """
+    def recover(self, max_attempts: int | None) -> dict[str, int]:
+        """What :meth:`QueueManager.recover` does; ``max_attempts``: claims after which
+        a job that was processing fails instead of going back to pending."""
         now = self.clock()
         interrupted = requeued = failed = 0
         changes: list[tuple[int, dict]] = []
@@ -51,7 +55,7 @@ class QueueMaintenance:
                 interrupted += 1
                 changes.append((doc.doc_id, finish_patch("interrupted", now, RESTART_ERROR)
                                 | {"rev": rev + 1}))
-            elif status == "processing" and self._out_of_attempts(doc):
+            elif status == "processing" and _out_of_attempts(doc, max_attempts):
                 failed += 1
                 attempts = int(doc.get("attempts") or 0)
                 patch = finish_patch("failed", now, f"{RESTART_ERROR} {attempts} times while "
@@ -67,7 +71,7 @@ class QueueMaintenance:
                     self.db.update(TABLE, patch, doc_id)
         self._rebuild()
         with self._cond:
-            self._signal(everyone=True)
+            self._signal(True)
             return {
                 "interrupted": interrupted,
                 "requeued": requeued,
@@ -76,13 +80,8 @@ class QueueMaintenance:
                 "total": len(self._s.entries),
             }
 
-    def _out_of_attempts(self, doc: dict) -> bool:
-        limit = getattr(self, "max_attempts", None)
-        return limit is not None and int(doc.get("attempts") or 0) >= limit
-
-    def extend_lease(self, request_id: str, lease_s: float | None = None) -> bool:
-        """Push a processing request's lease to ``now + lease_s`` (long streams)."""
-        lease = self.lease_s if lease_s is None else lease_s
+    def extend_lease(self, request_id: str, lease: float) -> bool:
+        """Push a processing request's lease to ``now + lease`` (long streams)."""
         positive("lease_s", lease)
         return self._transition(
             request_id, ("processing",), lambda doc, now: {"lease_until": now + lease}
@@ -92,7 +91,7 @@ class QueueMaintenance:
         """Processing requests whose lease has passed: jobs -> pending (at-least-once),
         sync -> interrupted. Returns how many were changed."""
         now = self.clock()
-        with self._lock:
+        with self._cond:
             expired = [e.id for e in self._s.processing.values()
                        if e.lease_until is not None and e.lease_until <= now]
 
@@ -108,15 +107,14 @@ class QueueMaintenance:
 
 
     # ------------------------------------------------------------------ maintenance
-    def clean_old_requests(self, max_age_hours: float | None = None) -> int:
+    def clean_old_requests(self, hours: float) -> int:
         """Remove finished records (completed/failed/interrupted/cancelled) that
-        finished more than ``max_age_hours`` ago (default: ``retention_hours``), in
-        chunks. Pending and processing records are never removed."""
-        hours = self.retention_hours if max_age_hours is None else max_age_hours
+        finished more than ``hours`` ago, in chunks. Pending and processing records are
+        never removed."""
         if isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours < 0:
             raise ValueError("max_age_hours must be a non-negative number")
         cutoff = self.clock() - hours * 3600.0
-        with self._lock:
+        with self._cond:
             victims = [e for e in self._s.entries.values() if e.status in FINISHED
                        and e.doc_id >= 0
                        and (e.completed_ts if e.completed_ts is not None
@@ -126,16 +124,20 @@ class QueueMaintenance:
             chunk = victims[i:i + CLEAN_CHUNK]
             # Finished states are final, so these cannot have changed meanwhile.
             removed += len(self.db.remove(TABLE, [e.doc_id for e in chunk]))
-            with self._lock:
+            with self._cond:
                 for e in chunk:
                     self._s.forget(e)
         if removed:
             # Keep seq monotonic across restarts even when the newest rows are gone.
-            with self._lock:
+            with self._cond:
                 floor = self._s.next_seq
             self.db.upsert("config", {"key": SEQ_FLOOR_KEY, "value": floor},
                            {"key": SEQ_FLOOR_KEY})
         return removed
+
+
+def _out_of_attempts(doc: dict, limit: int | None) -> bool:
+    return limit is not None and int(doc.get("attempts") or 0) >= limit
 
 
 def positive(name: str, value: Any) -> None:

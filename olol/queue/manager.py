@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olol.queue.grouping import group_similar
 from olol.queue.maintenance import (
@@ -45,6 +45,9 @@ from olol.queue.state import QueueState
 from olol.store.database import iso_utc
 from olol.store.schema import QUEUE_STATUSES
 
+if TYPE_CHECKING:
+    from olol.interfaces import Store
+
 MAX_BATCH = 1_000
 MAX_DELAY_S = 86_400.0
 
@@ -53,7 +56,7 @@ log = logging.getLogger(__name__)
 Patch = Callable[[dict, float], dict | None]
 
 
-class QueueManager(QueueMaintenance):
+class QueueManager:
     """Durable, thread-safe priority queue over ``db``'s ``inference_queue`` table.
 
     :param db: the :class:`~olol.store.DatabaseManager`.
@@ -71,7 +74,7 @@ class QueueManager(QueueMaintenance):
 
     def __init__(
         self,
-        db: Any,
+        db: Store,
         *,
         clock: Callable[[], float] = time.time,
         max_depth: int = 10_000,
@@ -111,6 +114,9 @@ class QueueManager(QueueMaintenance):
         self._news = False  # an event happened that no thread has looked at since
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._finish_listeners: list[Callable[[dict], None]] = []
+        self._upkeep = QueueMaintenance(db, self._s, self._cond, clock=clock,
+                                        rebuild=self._rebuild, transition=self._transition,
+                                        signal=self._signal)
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -121,6 +127,38 @@ class QueueManager(QueueMaintenance):
         floor_value = floor["value"] if floor and isinstance(floor["value"], int) else 1
         with self._lock:
             self._s.load(docs, now, floor_value)
+
+    # ------------------------------------------------------------------ upkeep
+    def recover(self) -> dict[str, int]:
+        """Start-up repair: call once, before the front door and dispatchers run.
+
+        Sync requests that were pending or processing had an HTTP caller that is
+        gone: they become ``interrupted`` (never silently re-run); one whose
+        admission never reached the disk (it does not wait for its journal sync) is
+        simply absent. Jobs that were processing go back to ``pending``
+        (at-least-once), unless they have used ``max_attempts`` claims: then they
+        fail (a job that takes the proxy down is not run forever); pending jobs
+        stay. Then the RAM indexes are rebuilt from the store.
+        """
+        return self._upkeep.recover(self.max_attempts)
+
+    def extend_lease(self, request_id: str, lease_s: float | None = None) -> bool:
+        """Push a processing request's lease to ``now + lease_s`` (default: the
+        queue's ``lease_s``; long streams)."""
+        return self._upkeep.extend_lease(request_id, self.lease_s if lease_s is None
+                                         else lease_s)
+
+    def return_expired_leases(self) -> int:
+        """Processing requests whose lease has passed: jobs -> pending (at-least-once),
+        sync -> interrupted. Returns how many were changed."""
+        return self._upkeep.return_expired_leases()
+
+    def clean_old_requests(self, max_age_hours: float | None = None) -> int:
+        """Remove finished records (completed/failed/interrupted/cancelled) that
+        finished more than ``max_age_hours`` ago (default: ``retention_hours``), in
+        chunks. Pending and processing records are never removed."""
+        return self._upkeep.clean_old_requests(self.retention_hours if max_age_hours is None
+                                               else max_age_hours)
 
     # ------------------------------------------------------------------ admission
     def enqueue(self, request: dict, *, wake: bool = True) -> tuple[str, int]:

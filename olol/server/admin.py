@@ -20,6 +20,7 @@ from olol.api.errors import ApiError
 from olol.cluster import normalize_address
 from olol.keys import KeyStore
 from olol.server.common import current_key, get_ctx, json_response, read_json_body
+from olol.settings import RuntimeSettings
 
 bp = Blueprint("admin", __name__, url_prefix="/olol/v1")
 
@@ -91,7 +92,7 @@ def ready() -> Response:
     reasons = ctx.readiness()
     nodes = ctx.cluster.list_nodes()
     healthy = [n for n in nodes if n.healthy]
-    body = {"status": "not ready" if reasons else "ready", "healthy_nodes": len(healthy),
+    body: dict[str, Any] = {"status": "not ready" if reasons else "ready", "healthy_nodes": len(healthy),
             "nodes": len(nodes)}
     if reasons:
         body["reasons"] = reasons
@@ -102,10 +103,8 @@ def ready() -> Response:
 # -- API keys ------------------------------------------------------------------------------
 
 def _keys() -> KeyStore:
-    ctx = get_ctx()
-    if ctx.keys is None:  # keys disabled: they can still be prepared before enabling them
-        ctx.keys = KeyStore(ctx.db, ctx.clock)
-    return ctx.keys
+    # there is a key store even while keys are disabled: keys can be prepared before
+    return get_ctx().keys
 
 
 @bp.route("/keys", methods=["GET"])
@@ -164,10 +163,17 @@ def _key_view(info: Any) -> dict[str, Any]:
 
 # -- run-time settings ---------------------------------------------------------------------
 
+def _settings() -> RuntimeSettings:
+    settings = get_ctx().settings
+    if settings is None:  # an app assembled without them (tests, tools)
+        raise ApiError(503, "run-time settings are not available on this server")
+    return settings
+
+
 @bp.route("/config", methods=["GET"])
 def get_config() -> Response:
     """Every setting: its value, default, boot value and whether it can change live."""
-    return json_response({"settings": get_ctx().settings.view()})
+    return json_response({"settings": _settings().view()})
 
 
 @bp.route("/config", methods=["PATCH"])
@@ -180,7 +186,7 @@ def patch_config() -> Response:
     key = current_key()
     who = key.name if key is not None else f"{request.remote_addr} (keys off)"
     try:
-        changed = get_ctx().settings.change(body, who)
+        changed = _settings().change(body, who)
     except SettingError as exc:
         raise ApiError(400, str(exc)) from None
     return json_response({"changed": changed})
@@ -193,7 +199,7 @@ def config_history() -> Response:
         limit = max(1, min(1000, int(request.args.get("limit", "100"))))
     except ValueError:
         raise ApiError(400, "limit must be an integer") from None
-    return json_response({"changes": get_ctx().settings.history(limit)})
+    return json_response({"changes": _settings().history(limit)})
 
 
 # -- statistics ----------------------------------------------------------------------------

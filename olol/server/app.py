@@ -32,7 +32,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from olol import ui
 from olol.api.errors import ApiError
-from olol.keys import KeyStore
+from olol.context import ProxyContext, Services
 from olol.server import admin, anthropic, jobs, models, ollama, openai, openapi, responses
 from olol.server import metrics as metrics_bp
 from olol.server import passthrough as passthrough_bp
@@ -93,12 +93,11 @@ class AfterResponse:
         return ClosingIterator(body, [run])
 
 
-def create_app(ctx: Any) -> Flask:
-    """Build the app around a ProxyContext (``config``, ``db``, ``queue``, ``hub``,
-    ``cluster``, ``keys``, ``clock``). When keys are enabled and ``ctx.keys`` is None, a
-    :class:`~olol.keys.KeyStore` on ``ctx.db`` is created and set on the context."""
-    if ctx.config.keys_enabled and ctx.keys is None:
-        ctx.keys = KeyStore(ctx.db, ctx.clock)
+def create_app(services: Services | ProxyContext) -> Flask:
+    """Build the app around the proxy's :class:`~olol.context.Services` (or a
+    :class:`~olol.context.ProxyContext`, frozen here: one without a key store gets a
+    :class:`~olol.keys.KeyStore` on its ``db``)."""
+    ctx = services.services() if isinstance(services, ProxyContext) else services
     app = Flask("olol.server")
     app.extensions[EXTENSION] = ctx
     app.url_map.strict_slashes = False
@@ -129,8 +128,9 @@ def create_app(ctx: Any) -> Flask:
             return _plain("404 page not found", 404)
         if err.code == 405:
             allowed = {}
-            if getattr(err, "valid_methods", None):
-                allowed = {"Allow": ", ".join(err.valid_methods)}
+            methods = getattr(err, "valid_methods", None)
+            if methods:
+                allowed = {"Allow": ", ".join(methods)}
             return _plain("405 method not allowed", 405, allowed)
         return render_error(ApiError(err.code or 500, err.description or err.name))
 

@@ -10,8 +10,9 @@ from flask import Response, current_app, g, request
 from olol.api.errors import ApiError
 from olol.api.streaming import JSON_CONTENT_TYPE
 from olol.api.validation import parse_json_body
+from olol.context import Services
 
-#: Key under which the app keeps its ProxyContext in ``app.extensions``.
+#: Key under which the app keeps its Services in ``app.extensions``.
 EXTENSION = "olol"
 
 PRIORITY_HEADER = "X-OLOL-Priority"
@@ -25,8 +26,8 @@ MAX_SESSION_LEN = 200
 PROMPT_PREVIEW_CHARS = 200
 
 
-def get_ctx() -> Any:
-    """The ProxyContext of the running app."""
+def get_ctx() -> Services:
+    """The collaborators of the running app (:class:`~olol.context.Services`)."""
     return current_app.extensions[EXTENSION]
 
 

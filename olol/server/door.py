@@ -161,6 +161,10 @@ class GatedParser(HTTPRequestParser):
     per-route bound on the body; keeps the deadline by which the request must have
     arrived (``deadline``, a ``time.monotonic()`` value; ``inf``: none)."""
 
+    # set by waitress's parser (class defaults there), declared for the type checker
+    error: Any
+    expect_continue: bool
+
     def __init__(self, adj: Any, channel: GatedChannel):
         super().__init__(adj)
         self.channel = channel

@@ -23,6 +23,7 @@ from flask import g, has_request_context, request
 from olol.api import errors
 from olol.api.errors import ApiError
 from olol.api.validation import ValidatedRequest
+from olol.context import Services
 from olol.hub import CHUNK, DONE, ERROR, RELAY, Event, HubFullError
 from olol.queue import QueueFullError
 from olol.rpc.client import NodeError
@@ -42,21 +43,19 @@ log = logging.getLogger(__name__)
 DISCONNECT_CHECK_S = 1.0
 
 
-def check_admitting(ctx: Any) -> None:
+def check_admitting(ctx: Services) -> None:
     """503 (Ollama's busy message) while the proxy shuts down."""
-    draining = getattr(ctx, "draining", None)
-    if draining is not None and draining.is_set():
+    if ctx.draining.is_set():
         raise errors.server_busy(5)
 
 
-def check_model_known(ctx: Any, validated: ValidatedRequest) -> None:
+def check_model_known(ctx: Services, validated: ValidatedRequest) -> None:
     """404 in the endpoint's wording when no node lists the model; 503 with
     ``Retry-After`` (the health interval) when only nodes that are down list it."""
     if ctx.cluster.has_model(validated.normalized_model):
         return
-    unreachable = getattr(ctx.cluster, "model_unreachable", None)
-    if unreachable is not None and unreachable(validated.normalized_model):
-        retry = max(1, math.ceil(float(getattr(ctx.config, "health_interval_s", 5.0))))
+    if ctx.cluster.model_unreachable(validated.normalized_model):
+        retry = max(1, math.ceil(float(ctx.config.health_interval_s)))
         raise errors.model_unreachable(validated.model, retry)
     raise errors.model_not_found(validated.endpoint, validated.model)
 
@@ -93,18 +92,18 @@ def build_record(
     }
 
 
-def enqueue(ctx: Any, record: dict[str, Any], *, wake: bool = True) -> int:
+def enqueue(ctx: Services, record: dict[str, Any], *, wake: bool = True) -> int:
     """``queue.enqueue`` with ``QueueFullError`` turned into Ollama's 503."""
     try:
         _, position = ctx.queue.enqueue(record, wake=wake)
     except QueueFullError as exc:
-        if getattr(ctx, "stats", None) is not None:
+        if ctx.stats is not None:
             ctx.stats.rejected(record)  # counted as a "rejected" error (olol.stats)
-        if getattr(ctx, "traffic", None) is not None:
+        if ctx.traffic is not None:
             ctx.traffic.rejected()
         retry = getattr(exc, "retry_after_s", None)
         raise errors.server_busy(retry if retry is not None else 1) from None
-    if getattr(ctx, "traffic", None) is not None:
+    if ctx.traffic is not None:
         ctx.traffic.admitted()
     return int(position)
 
@@ -113,7 +112,7 @@ def enqueue(ctx: Any, record: dict[str, Any], *, wake: bool = True) -> int:
 class Submission:
     """A queued synchronous request and the channel its answer arrives on."""
 
-    ctx: Any
+    ctx: Services
     request_id: str
     position: int
     channel: Any
@@ -199,7 +198,7 @@ class Submission:
 
 
 def submit(
-    ctx: Any,
+    ctx: Services,
     validated: ValidatedRequest,
     body: dict[str, Any],
     *,
@@ -222,7 +221,7 @@ def submit(
         channel = ctx.hub.open(request_id)
     except HubFullError:
         raise errors.server_busy(1) from None
-    dispatcher = getattr(ctx, "dispatcher", None)
+    dispatcher = ctx.dispatcher
     try:
         position = enqueue(ctx, record, wake=dispatcher is None)
     except BaseException:

@@ -44,7 +44,7 @@ def _visible(record: dict[str, Any] | None) -> bool:
 
 def _get_job(job_id: str) -> dict[str, Any]:
     record = get_ctx().queue.get(job_id)
-    if not _visible(record):
+    if record is None or not _visible(record):
         raise ApiError(404, f"job '{job_id}' not found")
     return record
 

@@ -35,6 +35,7 @@ from olol.api import errors
 from olol.api.errors import ApiError
 from olol.api.names import InvalidModelName, normalize_model_name
 from olol.api.streaming import ndjson_line, ollama_stream_error_line
+from olol.context import Services
 from olol.rpc.client import NodeError
 from olol.server.common import get_ctx, json_response, read_json_body
 from olol.server.models_admin import admin_bp
@@ -75,7 +76,7 @@ def _header_nodes() -> list[str] | None:
     return parse_nodes(request.headers.get(NODES_HEADER), f"{NODES_HEADER} header")
 
 
-def _refresh(ctx: Any, addresses: list[str]) -> None:
+def _refresh(ctx: Services, addresses: list[str]) -> None:
     """Re-read the nodes' model lists after a change (best effort)."""
     for address in addresses:
         try:
@@ -101,7 +102,7 @@ def pull() -> Response:
 # -- delete, copy --------------------------------------------------------------------------
 
 
-def _holders(ctx: Any, key: str) -> list[str]:
+def _holders(ctx: Services, key: str) -> list[str]:
     return sorted(n.address for n in ctx.cluster.nodes_with_model(key))
 
 
@@ -179,7 +180,7 @@ def _canonical_digest(digest: str) -> str:
     return "sha256:" + digest[7:].lower()
 
 
-def blob_node(ctx: Any, digest: str) -> str | None:
+def blob_node(ctx: Services, digest: str) -> str | None:
     """The member node a blob was uploaded to, if the store remembers one."""
     row = ctx.db.search_one(_blob_table(ctx.db), {"digest": digest})
     if row is None or ctx.cluster.node(row["node"]) is None:
@@ -187,12 +188,12 @@ def blob_node(ctx: Any, digest: str) -> str | None:
     return row["node"]
 
 
-def _remember_blob(ctx: Any, digest: str, node: str, size: int | None) -> None:
+def _remember_blob(ctx: Services, digest: str, node: str, size: int | None) -> None:
     table = _blob_table(ctx.db)
     ctx.db.upsert(table, {"digest": digest, "node": node, "size": size}, {"digest": digest})
 
 
-def place_node(ctx: Any, size: int | None = None, exclude: tuple[str, ...] = ()) -> str:
+def place_node(ctx: Services, size: int | None = None, exclude: tuple[str, ...] = ()) -> str:
     """The healthy node with the most free disk that fits ``size`` bytes (ties: fewest
     requests in flight, then address).
 
@@ -214,7 +215,7 @@ def place_node(ctx: Any, size: int | None = None, exclude: tuple[str, ...] = ())
     return min(candidates)[2]
 
 
-def _find_blob(ctx: Any, digest: str) -> str | None:
+def _find_blob(ctx: Services, digest: str) -> str | None:
     """A node that has the blob: the remembered one, else the first healthy one asked."""
     node = blob_node(ctx, digest)
     timeout = ctx.config.health_timeout_s
@@ -282,7 +283,7 @@ def blob_post(digest: str) -> Response:
     return Response(b"", status=status if status in (200, 201) else 201)
 
 
-def _relay(ctx: Any, node: str, call: Callable[..., Any], body: dict[str, Any],
+def _relay(ctx: Services, node: str, call: Callable[..., Any], body: dict[str, Any],
            stream: bool) -> Response:
     """Run a progress-streaming node call and answer like Ollama: NDJSON records, or
     the last record; refresh the node's model list when it ends."""

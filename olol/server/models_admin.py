@@ -102,7 +102,7 @@ def admin_sync() -> Response:
 
 @admin_bp.route("/maintenance", methods=["GET"])
 def admin_maintenance() -> Response:
-    jobs = getattr(get_ctx(), "maintenance", None)
+    jobs = get_ctx().maintenance
     return json_response({"jobs": jobs.status() if jobs is not None else []})
 
 
@@ -110,7 +110,7 @@ def admin_maintenance() -> Response:
 def admin_run_job(name: str) -> Response:
     from olol.maintenance import UnknownJobError
 
-    jobs = getattr(get_ctx(), "maintenance", None)
+    jobs = get_ctx().maintenance
     if jobs is None:
         raise ApiError(404, f"no maintenance job named '{name}'")
     try:

@@ -36,7 +36,7 @@ def _require_admin() -> None:
 
 
 def _registry() -> Any:
-    registry = getattr(get_ctx(), "registry", None)
+    registry = get_ctx().registry
     if registry is None:
         raise ApiError(503, "the model registry is not running")
     return registry

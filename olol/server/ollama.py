@@ -152,9 +152,9 @@ def _unload_everywhere(ctx, validated, body: dict) -> Response:
         if answer is None and records:
             answer = records[-1]
     if answer is None:
-        exc = failures[0] if failures else None
-        raise ApiError(exc.http_status if exc else 502,
-                       exc.message if exc else "no node answered the unload")
+        first = failures[0] if failures else None
+        raise ApiError(first.http_status if first else 502,
+                       first.message if first else "no node answered the unload")
     return json_response(with_model(answer, validated.model))
 
 

@@ -110,7 +110,9 @@ def _post() -> Response:
         body = orjson.loads(raw) if raw.strip() else None
     except orjson.JSONDecodeError:
         body = None
-    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return _not_found()
+    model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         return _not_found()
     try:

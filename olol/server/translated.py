@@ -20,6 +20,7 @@ from flask import Response
 
 from olol.api.errors import ApiError
 from olol.api.validation import VALIDATORS
+from olol.context import Services
 from olol.hub import DONE, Event
 from olol.server.common import get_ctx, json_response
 from olol.server.inference import EventStream, first_event_or_error, submit
@@ -41,7 +42,7 @@ class Translation(Protocol):
         """The event that ends a stream that failed after it started."""
 
 
-def _queue(ctx: Any, native: dict[str, Any], stream: bool, api: str) -> tuple[Any, Any]:
+def _queue(ctx: Services, native: dict[str, Any], stream: bool, api: str) -> tuple[Any, Any]:
     """Submit ``native`` and wait for its whole answer (or a stream's first event)."""
     validated = VALIDATORS["chat"](native)
     sub = submit(ctx, validated, native, api=api, stream=stream)

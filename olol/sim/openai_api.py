@@ -94,7 +94,7 @@ class OpenAIApi:
             raise ApiError(400, f"invalid reasoning value: '{effort}' (must be \"low\", "
                                 "\"medium\", \"high\", or \"none\")")
         think = bool(effort and _EFFORTS[effort] and entry.spec.thinking)
-        fmt = None
+        fmt: object = None
         rf = body.get("response_format")
         if isinstance(rf, dict):
             if rf.get("type") == "json_object":

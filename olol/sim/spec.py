@@ -34,6 +34,7 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 #: Forever, as Ollama reports a negative keep_alive (MaxInt64 nanoseconds).
 FOREVER = float(2**63 - 1) / 1e9
@@ -93,7 +94,7 @@ class ModelSpec:
             if value is not None and (value < 0 or not math.isfinite(value)):
                 raise SpecError(f"model {self.name}: {label} must be a finite number >= 0")
 
-    def renamed(self, name: str, **changes: object) -> ModelSpec:
+    def renamed(self, name: str, **changes: Any) -> ModelSpec:
         """A copy of this spec under another name (copy, create)."""
         return dataclasses.replace(self, name=name, **changes)
 

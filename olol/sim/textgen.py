@@ -118,7 +118,9 @@ def _value_for_schema(schema: object, rng: random.Random, depth: int = 0) -> obj
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
     if kind == "object" or (kind is None and isinstance(schema.get("properties"), dict)):
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            props = {}
         return {k: _value_for_schema(v, rng, depth + 1) for k, v in props.items()}
     if kind == "array":
         return [_value_for_schema(schema.get("items"), rng, depth + 1) for _ in range(rng.randint(1, 3))]
@@ -154,11 +156,15 @@ def pick_tool_call(tools: object, prompt: str, rng: random.Random) -> dict | Non
     lowered = prompt.lower()
     for tool in tools:
         fn = tool.get("function") if isinstance(tool, dict) else None
-        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(fn, dict):
+            continue
+        name = fn.get("name")
         if not isinstance(name, str) or not name:
             continue
         if name.lower() in lowered or name.lower().replace("_", " ") in lowered:
-            params = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
+            params = fn.get("parameters")
+            if not isinstance(params, dict):
+                params = {}
             args = _value_for_schema({"type": "object", **params}, rng)
             return {"function": {"name": name, "arguments": args if isinstance(args, dict) else {}}}
     return None

@@ -27,7 +27,7 @@ class Progress:
     def send(self, record: dict[str, Any]) -> None:
         if self.stream:
             if not self.ex.started:
-                self.ex.drop_after = self.api.sim.faults.take_drop()
+                self.ex.stream_fault = self.api.sim.faults.take_stream_fault()
                 self.ex.start_stream("application/x-ndjson")
             self.ex.write_record(dumps(record) + b"\n")
         if self.waiter.aborted():

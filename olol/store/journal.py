@@ -186,7 +186,7 @@ def read_snapshot(path: Path) -> tuple[dict[str, dict[int, dict]], dict]:
             "refusing to open"
         )
     meta_rows = data.pop(META_TABLE, {})
-    meta = next(iter(meta_rows.values()), {}) if meta_rows else {}
+    meta: Any = next(iter(meta_rows.values()), {}) if meta_rows else {}
     if not isinstance(meta, dict):
         raise StoreCorruptError(f"{path}: {META_TABLE} is not an object; refusing to open")
     try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from olol.context import Services
 from olol.health import node_state_of
 from olol.metrics import _reserved_slots
 
@@ -62,7 +63,7 @@ def node_row(node: Any, now: float, reserved: dict[str, int] | None) -> dict[str
     }
 
 
-def nodes_view(ctx: Any) -> dict[str, Any]:
+def nodes_view(ctx: Services) -> dict[str, Any]:
     now = ctx.cluster.clock()
     reserved = _reserved_slots(ctx.scheduler)
     rows = [node_row(n, now, reserved) for n in ctx.cluster.list_nodes()]
@@ -76,7 +77,7 @@ def nodes_view(ctx: Any) -> dict[str, Any]:
     }
 
 
-def queue_view(ctx: Any) -> dict[str, Any]:
+def queue_view(ctx: Services) -> dict[str, Any]:
     now = ctx.clock()
     groups: dict[tuple[str, int], dict[str, Any]] = {}
     for model, priority, status, n, first_ts in ctx.queue.active_summary():
@@ -95,9 +96,9 @@ def queue_view(ctx: Any) -> dict[str, Any]:
         "processing": sum(g["processing"] for g in rows),
         "oldest_wait_s": max(waits) if waits else None,
         "groups": rows,
-        "max_depth": getattr(ctx.queue, "max_depth", None),
+        "max_depth": ctx.queue.max_depth,
     }
-    traffic = getattr(ctx, "traffic", None)
+    traffic = ctx.traffic
     series = traffic.series() if traffic is not None else []
     # newest first: the current (partial) minute, then the 15 before it
     out["per_minute"] = [{"minute_ts": p["minute_ts"], "admitted": p["admitted"],
@@ -117,8 +118,8 @@ def plan_id(plan: dict) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def models_view(ctx: Any) -> dict[str, Any]:
-    registry = getattr(ctx, "registry", None)
+def models_view(ctx: Services) -> dict[str, Any]:
+    registry = ctx.registry
     nodes = sorted(n.address for n in ctx.cluster.list_nodes())
     if registry is None:
         return {"nodes": nodes, "models": [], "pulls": [], "plan": None, "plan_id": None}
@@ -159,16 +160,16 @@ def models_view(ctx: Any) -> dict[str, Any]:
     }
 
 
-def traffic_view(ctx: Any) -> dict[str, Any]:
-    traffic = getattr(ctx, "traffic", None)
+def traffic_view(ctx: Services) -> dict[str, Any]:
+    traffic = ctx.traffic
     if traffic is None:
         return {"series": [], "latest": []}
     series = traffic.series()
     return {"series": series, "latest": traffic.latest(LATEST_SHOWN)}
 
 
-def maintenance_view(ctx: Any) -> dict[str, Any]:
-    jobs = getattr(ctx, "maintenance", None)
+def maintenance_view(ctx: Services) -> dict[str, Any]:
+    jobs = ctx.maintenance
     rows = []
     for job in jobs.status() if jobs is not None else []:
         rows.append({k: job.get(k) for k in (
@@ -181,7 +182,7 @@ BUILDERS = {"nodes": nodes_view, "queue": queue_view, "models": models_view,
             "traffic": traffic_view, "maintenance": maintenance_view}
 
 
-def build_state(ctx: Any, views: tuple[str, ...] | list[str] = VIEWS) -> dict[str, Any]:
+def build_state(ctx: Services, views: tuple[str, ...] | list[str] = VIEWS) -> dict[str, Any]:
     """The named views (all by default) and the time they were built."""
     out: dict[str, Any] = {"time": ctx.clock()}
     for name in views:

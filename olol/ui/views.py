@@ -17,11 +17,11 @@ the ``csrf`` form field.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, g, redirect, render_template, request
+from werkzeug.wrappers import Response as BaseResponse  # what redirect() returns
 
 from olol import __version__
 from olol.api.errors import ApiError
@@ -56,7 +56,7 @@ bp = _Blueprint("ui", __name__, url_prefix=PREFIX, template_folder="templates",
 @bp.record
 def _install(state: Any) -> None:
     ctx = state.app.extensions["olol"]
-    state.app.extensions[EXTENSION] = SessionStore(clock=getattr(ctx, "clock", time.time))
+    state.app.extensions[EXTENSION] = SessionStore(clock=ctx.clock)
     state.app.jinja_env.filters.update(fmt.FILTERS)
 
 
@@ -70,7 +70,7 @@ def _wants_json() -> bool:
     return request.path.startswith(PREFIX + "/api/") or request.args.get("fragment") == "1"
 
 
-def _to_login() -> Response:
+def _to_login() -> BaseResponse:
     if _wants_json():
         raise ApiError(401, "log in to the dashboard first (" + PREFIX + "/login)")
     view = request.path[len(PREFIX):].strip("/")
@@ -89,7 +89,7 @@ def _check_csrf() -> None:
 
 
 @bp.before_request
-def _gate() -> Response | None:
+def _gate() -> BaseResponse | None:
     ctx = get_ctx()
     store = sessions()
     g.ui_user, g.ui_csrf, g.ui_session = None, store.open_csrf, None
@@ -159,28 +159,27 @@ def _next_view() -> str:
 
 
 @bp.route("/login", methods=["GET"])
-def login() -> Response:
+def login() -> BaseResponse:
     if not get_ctx().config.keys_enabled:
         return redirect(f"{PREFIX}/{_next_view()}", code=303)
     return _page("olol_ui/login.html", error=None, next=_next_view(), view="login")
 
 
 @bp.route("/login", methods=["POST"])
-def login_post() -> Response:
+def login_post() -> BaseResponse:
     ctx = get_ctx()
     if not ctx.config.keys_enabled:
         return redirect(f"{PREFIX}/{_next_view()}", code=303)
     key = (request.form.get("key") or "").strip()
     info = ctx.keys.verify(key) if key else None
-    error, status = None, 200
-    if info is None:
-        error, status = "This key is not valid (unknown, revoked or mistyped).", 401
-    elif not info.admin:
-        error, status = "This key is valid but not an admin key.", 403
-    if error is not None:
-        resp = _page("olol_ui/login.html", error=error, next=_next_view(), view="login")
-        resp.status_code = status
-        return resp
+    if info is None or not info.admin:
+        if info is None:
+            error, status = "This key is not valid (unknown, revoked or mistyped).", 401
+        else:
+            error, status = "This key is valid but not an admin key.", 403
+        answer = _page("olol_ui/login.html", error=error, next=_next_view(), view="login")
+        answer.status_code = status
+        return answer
     token, _ = sessions().create(info.id, info.name)
     resp = redirect(f"{PREFIX}/{_next_view()}", code=303)
     resp.set_cookie(COOKIE, token, max_age=int(sessions().ttl_s), path=PREFIX, httponly=True,
@@ -189,7 +188,7 @@ def login_post() -> Response:
 
 
 @bp.route("/logout", methods=["POST"])
-def logout() -> Response:
+def logout() -> BaseResponse:
     sessions().end(request.cookies.get(COOKIE))
     resp = redirect(f"{PREFIX}/login", code=303)
     resp.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="Strict", secure=_secure())
@@ -199,7 +198,7 @@ def logout() -> Response:
 # -- pages -------------------------------------------------------------------------------
 
 @bp.route("/", methods=["GET"])
-def index() -> Response:
+def index() -> BaseResponse:
     return redirect(f"{PREFIX}/nodes", code=303)
 
 
@@ -253,7 +252,7 @@ def apply_plan() -> Response:
     wanted = body.get("plan_id")
     if not isinstance(wanted, str) or not wanted:
         raise ApiError(400, "plan_id is required: the id of the plan shown")
-    registry = getattr(get_ctx(), "registry", None)
+    registry = get_ctx().registry
     if registry is None:
         raise ApiError(503, "the model registry is not running")
     plan = registry.optimize_model_distribution()
@@ -268,7 +267,7 @@ def apply_plan() -> Response:
 def run_job(name: str) -> Response:
     from olol.maintenance import UnknownJobError
 
-    jobs = getattr(get_ctx(), "maintenance", None)
+    jobs = get_ctx().maintenance
     if jobs is None:
         raise ApiError(404, f"no maintenance job named '{name[:40]}'")
     try:

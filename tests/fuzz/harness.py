@@ -59,7 +59,7 @@ def build_url_map_app() -> Any:
     from olol.context import ProxyConfig
     from olol.server.app import create_app
 
-    app = create_app(SimpleNamespace(config=ProxyConfig(), keys=None))
+    app = create_app(SimpleNamespace(config=ProxyConfig(), keys=None, clock=time.time))
     add_openapi(app)
     return app
 

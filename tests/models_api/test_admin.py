@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import requests
 
 from olol.maintenance import MaintenanceJobs
-from tests.models_api.conftest import running_cluster
+from tests.models_api.conftest import running_cluster, serve
 
 API = "/olol/v1"
 
@@ -119,10 +121,7 @@ def test_sync_and_maintenance_endpoints():
 
 
 def test_registry_missing_answers_503(two_nodes):
-    c = two_nodes
-    c.ctx.registry = None
-    try:
-        resp = requests.get(c.url + API + "/models", timeout=10)
+    # the app's services are frozen: an app assembled without a registry
+    with serve(dataclasses.replace(two_nodes.ctx, registry=None)) as url:
+        resp = requests.get(url + API + "/models", timeout=10)
         assert resp.status_code == 503 and "registry" in resp.json()["error"]
-    finally:
-        c.ctx.registry = c.registry
