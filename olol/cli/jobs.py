@@ -25,28 +25,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common = proxy_arguments()
 
     p = sub.add_parser("submit", parents=[common], help="queue a request; prints its id")
-    p.add_argument("endpoint", choices=["generate", "chat", "embed", "embeddings"])
+    p.add_argument("endpoint", choices=["generate", "chat", "embed", "embeddings"],
+                   help="the Ollama endpoint the body is for (/api/ENDPOINT)")
     p.add_argument("body", help="the request body as JSON (@FILE reads a file, - stdin)")
-    p.add_argument("--priority", type=int, default=None, help="queue priority (-100..100)")
+    p.add_argument("--priority", type=int, default=None, help="queue priority, -100..100 (default: the key's)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("get", parents=[common], help="a job's state (and result)")
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the id `olol jobs submit` printed")
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("wait", parents=[common], help="wait until a job finishes")
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the id `olol jobs submit` printed")
     p.add_argument("--max-wait", type=float, default=3600.0,
                    help="give up after this many seconds (default 3600)")
     p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("cancel", parents=[common], help="cancel a pending or running job")
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the id `olol jobs submit` printed")
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("ls", parents=[common], help="recent jobs, newest first")
-    p.add_argument("--status", choices=["pending", "processing", *FINISHED])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--status", choices=["pending", "processing", *FINISHED],
+                   help="only jobs in this state (default: any)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
     p.set_defaults(func=cmd_ls)
 
 

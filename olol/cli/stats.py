@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--since", default=None,
                    help="7d, 24h, 2w or an ISO date (default: 2 days, 31 days or 12 weeks "
                         "back, by period)")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many rows")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many rows (default 1000)")
     p.add_argument("--servers", action="store_true",
                    help="the nodes' samples instead (health, load, slots, GPU)")
     p.add_argument("--node", default=None, help="with --servers: only this node")
