@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
-        print("\nolol: interrupted", file=sys.stderr)
+        # one line; on a terminal it starts after the echoed ^C
+        print(("\n" if sys.stderr.isatty() else "") + "olol: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # the reader went away (olol db dump | head): stop quietly, and keep Python's

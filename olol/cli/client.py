@@ -19,6 +19,7 @@ from olol.cli.clientconf import proxy_url, unreachable
 DEFAULT_URL = "http://127.0.0.1:11435"
 API = "/olol/v1"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 MAX_LINE_BYTES = 1024 * 1024
 
 
