@@ -222,6 +222,10 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     if bool(config.node_cert) != bool(config.node_key):
         print("olol proxy: --node-cert and --node-key go together", file=sys.stderr)
         return 2
+    problem = listen_problem(config.listen)
+    if problem:
+        print(f"olol proxy: {problem}", file=sys.stderr)
+        return 2
     if config.data_dir is None:
         config.data_dir = default_data_dir(args.data_dir)
     elif args.data_dir:
@@ -230,11 +234,29 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     try:
         proxy = Proxy(config).start()
     except (StoreError, ValueError, OSError) as exc:
-        print(f"olol proxy: {exc}", file=sys.stderr)
+        print(f"olol proxy: {failure(exc)}", file=sys.stderr)
         return 1
     print(f"olol proxy serving the Ollama API on {proxy.url} "
           f"(data in {config.data_dir})", flush=True)
     return _serve(proxy, stop=stop)
+
+
+def listen_problem(listen: str) -> str | None:
+    """What is wrong with the proxy's listen address, checked before anything starts."""
+    from olol.proxy import split_hostport
+
+    try:
+        split_hostport(listen, 11435)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def failure(exc: BaseException) -> str:
+    """One line for a start-up failure (an OSError without its ``[Errno N]`` prefix)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+        return exc.strerror
+    return str(exc)
 
 
 def ollama_answers(url: str) -> bool:
@@ -250,6 +272,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from olol.sim import SimConfig, Simulator, parse_models_spec
     from olol.store import StoreError, default_data_dir
 
+    problem = listen_problem(args.listen)
+    if problem:
+        print(f"olol up: {problem}", file=sys.stderr)
+        return 2
     # Handlers before any port opens: a signal as soon as it answers still stops cleanly.
     stop = stop_on_signals()
     urls = args.ollama_url or ["http://127.0.0.1:11434"]
@@ -279,7 +305,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         proxy = Proxy(config).start()
     except (StoreError, ValueError, OSError) as exc:
-        print(f"olol up: {exc}", file=sys.stderr)
+        print(f"olol up: {failure(exc)}", file=sys.stderr)
         for thing in agents + started:
             thing.stop()
         return 1
