@@ -104,7 +104,8 @@ class Api:
             if resp.status_code >= 400:
                 raise self._error("POST", path, resp)
             try:
-                for line in resp.iter_lines(chunk_size=None):
+                # chunk_size None: each line as soon as it arrives (the stubs want an int)
+                for line in resp.iter_lines(chunk_size=None):  # type: ignore[call-overload]
                     if not line:
                         continue
                     if len(line) > MAX_LINE_BYTES:

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def env_name(key: str, prefix: str = "OLOL_") -> str:
 
 
 def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
-                  env: dict[str, str] | None = None, prefix: str = "OLOL_",
+                  env: Mapping[str, str] | None = None, prefix: str = "OLOL_",
                   convert: Callable[[str, Any], Any] | None = None) -> dict[str, Any]:
     """The settings of ``schema`` that are not defaults: the TOML file, then
     ``<prefix><KEY>`` environment variables, then the flags in ``overrides`` (None, []
@@ -118,7 +118,7 @@ def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
     """
     import os
 
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     known = {f.name for f in config_fields(schema)}
     values: dict[str, Any] = {}
     if path:
@@ -150,7 +150,7 @@ def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
     if problems:  # every problem of the file at once
         raise SystemExit(f"olol: bad config in {path}: " + "; ".join(problems))
     for f in config_fields(schema):
-        raw = env.get(env_name(f.name, prefix))
+        raw = environ.get(env_name(f.name, prefix))
         if raw is None or raw == "":
             continue
         values[f.name], problem = checked(f.name, from_text(f.name, raw, schema))
@@ -162,7 +162,7 @@ def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
 
 
 def load_config(path: str | None, overrides: dict[str, Any],
-                env: dict[str, str] | None = None) -> ProxyConfig:
+                env: Mapping[str, str] | None = None) -> ProxyConfig:
     """Defaults, then the TOML file, then ``OLOL_<KEY>`` environment variables, then the
     flags in ``overrides`` (None, [] and False mean "not given").
 
@@ -188,7 +188,7 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def _serve(proxy: Any, extra_stop: list[Any] = (), stop: threading.Event | None = None) -> int:
+def _serve(proxy: Any, extra_stop: Sequence[Any] = (), stop: threading.Event | None = None) -> int:
     from olol.sdnotify import notify, start_service_notifications
 
     stop = stop if stop is not None else stop_on_signals()

@@ -89,7 +89,9 @@ def render_servers(samples: list[dict]) -> str:
     lines = []
     for s in samples:
         value, total = s.get("value"), s.get("total")
-        if s.get("type") == "gpu_memory":
+        if not isinstance(value, int | float):
+            shown = "-" if value is None else str(value)
+        elif s.get("type") == "gpu_memory":
             shown = f"{value / 2**30:.1f} GiB" + (f" / {total / 2**30:.1f} GiB" if total else "")
         elif s.get("type") == "gpu_util":
             shown = f"{value}%"
