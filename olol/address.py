@@ -49,6 +49,11 @@ def parse_address(text: object, *, what: str = "address", default_port: int | No
         if host and not _HOST_RE.match(host):
             raise ValueError(f"bad {what} {raw!r}: {host!r} is not a host name or address "
                              "(HOST:PORT)")
+        if host.isdigit():  # the resolver would take 999999 for the IPv4 address 0.15.66.63
+            hint = (f"a port alone is written :{host}" if int(host) <= 65535
+                    else "ports are 0-65535")
+            raise ValueError(f"bad {what} {raw!r}: expected HOST:PORT, not a bare number "
+                             f"({hint})")
     if not host:
         if default_host is None:
             raise ValueError(f"bad {what} {raw!r}: no host (HOST:PORT)")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from olol.address import is_loopback, parse_address
+from olol.address import format_address, is_loopback, parse_address
 from olol.context import ProxyConfig, Services, node_tls_of, node_token_of
 from olol.hub import ResponseHub
 from olol.store.database import configured_db as get_db_default
@@ -275,7 +275,8 @@ class Proxy:
         try:
             self._start(host, port)
         except BaseException:
-            log.error("olol proxy failed to start; stopping what had started")
+            # the caller reports the error itself (the CLI: one line)
+            log.debug("olol proxy failed to start; stopping what had started")
             self.stop(grace_s=0)
             raise
         log.info("olol proxy listening on %s (%d nodes)", self.url, len(self.cluster.list_nodes()))
@@ -301,7 +302,7 @@ class Proxy:
         try:
             self._server = self._create_server(waitress, app, host, port, cfg, connections)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {self.config.listen}: "
+            raise OSError(exc.errno, f"cannot listen on {format_address(host, port)}: "
                           f"{exc.strerror or exc}") from None
         keys = self.services.keys
         door.install(self._server, door.DoorPolicy(cfg, lambda: keys),

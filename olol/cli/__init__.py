@@ -43,7 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    describe(parser)
     return parser
+
+
+def describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand without a description its help line as one, so that each
+    ``olol ... --help`` opens with what the command does."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        listed = {a.dest: a.help for a in action._choices_actions}
+        for name, sub in action.choices.items():
+            line = (listed.get(name) or "").strip()
+            if not sub.description and line and line is not argparse.SUPPRESS:
+                sub.description = line[0].upper() + line[1:] + ("" if line.endswith(".")
+                                                                 else ".")
+            describe(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
-        print("\nolol: interrupted", file=sys.stderr)
+        # one line; on a terminal it starts after the echoed ^C
+        print(("\n" if sys.stderr.isatty() else "") + "olol: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # the reader went away (olol db dump | head): stop quietly, and keep Python's

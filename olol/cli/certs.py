@@ -130,6 +130,8 @@ def issue(folder: Path, name: str, hosts: list[str], days: int = CERT_DAYS) -> t
                         "first") from None
     except ValueError as exc:
         raise CertError(f"the CA in {folder} cannot be read: {exc}") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):  # what `olol certs init` makes
+        raise CertError(f"the CA key in {folder} is not an EC key (made by olol certs init)")
     sans: list[x509.GeneralName] = []
     for host in hosts:
         host = host.strip()

@@ -19,6 +19,7 @@ from olol.cli.clientconf import proxy_url, unreachable
 DEFAULT_URL = "http://127.0.0.1:11435"
 API = "/olol/v1"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 MAX_LINE_BYTES = 1024 * 1024
 
 
@@ -103,7 +104,8 @@ class Api:
             if resp.status_code >= 400:
                 raise self._error("POST", path, resp)
             try:
-                for line in resp.iter_lines(chunk_size=None):
+                # chunk_size None: each line as soon as it arrives (the stubs want an int)
+                for line in resp.iter_lines(chunk_size=None):  # type: ignore[call-overload]
                     if not line:
                         continue
                     if len(line) > MAX_LINE_BYTES:

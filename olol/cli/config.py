@@ -32,11 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_set)
 
     p = sub.add_parser("reset", parents=[common], help="back to the boot value")
-    p.add_argument("names", nargs="+")
+    p.add_argument("names", nargs="+", metavar="NAME", help="the settings to reset")
     p.set_defaults(func=cmd_reset)
 
     p = sub.add_parser("history", parents=[common], help="who changed what, newest first")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=int, default=20, help="at most this many changes (default 20)")
     p.set_defaults(func=cmd_history)
 
 

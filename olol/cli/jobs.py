@@ -11,8 +11,17 @@ import sys
 import time
 from typing import Any
 
-from olol.cli.client import EXIT_FAILED, EXIT_OK, Api, CliError, _run, proxy_arguments
+from olol.cli.client import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Api,
+    CliError,
+    _run,
+    proxy_arguments,
+)
 from olol.cli.models_view import table
+from olol.cli.progress import Waiting, is_terminal
 
 FINISHED = ("completed", "failed", "interrupted", "cancelled")
 
@@ -25,28 +34,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common = proxy_arguments()
 
     p = sub.add_parser("submit", parents=[common], help="queue a request; prints its id")
-    p.add_argument("endpoint", choices=["generate", "chat", "embed", "embeddings"])
+    p.add_argument("endpoint", choices=["generate", "chat", "embed", "embeddings"],
+                   help="the Ollama endpoint the body is for (/api/ENDPOINT)")
     p.add_argument("body", help="the request body as JSON (@FILE reads a file, - stdin)")
-    p.add_argument("--priority", type=int, default=None, help="queue priority (-100..100)")
+    p.add_argument("--priority", type=int, default=None, help="queue priority, -100..100 (default: the key's)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("get", parents=[common], help="a job's state (and result)")
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the id `olol jobs submit` printed")
     p.set_defaults(func=cmd_get)
 
-    p = sub.add_parser("wait", parents=[common], help="wait until a job finishes")
-    p.add_argument("job_id")
+    p = sub.add_parser(
+        "wait", parents=[common], help="wait until a job finishes",
+        description="Wait until a job finishes, then print it as `olol jobs get` does "
+        "(exit 1 unless it completed). While it waits, its state is shown on stderr: a "
+        "line redrawn in a terminal, one line per change elsewhere. Ctrl-C stops waiting, "
+        "not the job.")
+    p.add_argument("job_id", help="the id `olol jobs submit` printed")
     p.add_argument("--max-wait", type=float, default=3600.0,
                    help="give up after this many seconds (default 3600)")
     p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("cancel", parents=[common], help="cancel a pending or running job")
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the id `olol jobs submit` printed")
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("ls", parents=[common], help="recent jobs, newest first")
-    p.add_argument("--status", choices=["pending", "processing", *FINISHED])
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--status", choices=["pending", "processing", *FINISHED],
+                   help="only jobs in this state (default: any)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
     p.set_defaults(func=cmd_ls)
 
 
@@ -116,16 +132,28 @@ def cmd_wait(args: argparse.Namespace) -> int:
     def action(api: Api) -> int:
         deadline = time.monotonic() + args.max_wait
         delay = 0.2
-        while True:
-            _, data = api.call("GET", f"/jobs/{args.job_id}")
-            if data.get("status") in FINISHED:
-                _show(data, args.json)
-                return EXIT_OK if data["status"] == "completed" else EXIT_FAILED
-            if time.monotonic() >= deadline:
-                raise CliError(f"job {args.job_id} still {data.get('status')} after "
-                               f"{args.max_wait:g} s")
-            time.sleep(delay)
-            delay = min(2.0, delay * 1.5)
+        waiting = Waiting(sys.stderr, is_terminal(sys.stderr))
+        try:
+            while True:
+                _, data = api.call("GET", f"/jobs/{args.job_id}")
+                if data.get("status") in FINISHED:
+                    waiting.close()
+                    _show(data, args.json)
+                    return EXIT_OK if data["status"] == "completed" else EXIT_FAILED
+                if time.monotonic() >= deadline:
+                    raise CliError(f"job {args.job_id} still {data.get('status')} after "
+                                   f"{args.max_wait:g} s")
+                waiting.show(f"job {args.job_id}: {data.get('status')}")
+                waiting.sleep(delay)
+                delay = min(2.0, delay * 1.5)
+        except KeyboardInterrupt:
+            waiting.close()
+            print(f"olol jobs wait: stopped waiting; job {args.job_id} goes on in the proxy "
+                  f"(olol jobs get {args.job_id} shows it, olol jobs cancel {args.job_id} "
+                  "stops it)", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        finally:
+            waiting.close()
 
     return _run(args, action)
 

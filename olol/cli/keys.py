@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="a label for the key (who or what uses it)")
     p.add_argument("--admin", action="store_true", help="allow the admin API")
     p.add_argument(
-        "--priority", type=int, default=0, help="default queue priority of its requests"
+        "--priority", type=int, default=0,
+        help="default queue priority of its requests, -100..100 (default 0)"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_create)
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("revoke", parents=[common], help="revoke a key by id")
-    p.add_argument("key_id")
+    p.add_argument("key_id", help="the key's id (as `olol keys ls` lists it)")
     p.set_defaults(func=cmd_revoke)
 
 

@@ -3,7 +3,8 @@
 Both talk to a running proxy's admin API (``--url``, default ``$OLOL_URL`` or
 http://127.0.0.1:11435; the admin key comes from ``$OLOL_API_KEY``). ``--json`` prints
 what the API answered (``pull --json``: one progress record per line). A pull shows a
-live progress bar per node when stdout is a terminal, plain lines otherwise.
+live progress bar per node and one for the cluster (bytes, speed, time left) when stdout
+is a terminal, plain lines otherwise; Ctrl-C stops watching, not the pull.
 
 This module holds the parser and the commands; the admin API client lives in
 ``olol.cli.client`` and the output formatting in ``olol.cli.models_view`` (their
@@ -22,6 +23,7 @@ from olol.cli.client import (
     API,
     DEFAULT_URL,
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     MAX_LINE_BYTES,
@@ -31,8 +33,6 @@ from olol.cli.client import (
     proxy_arguments,
 )
 from olol.cli.models_view import (
-    BAR_WIDTH,
-    ProgressView,
     _print_json,
     human_bytes,
     jobs_table,
@@ -41,9 +41,11 @@ from olol.cli.models_view import (
     plan_lines,
     table,
 )
+from olol.cli.progress import BAR_WIDTH, ProgressView, Waiting, is_terminal
 
 __all__ = [
-    "API", "BAR_WIDTH", "DEFAULT_URL", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE",
+    "API", "BAR_WIDTH", "DEFAULT_URL", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK",
+    "EXIT_USAGE",
     "MAX_LINE_BYTES", "Api", "CliError", "ProgressView", "cmd_jobs_ls", "cmd_ls",
     "cmd_optimize", "cmd_pull", "cmd_rm", "cmd_status", "human_bytes", "jobs_table",
     "model_block", "model_rows", "plan_lines", "register", "table",
@@ -63,7 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", parents=[common], help="details of one model or of all")
     p.add_argument("name", nargs="?", help="model name (default: every model)")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("pull", parents=[common], help="pull a model onto the cluster")
+    p = sub.add_parser(
+        "pull", parents=[common], help="pull a model onto the cluster",
+        description="Pull a model onto the cluster (the nodes that placement picks, or "
+        "--node). In a terminal: a bar per node and one for the cluster, with bytes, speed "
+        "and time left; elsewhere one plain line per change. Ctrl-C stops watching, not "
+        "the pull: it goes on in the cluster (olol models status NAME follows it).")
     p.add_argument("name", help="model name, e.g. llama3.2:1b")
     p.add_argument("--node", action="append", default=[], metavar="ADDR",
                    help="pull onto this node (repeatable; default: placement decides)")
@@ -93,7 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     def action(api: Api) -> int:
-        _, entry = api.call("POST", f"/maintenance/{quote(args.job, safe='')}/run")
+        with Waiting(sys.stderr, is_terminal(sys.stderr), ticking=False) as waiting:
+            if waiting.tty:
+                waiting.show(f"running {args.job}...")
+            _, entry = api.call("POST", f"/maintenance/{quote(args.job, safe='')}/run")
         if args.json:
             _print_json(entry)
         else:
@@ -146,7 +156,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"model": args.name, "stream": True}
         if args.node:
             body["nodes"] = args.node
-        view = None if args.json else ProgressView(sys.stdout, sys.stdout.isatty())
+        view = None if args.json else ProgressView(sys.stdout, is_terminal(sys.stdout))
         outcome = None
         try:
             for record in api.stream("/models/pull", body, args.idle_timeout):
@@ -159,9 +169,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 elif record.get("status") == "success" and "node" not in record:
                     outcome = "success"
         except KeyboardInterrupt:
-            print(f"\nolol models: stopped watching; the pull of {args.name} goes on on the "
-                  "nodes (olol models ls shows it)", file=sys.stderr)
-            return 130
+            if view is not None:
+                view.close()
+            print(interrupted_pull(args.name), file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        finally:
+            if view is not None:
+                view.close()
         if outcome == "success":
             if view is not None:
                 print(f"pulled {args.name}")
@@ -171,6 +185,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
     return _run(args, action)
+
+
+def interrupted_pull(name: str) -> str:
+    """What Ctrl-C during ``olol models pull`` says: the proxy goes on pulling (the pull
+    belongs to the cluster, not to this command) and no API stops a running pull."""
+    return (f"olol models pull: stopped watching; the pull of {name} goes on in the "
+            f"cluster (follow it: olol models status {name}; nothing cancels it, but once "
+            f"it ends olol models rm {name} --force deletes it)")
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -209,7 +231,12 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     def action(api: Api) -> int:
-        _, data = api.call("POST", "/models/optimize", {"apply": bool(args.apply)})
+        if args.apply:
+            with Waiting(sys.stderr, is_terminal(sys.stderr), ticking=False) as waiting:
+                waiting.show("applying the placement plan (pulls and removals)...")
+                _, data = api.call("POST", "/models/optimize", {"apply": True})
+        else:
+            _, data = api.call("POST", "/models/optimize", {"apply": False})
         if args.json:
             _print_json(data)
             return EXIT_OK

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from urllib.parse import quote
 
 from olol.cli.client import Api, CliError
@@ -101,7 +102,7 @@ class _StoreBackend:
         out = []
         for node in self.cluster.list_nodes():
             d = node.to_dict()
-            row = rows.get(node.address) or {}
+            row: dict[str, Any] = rows.get(node.address) or {}
             if d.get("last_check") is None and row.get("last_check"):
                 d["last_check"] = row["last_check"]
                 d["last_error"] = row.get("last_error")

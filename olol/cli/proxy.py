@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def env_name(key: str, prefix: str = "OLOL_") -> str:
 
 
 def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
-                  env: dict[str, str] | None = None, prefix: str = "OLOL_",
+                  env: Mapping[str, str] | None = None, prefix: str = "OLOL_",
                   convert: Callable[[str, Any], Any] | None = None) -> dict[str, Any]:
     """The settings of ``schema`` that are not defaults: the TOML file, then
     ``<prefix><KEY>`` environment variables, then the flags in ``overrides`` (None, []
@@ -118,7 +118,7 @@ def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
     """
     import os
 
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     known = {f.name for f in config_fields(schema)}
     values: dict[str, Any] = {}
     if path:
@@ -150,7 +150,7 @@ def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
     if problems:  # every problem of the file at once
         raise SystemExit(f"olol: bad config in {path}: " + "; ".join(problems))
     for f in config_fields(schema):
-        raw = env.get(env_name(f.name, prefix))
+        raw = environ.get(env_name(f.name, prefix))
         if raw is None or raw == "":
             continue
         values[f.name], problem = checked(f.name, from_text(f.name, raw, schema))
@@ -162,7 +162,7 @@ def read_settings(path: str | None, overrides: dict[str, Any], schema: type,
 
 
 def load_config(path: str | None, overrides: dict[str, Any],
-                env: dict[str, str] | None = None) -> ProxyConfig:
+                env: Mapping[str, str] | None = None) -> ProxyConfig:
     """Defaults, then the TOML file, then ``OLOL_<KEY>`` environment variables, then the
     flags in ``overrides`` (None, [] and False mean "not given").
 
@@ -188,7 +188,7 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def _serve(proxy: Any, extra_stop: list[Any] = (), stop: threading.Event | None = None) -> int:
+def _serve(proxy: Any, extra_stop: Sequence[Any] = (), stop: threading.Event | None = None) -> int:
     from olol.sdnotify import notify, start_service_notifications
 
     stop = stop if stop is not None else stop_on_signals()
@@ -222,6 +222,10 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     if bool(config.node_cert) != bool(config.node_key):
         print("olol proxy: --node-cert and --node-key go together", file=sys.stderr)
         return 2
+    problem = listen_problem(config.listen)
+    if problem:
+        print(f"olol proxy: {problem}", file=sys.stderr)
+        return 2
     if config.data_dir is None:
         config.data_dir = default_data_dir(args.data_dir)
     elif args.data_dir:
@@ -230,11 +234,29 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     try:
         proxy = Proxy(config).start()
     except (StoreError, ValueError, OSError) as exc:
-        print(f"olol proxy: {exc}", file=sys.stderr)
+        print(f"olol proxy: {failure(exc)}", file=sys.stderr)
         return 1
     print(f"olol proxy serving the Ollama API on {proxy.url} "
           f"(data in {config.data_dir})", flush=True)
     return _serve(proxy, stop=stop)
+
+
+def listen_problem(listen: str) -> str | None:
+    """What is wrong with the proxy's listen address, checked before anything starts."""
+    from olol.proxy import split_hostport
+
+    try:
+        split_hostport(listen, 11435)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def failure(exc: BaseException) -> str:
+    """One line for a start-up failure (an OSError without its ``[Errno N]`` prefix)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is None:
+        return exc.strerror
+    return str(exc)
 
 
 def ollama_answers(url: str) -> bool:
@@ -250,6 +272,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from olol.sim import SimConfig, Simulator, parse_models_spec
     from olol.store import StoreError, default_data_dir
 
+    problem = listen_problem(args.listen)
+    if problem:
+        print(f"olol up: {problem}", file=sys.stderr)
+        return 2
     # Handlers before any port opens: a signal as soon as it answers still stops cleanly.
     stop = stop_on_signals()
     urls = args.ollama_url or ["http://127.0.0.1:11434"]
@@ -279,7 +305,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         proxy = Proxy(config).start()
     except (StoreError, ValueError, OSError) as exc:
-        print(f"olol up: {exc}", file=sys.stderr)
+        print(f"olol up: {failure(exc)}", file=sys.stderr)
         for thing in agents + started:
             thing.stop()
         return 1

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--since", default=None,
                    help="7d, 24h, 2w or an ISO date (default: 2 days, 31 days or 12 weeks "
                         "back, by period)")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many rows")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many rows (default 1000)")
     p.add_argument("--servers", action="store_true",
                    help="the nodes' samples instead (health, load, slots, GPU)")
     p.add_argument("--node", default=None, help="with --servers: only this node")
@@ -89,7 +89,9 @@ def render_servers(samples: list[dict]) -> str:
     lines = []
     for s in samples:
         value, total = s.get("value"), s.get("total")
-        if s.get("type") == "gpu_memory":
+        if not isinstance(value, int | float):
+            shown = "-" if value is None else str(value)
+        elif s.get("type") == "gpu_memory":
             shown = f"{value / 2**30:.1f} GiB" + (f" / {total / 2**30:.1f} GiB" if total else "")
         elif s.get("type") == "gpu_util":
             shown = f"{value}%"

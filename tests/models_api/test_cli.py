@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 
 import pytest
 
 from olol import cli
 from olol.cli.models import ProgressView, register
+from olol.cli.progress import Waiting
 from olol.maintenance import MaintenanceJobs
 from tests.models_api.conftest import running_cluster
 
@@ -148,20 +150,100 @@ def test_unreachable_proxy_and_admin_key(capsys, monkeypatch):
         assert json.loads(capsys.readouterr().out)[0]["name"] == "llama3.2:1b"
 
 
+def last_frame(text: str) -> str:
+    """What the terminal shows at the end: the last frame rich drew, without colours."""
+    frame = re.split(r"\r(?:\x1b\[2K\x1b\[1A)*\x1b\[2K", text)[-1]
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", frame)
+
+
+def row_of(frame: str, name: str) -> str:
+    return next(line for line in frame.splitlines() if line.startswith(name + " "))
+
+
 def test_progress_view_draws_one_bar_per_node_in_a_terminal():
     out = io.StringIO()
-    view = ProgressView(out, tty=True)
-    view.feed({"status": "pulling manifest", "nodes": ["a:1", "b:2"]})
+    view = ProgressView(out, tty=True, width=160)
+    view.feed({"status": "pulling manifest", "nodes": ["a:1", "[::1]:2"]})
     view.feed({"status": "pulling abc", "digest": "sha256:x", "total": 100, "completed": 50,
-               "node": "a:1"})
-    view.feed({"status": "pulling abc", "digest": "sha256:x", "total": 100, "node": "b:2"})
-    view.feed({"status": "node succeeded", "node": "a:1"})
+               "node": "a:1", "node_completed": 50, "node_total": 100})
+    view.feed({"status": "pulling abc", "digest": "sha256:x", "total": 100, "node": "[::1]:2",
+               "node_completed": 0, "node_total": 100})
+    view.feed({"status": "node succeeded", "node": "a:1", "node_completed": 100,
+               "node_total": 100})
+    view.close()
     text = out.getvalue()
-    assert "\x1b[" in text  # redrawn in place
-    last_frame = text.rsplit("\x1b[3A", 1)[-1]
-    assert "a:1" in last_frame and "b:2" in last_frame
-    assert "] 100%" not in last_frame.split("b:2")[1]
-    assert " 50%" in last_frame and "node succeeded" in last_frame
+    assert "\x1b[1A" in text  # redrawn in place
+    frame = last_frame(text)
+    assert [line.split()[0] for line in frame.splitlines() if line.strip()] == [
+        "cluster", "a:1", "[::1]:2"]  # brackets shown as they are, not taken as markup
+    assert " 100% " in row_of(frame, "a:1") and "node succeeded" in row_of(frame, "a:1")
+    assert "  0% " in row_of(frame, "[::1]:2")
+    assert "1 done" in row_of(frame, "cluster")
+
+
+def test_progress_view_shows_bytes_speed_eta_and_a_cluster_row_that_moves():
+    now = [100.0]
+    out = io.StringIO()
+    view = ProgressView(out, tty=True, clock=lambda: now[0], width=160)
+    view.feed({"status": "pulling manifest", "nodes": ["a:1", "b:2"]})
+    for step in range(5):
+        now[0] += 1.0
+        for node in ("a:1", "b:2"):
+            done = step * 10_000_000
+            view.feed({"status": "pulling abc", "digest": "sha256:x", "total": 100_000_000,
+                       "completed": done, "node": node, "node_completed": done,
+                       "node_total": 100_000_000, "cluster_completed": 2 * done,
+                       "cluster_total": 200_000_000})
+    frame = last_frame(out.getvalue())
+    a_row = row_of(frame, "a:1")
+    assert "40.0/100.0 MB" in a_row and "10.0 MB/s" in a_row  # 10 MB a second
+    assert "0:00:06" in a_row  # 60 MB left at 10 MB/s
+    cluster = row_of(frame, "cluster")
+    assert "pulling on 2 node(s), 0 done" in cluster and " 40% " in cluster
+    assert "80.0/200.0 MB" in cluster and "20.0 MB/s" in cluster
+    view.feed({"status": "node succeeded", "node": "a:1", "node_completed": 100_000_000,
+               "node_total": 100_000_000})
+    view.close()
+    assert "1 done" in row_of(last_frame(out.getvalue()), "cluster")
+
+
+def test_progress_view_prints_plain_lines_without_escape_codes_elsewhere():
+    out = io.StringIO()
+    view = ProgressView(out, tty=False)
+    view.feed({"status": "pulling manifest", "nodes": ["a:1"]})
+    for done in range(0, 101, 5):
+        view.feed({"status": "pulling abc", "digest": "sha256:x", "total": 100,
+                   "completed": done, "node": "a:1", "node_completed": done,
+                   "node_total": 100})
+    view.feed({"status": "node failed", "node": "a:1", "node_error": "disk full"})
+    view.close()
+    lines = out.getvalue().splitlines()
+    assert "\x1b" not in out.getvalue()
+    assert lines[0] == "cluster: pulling on 1 node(s), 0 done"
+    assert [line for line in lines if line.startswith("a:1: pulling abc")] == [
+        f"a:1: pulling abc {p}%" for p in range(0, 101, 10)]  # one line per 10 %
+    assert "cluster: pulling on 1 node(s), 0 done 50%" in lines  # the cluster moves too
+    assert lines[-2:] == ["a:1: failed: disk full 100%",
+                          "cluster: pulling on 1 node(s), 0 done, 1 failed 100%"]
+
+
+def test_waiting_line_plain_and_in_a_terminal():
+    out = io.StringIO()
+    with Waiting(out, tty=False) as waiting:
+        for state in ("pending", "pending", "processing"):
+            waiting.show(f"job 1: {state}")
+    assert out.getvalue() == "job 1: pending\njob 1: processing\n"
+    out = io.StringIO()
+    now = [0.0]
+    with Waiting(out, tty=True, clock=lambda: now[0]) as waiting:
+        waiting.show("job 1: pending")
+        now[0] = 65.0
+        waiting.tick()
+        assert "job 1: pending" in last_frame(out.getvalue())
+        assert "0:01:05" in last_frame(out.getvalue())
+    text = out.getvalue()
+    assert "\x1b[?25h" in text  # the cursor is given back
+    assert text.endswith("\x1b[2K")  # and the line is wiped: the result comes next
 
 
 def test_cli_main_dispatches_to_models_commands(two_nodes, capsys, monkeypatch):
@@ -170,24 +252,3 @@ def test_cli_main_dispatches_to_models_commands(two_nodes, capsys, monkeypatch):
     assert capsys.readouterr().out.strip() == "no maintenance jobs"
     with pytest.raises(SystemExit):
         cli.main(["models", "pull"])  # NAME is required
-
-
-def test_progress_view_shows_speed_eta_and_a_cluster_row_that_moves():
-    now = [100.0]
-    out = io.StringIO()
-    view = ProgressView(out, tty=True, clock=lambda: now[0])
-    view.feed({"status": "pulling manifest", "nodes": ["a:1", "b:2"]})
-    for step in range(5):
-        now[0] += 1.0
-        for node in ("a:1", "b:2"):
-            view.feed({"status": "pulling abc", "digest": "sha256:x", "total": 100_000_000,
-                       "completed": step * 10_000_000, "node": node})
-    frame = out.getvalue().rsplit("\x1b[3A", 1)[-1]
-    a_line = next(line for line in frame.splitlines() if "a:1" in line)
-    assert "/s, " in a_line and " left" in a_line  # 10 MB/s, 6 s left
-    assert "6s left" in a_line
-    cluster = next(line for line in frame.splitlines() if "cluster" in line)
-    assert "pulling on 2 node(s), 0 done" in cluster and " 40%" in cluster
-    view.feed({"status": "node succeeded", "node": "a:1"})
-    frame = out.getvalue().rsplit("\x1b[3A", 1)[-1]
-    assert "1 done" in next(line for line in frame.splitlines() if "cluster" in line)

@@ -32,6 +32,8 @@ def test_good_addresses(text, want):
     ("[nothost]:1", "not an IPv6 address"),
     ("http://host:1", "without a scheme"),
     ("a b:1", "not a host name"),
+    ("999999", "not a bare number .ports are 0-65535"),
+    ("8080", "a port alone is written :8080"),
     ("", "HOST:PORT"),
     (None, "HOST:PORT"),
 ])
