@@ -1,8 +1,9 @@
 """Cluster membership and per-node state: ``ClusterManager``.
 
-Membership lives in the store's ``servers`` table (the store wins: the manager
-loads it at construction and :meth:`ClusterManager.sync_from_store` re-reads
-it). What the coordinator knows about each node right now (health, models,
+Membership lives in the store's ``servers`` table, read and written through the
+:class:`~olol.store.sync.SyncManager` built once at start-up (the one RAM view of the
+store that the cluster and the model registry share; the store wins: the manager
+loads it at construction and :meth:`ClusterManager.sync_from_store` re-reads it). What the coordinator knows about each node right now (health, models,
 slots, free memory) lives in RAM under one lock and is refreshed from the
 node agent's ``GetCompleteNodeStatus``; readers get snapshots, never the live
 objects. How a status reply becomes a :class:`NodeState` is in
@@ -36,6 +37,7 @@ from olol.node_state import (
 )
 from olol.outliers import EMPTY_VIEW, ModelView, OutlierDetector, Ticket
 from olol.store.database import iso_utc
+from olol.store.sync import SyncManager
 
 __all__ = [
     "SOURCES", "ClusterManager", "NodeState", "NodeUnhealthyError", "UnknownNodeError",
@@ -80,13 +82,19 @@ class ClusterManager:
     :param outliers: the :class:`~olol.outliers.OutlierDetector` that ejects a
         node×model failing where its peers succeed (default: one with its default
         settings on ``clock``).
+    :param sync_manager: the RAM view of the store's ``servers`` and ``models`` tables
+        (the proxy builds one and passes it here and to the registry); default: a new
+        one over ``db``, which a registry built on this manager then shares.
     """
 
     def __init__(self, db: Any, *, clock: Callable[[], float] = time.time,
                  client_factory: Callable[[str], Any] | None = None,
                  token: str | None = None, tls: Any = None,
-                 outliers: OutlierDetector | None = None) -> None:
+                 outliers: OutlierDetector | None = None,
+                 sync_manager: SyncManager | None = None) -> None:
         self.db = db
+        self.sync_manager = sync_manager if sync_manager is not None else SyncManager(
+            db, tables=("servers", "models"))
         self.clock = clock
         self.outliers = outliers if outliers is not None else OutlierDetector(clock=clock)
         self._token, self._tls = token, tls
@@ -109,7 +117,8 @@ class ClusterManager:
         Nodes loaded this way keep the last recorded ``healthy`` flag for display but are
         ``suspect`` until their first good poll, so nothing is sent to them blindly.
         """
-        rows = {r["address"]: r for r in self.db.all("servers")}
+        self.sync_manager.force_sync("servers")
+        rows = {r["address"]: r for r in self.sync_manager.read_from_ram("servers")}
         added, removed = [], []
         with self._lock:
             for address in list(self._nodes):
@@ -142,7 +151,7 @@ class ClusterManager:
             if address in self._nodes:
                 return _snapshot(self._nodes[address])
             first_seen = iso_utc(self.clock())
-            self.db.upsert("servers", {
+            self.sync_manager.upsert_and_sync("servers", {
                 "address": address, "healthy": False, "load": None, "last_check": None,
                 "first_seen": first_seen, "hardware_info": None, "source": source,
             }, {"address": address})
@@ -155,7 +164,7 @@ class ClusterManager:
         """Remove a node from the store and RAM and close its client; False if unknown."""
         address = address.strip() if isinstance(address, str) else address
         with self._lock:
-            removed = self.db.remove("servers", {"address": address})
+            removed = self.sync_manager.remove_where_and_sync("servers", {"address": address})
             known = self._drop(address)
         self.outliers.forget_node(address)
         if known or removed:
@@ -406,7 +415,7 @@ class ClusterManager:
         """Write the node's current state to its ``servers`` row (no-op once removed)."""
         row = self.server_row(address)
         if row is not None:
-            self.db.update("servers", row, {"address": address})
+            self.sync_manager.update_and_sync("servers", row, {"address": address})
 
     def refresh(self, address: str, timeout: float = 2.0, *, persist: bool = True) -> NodeState:
         """Poll the node's ``GetCompleteNodeStatus`` once and update its state.

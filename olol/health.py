@@ -321,12 +321,19 @@ class HealthMonitor:
         for gone in [a for a in self._last_sample if a not in members]:
             self._last_sample.pop(gone, None)
             self._last_health.pop(gone, None)
-        with self.db.transaction():
+        sync = getattr(self.cluster, "sync_manager", None)
+        # The servers rows go through the cluster's RAM view of the store (SyncManager),
+        # the samples straight to the store, all in one transaction.
+        txn = sync.transaction(("servers",)) if sync is not None else self.db.transaction()
+        with txn:
             for address, row in rows.items():
                 if row is None:
                     continue
                 outcome = results[address]
-                self.db.update("servers", row, {"address": address})
+                if sync is not None:
+                    sync.update_and_sync("servers", row, {"address": address})
+                else:
+                    self.db.update("servers", row, {"address": address})
                 healthy = bool(outcome["healthy"])
                 changed = self._last_health.get(address) is not healthy
                 last = self._last_sample.get(address)
