@@ -14,6 +14,7 @@ one place a ``grpc.StatusCode`` becomes an HTTP status.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +280,42 @@ class ForwardStream:
     close = cancel
 
 
+class StatusFuture:
+    """A status poll in flight (see :meth:`NodeClient.status_future`)."""
+
+    def __init__(self, future: Any) -> None:
+        self._future = future
+        self.started_at = time.monotonic()
+        #: ``time.monotonic()`` when the answer (or the failure) arrived
+        self.finished_at: float | None = None
+        future.add_done_callback(self._finished)
+
+    def _finished(self, _future: Any) -> None:
+        self.finished_at = time.monotonic()
+
+    @property
+    def latency_ms(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        return (end - self.started_at) * 1000.0
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> dict:
+        """The status dict; raises :class:`NodeError` (the call failed or its deadline
+        passed) or ``TimeoutError`` (still running after ``timeout`` seconds)."""
+        try:
+            reply = self._future.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise TimeoutError("status poll still running") from None
+        except grpc.RpcError as exc:
+            raise node_error(exc) from None
+        return status_to_dict(reply)
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+
 class NodeClient:
     """Client of one node agent.
 
@@ -490,6 +527,16 @@ class NodeClient:
             self._stub.GetCompleteNodeStatus, node_pb2.NodeStatusRequest(), timeout
         )
         return status_to_dict(reply)
+
+    def status_future(self, timeout: float | None = None) -> StatusFuture:
+        """Start ``GetCompleteNodeStatus`` without waiting (no thread): a health sweep
+        asks every node at once; ``.result()`` gives :meth:`status`'s dict or raises
+        :class:`NodeError` (the deadline is ``timeout``)."""
+        future = self._stub.GetCompleteNodeStatus.future(
+            node_pb2.NodeStatusRequest(), timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
+        )
+        return StatusFuture(future)
 
     def model_command(self, action: str, body: dict | bytes, timeout: float | None = None,
                       raw: bool = False) -> NodeStream:
