@@ -400,8 +400,9 @@ class HealthMonitor:
                     continue
                 self._last_health[address] = healthy
                 self._last_sample[address] = now
-                samples = [{"server": address, "timestamp": stamp, "type": "health",
-                            "value": 1 if outcome["ok"] else 0}]
+                samples: list[dict[str, Any]] = [
+                    {"server": address, "timestamp": stamp, "type": "health",
+                     "value": 1 if outcome["ok"] else 0}]
                 if outcome["ok"]:
                     samples.append({"server": address, "timestamp": stamp, "type": "load",
                                     "value": float(row["load"] or 0.0)})

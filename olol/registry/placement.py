@@ -124,20 +124,21 @@ class PullPlacement:
                 raise RegistryBusyError("too many model pulls in progress")
         probe: tuple[str, Any, list[dict]] | None = None
         size = self.known_size(key)
+        found: tuple[str, Any, list[dict], int | None] | None
         if targets is None:
             holders, ranked = self._placement(key, size)
             need = max(0, self.state.copies - len(holders))
             if need and size is None and ranked:
-                probe = self._probe(ranked[0].address, model_name, insecure)
-                size = probe[3] if probe else None
-                if probe is not None and size is not None and not fits(
+                found = self._probe(ranked[0].address, model_name, insecure)
+                size = found[3] if found else None
+                if found is not None and size is not None and not fits(
                         ranked[0], size, ranked[0].disk_free, 0.0):
-                    probe[1].cancel()
-                    probe = None
+                    found[1].cancel()
+                    found = None
                     ranked = []
                 elif size is not None:
                     _, ranked = self._placement(key, size)
-                probe = probe[:3] if probe else None
+                probe = found[:3] if found else None
             targets = holders + [n.address for n in ranked[:need]]
         op = PullOperation(key, model_name, targets, clock=self.state.clock)
         with self._lock:
@@ -163,7 +164,8 @@ class PullPlacement:
         coordinator.start()
         return op
 
-    def _probe(self, address: str, name: str, insecure: bool):
+    def _probe(self, address: str, name: str, insecure: bool
+               ) -> tuple[str, Any, list[dict], int | None] | None:
         """Open the pull on the best node and read until the first layer total arrives."""
         try:
             stream = self.cluster.client(address).pull(
