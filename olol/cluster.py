@@ -1,8 +1,9 @@
 """Cluster membership and per-node state: ``ClusterManager``.
 
-Membership lives in the store's ``servers`` table (the store wins: the manager
-loads it at construction and :meth:`ClusterManager.sync_from_store` re-reads
-it). What the coordinator knows about each node right now (health, models,
+Membership lives in the store's ``servers`` table, read and written through the
+:class:`~olol.store.sync.SyncManager` built once at start-up (the one RAM view of the
+store that the cluster and the model registry share; the store wins: the manager
+loads it at construction and :meth:`ClusterManager.sync_from_store` re-reads it). What the coordinator knows about each node right now (health, models,
 slots, free memory) lives in RAM under one lock and is refreshed from the
 node agent's ``GetCompleteNodeStatus``; readers get snapshots, never the live
 objects. How a status reply becomes a :class:`NodeState` is in
@@ -36,6 +37,7 @@ from olol.node_state import (
 )
 from olol.outliers import EMPTY_VIEW, ModelView, OutlierDetector, Ticket
 from olol.store.database import iso_utc
+from olol.store.sync import SyncManager
 
 __all__ = [
     "SOURCES", "ClusterManager", "NodeState", "NodeUnhealthyError", "UnknownNodeError",
@@ -80,13 +82,19 @@ class ClusterManager:
     :param outliers: the :class:`~olol.outliers.OutlierDetector` that ejects a
         node×model failing where its peers succeed (default: one with its default
         settings on ``clock``).
+    :param sync_manager: the RAM view of the store's ``servers`` and ``models`` tables
+        (the proxy builds one and passes it here and to the registry); default: a new
+        one over ``db``, which a registry built on this manager then shares.
     """
 
     def __init__(self, db: Any, *, clock: Callable[[], float] = time.time,
                  client_factory: Callable[[str], Any] | None = None,
                  token: str | None = None, tls: Any = None,
-                 outliers: OutlierDetector | None = None) -> None:
+                 outliers: OutlierDetector | None = None,
+                 sync_manager: SyncManager | None = None) -> None:
         self.db = db
+        self.sync_manager = sync_manager if sync_manager is not None else SyncManager(
+            db, tables=("servers", "models"))
         self.clock = clock
         self.outliers = outliers if outliers is not None else OutlierDetector(clock=clock)
         self._token, self._tls = token, tls
@@ -94,6 +102,10 @@ class ClusterManager:
         self._lock = threading.RLock()
         self._nodes: dict[str, NodeState] = {}
         self._clients: dict[str, Any] = {}
+        # Bumped on every change of a node's state: the shared snapshots below are
+        # rebuilt only when it moved (a scheduling pass over 256 nodes reads them).
+        self._version = 0
+        self._shared: tuple[int, list[NodeState]] | None = None
         self.sync_from_store()
 
     def _default_client(self, address: str) -> Any:
@@ -109,7 +121,8 @@ class ClusterManager:
         Nodes loaded this way keep the last recorded ``healthy`` flag for display but are
         ``suspect`` until their first good poll, so nothing is sent to them blindly.
         """
-        rows = {r["address"]: r for r in self.db.all("servers")}
+        self.sync_manager.force_sync("servers")
+        rows = {r["address"]: r for r in self.sync_manager.read_from_ram("servers")}
         added, removed = [], []
         with self._lock:
             for address in list(self._nodes):
@@ -128,6 +141,7 @@ class ClusterManager:
                     apply_status(state, row["hardware_info"])
                 self._nodes[address] = state
                 added.append(address)
+            self._version += 1
         return {"added": added, "removed": removed}
 
     def add_node(self, address: str, *, source: str = "api") -> NodeState:
@@ -142,12 +156,13 @@ class ClusterManager:
             if address in self._nodes:
                 return _snapshot(self._nodes[address])
             first_seen = iso_utc(self.clock())
-            self.db.upsert("servers", {
+            self.sync_manager.upsert_and_sync("servers", {
                 "address": address, "healthy": False, "load": None, "last_check": None,
                 "first_seen": first_seen, "hardware_info": None, "source": source,
             }, {"address": address})
             state = NodeState(address, source=source, first_seen=first_seen)
             self._nodes[address] = state
+            self._version += 1
             log.info("node %s added (source %s)", address, source)
             return _snapshot(state)
 
@@ -155,7 +170,7 @@ class ClusterManager:
         """Remove a node from the store and RAM and close its client; False if unknown."""
         address = address.strip() if isinstance(address, str) else address
         with self._lock:
-            removed = self.db.remove("servers", {"address": address})
+            removed = self.sync_manager.remove_where_and_sync("servers", {"address": address})
             known = self._drop(address)
         self.outliers.forget_node(address)
         if known or removed:
@@ -177,6 +192,7 @@ class ClusterManager:
 
     def _drop(self, address: str) -> bool:
         state = self._nodes.pop(address, None)
+        self._version += 1
         client = self._clients.pop(address, None)
         if client is not None:
             try:
@@ -226,20 +242,29 @@ class ClusterManager:
 
     # -- queries ----------------------------------------------------------------------
 
-    def healthy_nodes(self) -> list[NodeState]:
-        """Nodes the scheduler may use: healthy, circuit closed, not suspect."""
-        now = self.clock()
+    def _snapshots(self) -> list[NodeState]:
+        """Snapshots of every node by address, shared by every reader until the next
+        change of any node (then rebuilt once): read them, never modify them."""
         with self._lock:
-            return [_snapshot(s) for s in sorted(self._nodes.values(), key=lambda s: s.address)
-                    if s.usable(now)]
+            shared = self._shared
+            if shared is None or shared[0] != self._version:
+                nodes = sorted(self._nodes.values(), key=lambda s: s.address)
+                shared = self._shared = (self._version, [_copy_state(s) for s in nodes])
+            return shared[1]
+
+    def healthy_nodes(self) -> list[NodeState]:
+        """Nodes the scheduler may use: healthy, circuit closed, not suspect.
+
+        The snapshots are shared with other readers (cheap for a scheduling pass over
+        hundreds of nodes): read-only."""
+        now = self.clock()
+        return [s for s in self._snapshots() if s.usable(now)]
 
     def _serving_nodes(self) -> list[NodeState]:
         # For what the cluster offers (tags, ps, has_model) a merely suspect node still
         # counts: one failed dispatch must not make its models vanish from /api/tags.
         now = self.clock()
-        with self._lock:
-            return [_snapshot(s) for s in sorted(self._nodes.values(), key=lambda s: s.address)
-                    if s.healthy and not s.circuit_open(now)]
+        return [s for s in self._snapshots() if s.healthy and not s.circuit_open(now)]
 
     def nodes_with_model(self, model_key: str) -> list[NodeState]:
         """Usable nodes that have the model (a name or a normalized key), loaded ones first."""
@@ -295,6 +320,7 @@ class ClusterManager:
                 state = self._nodes.get(address)
                 if state is not None:
                     state.loaded_models = loaded
+                    self._version += 1
         return self.ps_union()
 
     # -- updates from the dispatcher and the health monitor ---------------------------
@@ -310,6 +336,7 @@ class ClusterManager:
             loaded = dict(state.loaded_models)
             loaded[key] = {"name": key, "model": key, "_noted": True}
             state.loaded_models = loaded
+            self._version += 1
 
     def mark_suspect(self, address: str, reason: str) -> None:
         """A dispatch to the node failed: avoid it until a good poll or success."""
@@ -317,14 +344,16 @@ class ClusterManager:
             state = self._nodes.get(address)
             if state is not None:
                 state.suspect, state.suspect_reason = True, str(reason)[:500]
+                self._version += 1
 
     def record_success(self, address: str, model_key: str | None = None) -> None:
         """A call to the node succeeded: it is not suspect any more. With the model,
         the success also counts for outlier detection."""
         with self._lock:
             state = self._nodes.get(address)
-            if state is not None:
+            if state is not None and (state.suspect or state.suspect_reason is not None):
                 state.suspect, state.suspect_reason = False, None
+                self._version += 1
         if model_key is not None:
             self.outliers.success(address, model_key)
 
@@ -366,6 +395,7 @@ class ClusterManager:
             if state is None:
                 return None
             apply_status(state, status)
+            self._version += 1
             state.healthy, state.suspect, state.suspect_reason = True, False, None
             state.consecutive_failures, state.circuit_open_until = 0, 0.0
             state.latency_ms, state.last_check, state.last_error = latency_ms, self.clock(), None
@@ -381,6 +411,7 @@ class ClusterManager:
             if state is None:
                 return None
             state.consecutive_failures += 1
+            self._version += 1
             state.last_error, state.last_check, state.latency_ms = str(error)[:500], now, None
             if state.consecutive_failures >= max(1, failure_threshold):
                 state.healthy = False
@@ -406,7 +437,7 @@ class ClusterManager:
         """Write the node's current state to its ``servers`` row (no-op once removed)."""
         row = self.server_row(address)
         if row is not None:
-            self.db.update("servers", row, {"address": address})
+            self.sync_manager.update_and_sync("servers", row, {"address": address})
 
     def refresh(self, address: str, timeout: float = 2.0, *, persist: bool = True) -> NodeState:
         """Poll the node's ``GetCompleteNodeStatus`` once and update its state.
@@ -433,3 +464,14 @@ class ClusterManager:
         if state is None:
             raise UnknownNodeError(address)
         return state
+
+
+def _copy_state(state: NodeState) -> NodeState:
+    """A snapshot of ``state`` (as :func:`olol.node_state._snapshot`, without the cost of
+    ``dataclasses.replace``): its own model mappings, the same immutable values."""
+    snap = object.__new__(NodeState)
+    snap.__dict__.update(state.__dict__)
+    snap.available_models = dict(state.available_models)
+    snap.loaded_models = dict(state.loaded_models)
+    snap.ejected = {}
+    return snap

@@ -1,8 +1,10 @@
 """``HealthMonitor``: polls every node's complete status and keeps health records.
 
-One sweep polls all nodes concurrently on a bounded, named thread pool; every
-poll carries a gRPC deadline and the sweep waits at most a little longer than
-that, so one hung or dead node never stalls the others. A node that fails
+One sweep polls all nodes at once: each poll is a gRPC future carrying the poll's
+deadline (no thread waits on a node; a client without futures runs on a bounded,
+named thread pool), at most ``max_in_flight`` at a time, and the sweep waits at
+most a little longer than the deadline, so one hung or dead node never stalls or
+fails the others, and a sweep of 256 nodes takes about one poll's time. A node that fails
 ``failure_threshold`` polls in a row becomes unhealthy and its circuit opens:
 it is skipped for ``open_s`` seconds, then probed once per sweep until a probe
 succeeds (which makes it healthy again).
@@ -78,6 +80,13 @@ def node_state_of(node: NodeState, now: float) -> tuple[str, str | None]:
     if node.suspect:
         return SUSPECT, node.reason()
     return HEALTHY, None
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A poll that could not even start (its reason)."""
+
+    error: str
 
 
 @dataclass
@@ -207,7 +216,10 @@ class HealthMonitor:
     :param timeout_s: deadline of each status poll.
     :param failure_threshold: consecutive failures that make a node unhealthy.
     :param open_s: how long an open circuit skips the node before the next probe.
-    :param max_workers: size of the polling thread pool.
+    :param max_workers: size of the polling thread pool (for clients without
+        ``status_future``; a :class:`~olol.rpc.client.NodeClient` polls with no thread).
+    :param max_in_flight: polls in flight at once at most (a larger cluster is swept in
+        rounds of this many).
     :param retention_hours: ``server_stats`` rows older than this are pruned.
     :param stats_interval_s: minimum seconds between samples of one node (0: every sweep).
     :param observer: hears every poll and state change (the proxy's metrics); optional.
@@ -218,10 +230,12 @@ class HealthMonitor:
                  timeout_s: float = 2.0, failure_threshold: int = 3, open_s: float = 15.0,
                  max_workers: int = 16, retention_hours: float = 24.0,
                  stats_interval_s: float = 60.0, prune_interval_s: float = 600.0,
-                 observer: PollObserver | None = None) -> None:
-        if interval_s <= 0 or timeout_s <= 0 or failure_threshold < 1 or max_workers < 1:
-            raise ValueError("interval_s and timeout_s must be > 0, failure_threshold and "
-                             "max_workers >= 1")
+                 observer: PollObserver | None = None, max_in_flight: int = 1024) -> None:
+        if interval_s <= 0 or timeout_s <= 0 or failure_threshold < 1 or max_workers < 1 \
+                or max_in_flight < 1:
+            raise ValueError("interval_s and timeout_s must be > 0, failure_threshold, "
+                             "max_workers and max_in_flight >= 1")
+        self.max_in_flight = int(max_in_flight)
         self.cluster, self.db, self.clock = cluster, db, clock
         self.interval_s, self.timeout_s = float(interval_s), float(timeout_s)
         self.failure_threshold, self.open_s = int(failure_threshold), float(open_s)
@@ -257,8 +271,50 @@ class HealthMonitor:
             with self._lock:
                 self._in_flight.discard(address)
 
+    def _start(self, address: str) -> Any:
+        """Start one poll: a gRPC future when the client has one (no thread held while
+        the node answers), else a task on the bounded pool."""
+        try:
+            client = self.cluster.client(address)
+            start_future = getattr(client, "status_future", None)
+            if start_future is not None:
+                return start_future(timeout=self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the node left, or the call failed to start
+            return _Failed(describe_error(exc))
+        return self._pool.submit(self._poll_one, address)
+
+    def _finish(self, address: str, poll: Any, deadline: float
+                ) -> tuple[dict | None, float | None, str | None]:
+        """Wait (until ``deadline`` at most) for a poll started by :meth:`_start`."""
+        left = max(0.0, deadline - time.monotonic())
+        if isinstance(poll, cf.Future):  # the pool: it discards the in-flight mark itself
+            try:
+                return poll.result(timeout=left)
+            except cf.TimeoutError:
+                return None, None, f"no answer within {self.timeout_s}s"
+        try:
+            if isinstance(poll, _Failed):
+                return None, 0.0, poll.error
+            try:
+                status = poll.result(timeout=left)
+            except TimeoutError:
+                poll.cancel()
+                return None, None, f"no answer within {self.timeout_s}s"
+            except Exception as exc:  # noqa: BLE001 - every failure is one failed poll
+                return None, poll.latency_ms, describe_error(exc)
+            problem = status_problem(status)
+            return (None if problem else status), poll.latency_ms, problem
+        finally:
+            with self._lock:
+                self._in_flight.discard(address)
+
     def poll_all(self) -> dict[str, dict]:
         """Poll every due node concurrently and record the outcome.
+
+        All polls are in flight at once (gRPC futures: no thread waits on a node; a
+        client without futures uses the bounded pool), at most ``max_in_flight`` at a
+        time, each with the poll's deadline: a sweep of N nodes takes about one poll's
+        time, not N of them, and a hung node never delays or fails the others.
 
         Nodes whose circuit is open are skipped (``{"skipped": "circuit open"}``), as are
         nodes whose previous poll is still running. Returns, per address, ``ok``,
@@ -268,7 +324,7 @@ class HealthMonitor:
             raise RuntimeError("health monitor is stopped")
         now = self.clock()
         results: dict[str, dict] = {}
-        futures: dict[str, cf.Future] = {}
+        due: list[str] = []
         before = self.cluster.list_nodes()
         # what changed since the last sweep (a dispatch that made a node suspect)
         self.transitions.observe(before)
@@ -282,34 +338,37 @@ class HealthMonitor:
                                              "healthy": node.healthy}
                     continue
                 self._in_flight.add(node.address)
-            futures[node.address] = self._pool.submit(self._poll_one, node.address)
-        if futures:
-            cf.wait(futures.values(), timeout=self.timeout_s + _GRACE_S)
-        for address, future in futures.items():
-            if future.done():
-                status, latency_ms, error = future.result()
-            else:
-                status, latency_ms, error = None, None, f"no answer within {self.timeout_s}s"
-            if status is not None:
-                state = self.cluster.record_poll(address, status, latency_ms)
-            else:
-                state = self.cluster.record_poll_failure(
-                    address, error or "poll failed", failure_threshold=self.failure_threshold,
-                    open_s=self.open_s)
-            if state is None:  # removed while we polled
-                continue
-            results[address] = {"ok": status is not None, "healthy": state.healthy,
-                                "latency_ms": latency_ms if status is not None else None,
-                                "error": error if status is None else None}
-            if self.observer is not None:
-                try:
-                    self.observer.node_polled(state)
-                except Exception:  # noqa: BLE001 - an observer must not stop the sweep
-                    log.exception("poll observer failed for %s", address)
+            due.append(node.address)
+        for first in range(0, len(due), self.max_in_flight):
+            chunk = due[first:first + self.max_in_flight]
+            polls = {address: self._start(address) for address in chunk}
+            deadline = time.monotonic() + self.timeout_s + _GRACE_S
+            for address, poll in polls.items():
+                status, latency_ms, error = self._finish(address, poll, deadline)
+                self._record(address, status, latency_ms, error, results)
         self._write(results)
         self.transitions.observe(self.cluster.list_nodes())
         self.sweeps += 1
         return results
+
+    def _record(self, address: str, status: dict | None, latency_ms: float | None,
+                error: str | None, results: dict[str, dict]) -> None:
+        if status is not None:
+            state = self.cluster.record_poll(address, status, latency_ms or 0.0)
+        else:
+            state = self.cluster.record_poll_failure(
+                address, error or "poll failed", failure_threshold=self.failure_threshold,
+                open_s=self.open_s)
+        if state is None:  # removed while we polled
+            return
+        results[address] = {"ok": status is not None, "healthy": state.healthy,
+                            "latency_ms": latency_ms if status is not None else None,
+                            "error": error if status is None else None}
+        if self.observer is not None:
+            try:
+                self.observer.node_polled(state)
+            except Exception:  # noqa: BLE001 - an observer must not stop the sweep
+                log.exception("poll observer failed for %s", address)
 
     def _write(self, results: dict[str, dict]) -> None:
         now = self.clock()
@@ -321,12 +380,19 @@ class HealthMonitor:
         for gone in [a for a in self._last_sample if a not in members]:
             self._last_sample.pop(gone, None)
             self._last_health.pop(gone, None)
-        with self.db.transaction():
+        sync = getattr(self.cluster, "sync_manager", None)
+        # The servers rows go through the cluster's RAM view of the store (SyncManager),
+        # the samples straight to the store, all in one transaction.
+        txn = sync.transaction(("servers",)) if sync is not None else self.db.transaction()
+        with txn:
             for address, row in rows.items():
                 if row is None:
                     continue
                 outcome = results[address]
-                self.db.update("servers", row, {"address": address})
+                if sync is not None:
+                    sync.update_and_sync("servers", row, {"address": address})
+                else:
+                    self.db.update("servers", row, {"address": address})
                 healthy = bool(outcome["healthy"])
                 changed = self._last_health.get(address) is not healthy
                 last = self._last_sample.get(address)
@@ -334,8 +400,9 @@ class HealthMonitor:
                     continue
                 self._last_health[address] = healthy
                 self._last_sample[address] = now
-                samples = [{"server": address, "timestamp": stamp, "type": "health",
-                            "value": 1 if outcome["ok"] else 0}]
+                samples: list[dict[str, Any]] = [
+                    {"server": address, "timestamp": stamp, "type": "health",
+                     "value": 1 if outcome["ok"] else 0}]
                 if outcome["ok"]:
                     samples.append({"server": address, "timestamp": stamp, "type": "load",
                                     "value": float(row["load"] or 0.0)})

@@ -141,7 +141,7 @@ class Proxy:
         from olol.request_log import RequestLog, check_log_format
         from olol.scheduler import RequestScheduler
         from olol.stats import RequestStats, stats_retention_days
-        from olol.store import DatabaseManager, configure_db
+        from olol.store import DatabaseManager, SyncManager, configure_db
         from olol.traffic import TrafficRecorder
 
         self.config = config
@@ -175,13 +175,17 @@ class Proxy:
                 max_ejection_s=config.outlier_max_ejection_s,
                 max_ejected_fraction=config.outlier_max_ejected_fraction,
             )
-            self.cluster = ClusterManager(db, **kw)
+            # the one RAM view of the servers and models tables (cluster, registry, health)
+            self.sync_manager = SyncManager(db, tables=("servers", "models"))
+            self.sync_manager.load_initial_state()
+            self.cluster = ClusterManager(db, sync_manager=self.sync_manager, **kw)
             self.cluster.sync_config_nodes(config.nodes)
             self.stats = RequestStats(db, clock=clock, max_series=config.stats_max_series,
                                       retention_days=stats_retention_days(config))
             self.registry = ModelRegistry(
                 self.cluster, db, clock=clock, copies=config.model_copies,
                 pinned=config.pinned_models, pull_timeout_s=config.pull_timeout_s,
+                sync_manager=self.sync_manager,
             )
             self.scheduler = RequestScheduler(
                 self.queue, self.cluster, strategy=config.strategy, clock=clock,

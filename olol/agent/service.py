@@ -210,7 +210,7 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
                     return
                 finished = False
                 for batch in call.arrived():
-                    good = []
+                    good: list[bytes] = []
                     done = False
                     for line in batch:
                         done, error = classify_line(line)
@@ -293,6 +293,9 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
     def Chat(self, request, context):
         return self._stream(context, "/api/chat", request, track=True)
 
+    # Pull, Push, Create, Copy and Delete are deprecated (see the proto): the coordinator
+    # sends model commands through RemoteModelCommand; these serve older coordinators.
+
     def Pull(self, request, context):
         return self._stream(context, "/api/pull", request)
 
@@ -369,6 +372,8 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         return node_pb2.BlobStatus(exists=True, http_status=call.status)
 
     def RemoteModelCommand(self, request, context):
+        """The coordinator's one path for model commands: pull, push and create relay
+        Ollama's progress stream; delete and copy answer one success record."""
         action = request.action.lower()
         relay = node_pb2.OllamaRequest(body=request.body)
         if action in ("pull", "push", "create"):

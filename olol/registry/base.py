@@ -1,11 +1,15 @@
-"""What every part of ``ModelRegistry`` shares: errors, helpers and ``RegistryBase``.
+"""What every part of ``ModelRegistry`` shares: errors, helpers, and three small
+collaborators.
 
-:class:`RegistryBase` holds the registry's state (the cluster, the store, the clock,
-the pull limits, the planner policy, the usage counters) and the small operations on
-it that every other part uses: usage counting, pins, and whether a node counts as up.
-The table synchronization (:mod:`olol.registry.sync`), the pull placement
-(:mod:`olol.registry.placement`) and the public :class:`olol.registry.ModelRegistry`
-(:mod:`olol.registry.core`) build on it, in that order.
+* :class:`RegistryState`: the cluster, the clock, the limits, the planner policy, and
+  which nodes the registry's last poll found down;
+* :class:`UsageCounter`: requests counted in RAM between two flushes into the table;
+* :class:`ModelTable`: the ``models`` table, read from the shared RAM view of the store
+  (:class:`olol.store.sync.SyncManager`) and written through it.
+
+The table synchronization (:class:`olol.registry.sync.TableSync`) and the pulls
+(:class:`olol.registry.placement.PullPlacement`) are built on these, and
+:class:`olol.registry.ModelRegistry` puts them together (composition, no inheritance).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from typing import Any
 
 from olol.api.names import normalize_model_name
 from olol.registry.plan import PlanPolicy
-from olol.registry.pulls import PullOperation
+from olol.store.sync import SyncManager
 
 TABLE = "models"
 GB = 1_000_000_000
+#: Models counted in RAM between two flushes at most (further ones wait for the flush).
+MAX_USAGE_KEYS = 10_000
 
 
 class LastCopyError(Exception):
@@ -64,22 +70,17 @@ def _load(state: Any) -> float:
     return state.in_flight / max(1, state.parallel)
 
 
-class RegistryBase:
-    """The registry's state and the helpers its parts share.
+class RegistryState:
+    """The registry's settings and the cluster it works on (see
+    :class:`olol.registry.ModelRegistry` for the parameters)."""
 
-    The constructor's parameters are documented on :class:`olol.registry.ModelRegistry`.
-    """
-
-    def __init__(self, cluster_manager: Any, db: Any, *, clock: Callable[[], float] = time.time,
-                 copies: int = 1, pinned: Iterable[str] = (), pull_timeout_s: float = 3600.0,
-                 max_parallel_pulls: int = 8, max_operations: int = 32,
+    def __init__(self, cluster_manager: Any, *, clock: Callable[[], float] = time.time,
+                 copies: int = 1, pull_timeout_s: float = 3600.0,
                  status_timeout_s: float = 2.0, probe_timeout_s: float = 30.0,
                  policy: PlanPolicy | None = None) -> None:
         if copies < 1:
             raise ValueError("copies must be >= 1")
-        self.cluster, self.db, self.clock = cluster_manager, db, clock
-        self.copies = copies
-        self.pinned = {_key(n) for n in pinned}
+        self.cluster, self.clock, self.copies = cluster_manager, clock, copies
         self.pull_timeout_s = pull_timeout_s
         self.status_timeout_s = status_timeout_s
         self.probe_timeout_s = probe_timeout_s
@@ -88,19 +89,40 @@ class RegistryBase:
                                  hot_usage=base.hot_usage, idle_s=base.idle_s,
                                  busy_load=base.busy_load,
                                  headroom_fraction=base.headroom_fraction)
-        self._slots = threading.BoundedSemaphore(max(1, max_parallel_pulls))
-        self._max_operations = max(1, max_operations)
-        self._lock = threading.RLock()
-        self._sync_lock = threading.Lock()
-        self._ops: dict[str, PullOperation] = {}
-        self._usage: dict[str, dict] = {}
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
         self._down: set[str] = set()  # nodes whose last registry poll failed
-        self._stop = threading.Event()
 
-    # -- usage -----------------------------------------------------------------------
+    def mark(self, address: str, up: bool) -> None:
+        """Record the outcome of the registry's own poll of a node."""
+        with self._lock:
+            if up:
+                self._down.discard(address)
+            else:
+                self._down.add(address)
 
-    def note_usage(self, model_key: str, node: str | None = None) -> None:
-        """Count one finished request (RAM only; flushed by :meth:`synchronize_models`)."""
+    def up(self, state: Any, now: float) -> bool:
+        """Healthy in the cluster and not found down by the registry's last poll of it."""
+        with self._lock:
+            if state.address in self._down:
+                return False
+        return _healthy(state, now)
+
+    def live(self, now: float) -> list[Any]:
+        """Snapshots of the members that are up (see :meth:`up`)."""
+        return [s for s in self.cluster.list_nodes() if self.up(s, now)]
+
+
+class UsageCounter:
+    """Finished requests per model (and per node), counted in RAM until the next
+    flush into the ``models`` table; bounded to :data:`MAX_USAGE_KEYS` models."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._usage: dict[str, dict] = {}
+
+    def note(self, model_key: str, node: str | None = None) -> None:
         try:
             key = _key(model_key)
         except ValueError:
@@ -109,7 +131,7 @@ class RegistryBase:
         with self._lock:
             entry = self._usage.get(key)
             if entry is None:
-                if len(self._usage) >= 10_000:
+                if len(self._usage) >= MAX_USAGE_KEYS:
                     return  # bounded; the next flush empties it
                 entry = self._usage[key] = {"count": 0, "last": now, "nodes": {}}
             entry["count"] += 1
@@ -117,31 +139,78 @@ class RegistryBase:
             if node:
                 entry["nodes"][node] = now
 
-    def _up(self, state: Any, now: float) -> bool:
-        """Healthy in the cluster and not found down by the registry's last poll of it."""
-        with self._lock:
-            if state.address in self._down:
-                return False
-        return _healthy(state, now)
-
-    def _take_usage(self) -> dict[str, dict]:
+    def take(self) -> dict[str, dict]:
+        """Everything counted so far (the counter starts again from zero)."""
         with self._lock:
             usage, self._usage = self._usage, {}
         return usage
 
-    def _pending_usage(self, key: str) -> dict:
+    def restore(self, usage: dict[str, dict]) -> None:
+        """Put back counts taken by a flush that failed (kept for the next one)."""
+        with self._lock:
+            for key, entry in usage.items():
+                cur = self._usage.setdefault(key, {"count": 0, "last": entry["last"],
+                                                   "nodes": {}})
+                cur["count"] += entry["count"]
+                cur["last"] = max(cur["last"], entry["last"])
+                for node, ts in entry["nodes"].items():
+                    cur["nodes"][node] = max(cur["nodes"].get(node, 0.0), ts)
+
+    def pending(self, key: str) -> dict:
+        """What is counted for ``key`` since the last flush."""
         with self._lock:
             entry = self._usage.get(key)
+            if entry is None:
+                return {"count": 0, "last": None, "nodes": {}}
             return {"count": entry["count"], "last": entry["last"],
-                    "nodes": dict(entry["nodes"])} if entry else {"count": 0, "last": None,
-                                                                  "nodes": {}}
+                    "nodes": dict(entry["nodes"])}
+
+
+class ModelTable:
+    """The ``models`` table through the shared RAM view of the store.
+
+    :param sync_manager: the :class:`~olol.store.sync.SyncManager` (reads come from its
+        RAM, writes go to the store first, then to it).
+    :param pinned: model names pinned by configuration (the rows' ``pinned`` adds to it).
+    """
+
+    def __init__(self, sync_manager: SyncManager, pinned: Iterable[str] = ()) -> None:
+        self.sync = sync_manager
+        self.pinned = {_key(n) for n in pinned}
+
+    def rows(self) -> dict[str, dict]:
+        """Every row by model key (copies)."""
+        return {r["name"]: _strip(r) for r in self.sync.read_from_ram(TABLE)}
+
+    def row(self, key: str) -> dict | None:
+        found = self.sync.read_one(TABLE, {"name": key})
+        return _strip(found) if found is not None else None
+
+    def reconcile(self) -> dict:
+        """Re-derive the RAM view from the store (the store wins)."""
+        return self.sync.force_sync(TABLE)[TABLE]
+
+    def write(self, docs: dict[str, dict | None]) -> None:
+        """Upsert (or, for None, remove) rows by model key, in one transaction."""
+        with self.sync.transaction((TABLE,)):
+            for key, doc in docs.items():
+                if doc is None:
+                    self.sync.remove_where_and_sync(TABLE, {"name": key})
+                else:
+                    self.sync.upsert_and_sync(TABLE, doc, {"name": key})
 
     def is_pinned(self, model_name: str, row: dict | None = None) -> bool:
         key = _key(model_name)
         if row is None:
-            row = self.db.search_one(TABLE, {"name": key})
+            row = self.row(key)
         return key in self.pinned or bool(row and row.get("pinned"))
 
     def set_pinned(self, model_name: str, pinned: bool = True) -> bool:
         """Pin (or unpin) a model in the table; False when the table has no such model."""
-        return bool(self.db.update(TABLE, {"pinned": bool(pinned)}, {"name": _key(model_name)}))
+        return bool(self.sync.update_and_sync(TABLE, {"pinned": bool(pinned)},
+                                              {"name": _key(model_name)}))
+
+
+def _strip(row: dict) -> dict:
+    row.pop("doc_id", None)
+    return row

@@ -6,35 +6,49 @@ that cannot be polled keeps its entries, marked stale, instead of losing them.
 Usage counters are kept in RAM by :meth:`ModelRegistry.note_usage` (cheap, called per
 request) and flushed into the table by :meth:`ModelRegistry.synchronize_models`.
 
+The ``models`` table is read from the RAM view of the store that the cluster shares
+(:class:`olol.store.sync.SyncManager`, the registry's ``sync_manager``), and written
+through it. Model commands on the nodes (pull, delete, copy) go through the agents'
+``RemoteModelCommand``, the coordinator's one path (:class:`olol.rpc.client.NodeClient`).
+
 Lock order: the registry never calls the cluster manager while holding the store's
 transaction, and never holds its own lock while calling a node.
 
-The class is built in layers, one module each: :mod:`olol.registry.base` (state,
-usage counters, pins, the error types), :mod:`olol.registry.sync` (the table
-rebuild), :mod:`olol.registry.placement` (pulls), and this module (status,
-remove/copy, planning and applying plans). The error types are re-exported here.
+The registry is made of collaborators, one module each: :mod:`olol.registry.base`
+(:class:`~olol.registry.base.RegistryState`, the
+:class:`~olol.registry.base.UsageCounter`, the :class:`~olol.registry.base.ModelTable`
+and the error types), :mod:`olol.registry.sync` (the table rebuild),
+:mod:`olol.registry.placement` (pulls), and this module, which puts them together and
+adds status, remove/copy, planning and applying plans. The error types are re-exported
+here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from olol.cluster import UnknownNodeError
 from olol.node_state import describe_error
 from olol.registry.base import (
-    TABLE,
     LastCopyError,
     ModelNotFoundError,
+    ModelTable,
     PinnedModelError,
     RegistryBusyError,
+    RegistryState,
+    UsageCounter,
     _capacity,
     _key,
     _load,
 )
 from olol.registry.placement import PullPlacement
-from olol.registry.plan import PlanModel, PlanNode, fits, make_plan
+from olol.registry.plan import PlanModel, PlanNode, PlanPolicy, fits, make_plan
+from olol.registry.pulls import PullOperation
+from olol.registry.sync import TableSync
 from olol.store.database import iso_utc
+from olol.store.sync import SyncManager
 
 __all__ = [
     "LastCopyError", "ModelNotFoundError", "ModelRegistry", "PinnedModelError",
@@ -42,11 +56,13 @@ __all__ = [
 ]
 
 
-class ModelRegistry(PullPlacement):
+class ModelRegistry:
     """Cluster-wide model management over a ``ClusterManager`` and the store.
 
     :param cluster_manager: the cluster (nodes, their last status, their clients).
     :param db: the store (``models`` table).
+    :param sync_manager: the RAM view of the store the registry reads the ``models``
+        table from (default: the cluster manager's, else a new one over ``db``).
     :param clock: seconds since the epoch (usage, first seen, the plan's idle rule).
     :param copies: how many nodes a pull without targets places a model on, and the
         minimum the planner keeps.
@@ -59,25 +75,97 @@ class ModelRegistry(PullPlacement):
     :param policy: planner thresholds (``copies`` is taken from ``copies``).
     """
 
+    def __init__(self, cluster_manager: Any, db: Any, *, clock: Callable[[], float] = time.time,
+                 copies: int = 1, pinned: Iterable[str] = (), pull_timeout_s: float = 3600.0,
+                 max_parallel_pulls: int = 8, max_operations: int = 32,
+                 status_timeout_s: float = 2.0, probe_timeout_s: float = 30.0,
+                 policy: PlanPolicy | None = None,
+                 sync_manager: SyncManager | None = None) -> None:
+        self.db = db
+        if sync_manager is None:
+            sync_manager = getattr(cluster_manager, "sync_manager", None)
+            if sync_manager is None or sync_manager.db is not db:
+                sync_manager = SyncManager(db, tables=("models",))
+        self.sync_manager = sync_manager
+        self.state = RegistryState(cluster_manager, clock=clock, copies=copies,
+                                   pull_timeout_s=pull_timeout_s,
+                                   status_timeout_s=status_timeout_s,
+                                   probe_timeout_s=probe_timeout_s, policy=policy)
+        self.usage = UsageCounter(clock)
+        self.table = ModelTable(sync_manager, pinned)
+        self.table_sync = TableSync(self.state, self.usage, self.table)
+        self.pulls = PullPlacement(self.state, self.table, self.table_sync,
+                                   max_parallel_pulls=max_parallel_pulls,
+                                   max_operations=max_operations)
+
+    # -- the settings, read through -------------------------------------------------
+
+    @property
+    def cluster(self) -> Any:
+        return self.state.cluster
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.state.clock
+
+    @property
+    def copies(self) -> int:
+        return self.state.copies
+
+    @property
+    def policy(self) -> PlanPolicy:
+        return self.state.policy
+
+    @property
+    def pinned(self) -> set[str]:
+        return self.table.pinned
+
+    @property
+    def pull_timeout_s(self) -> float:
+        return self.state.pull_timeout_s
+
+    # -- usage and pins ----------------------------------------------------------------
+
+    def note_usage(self, model_key: str, node: str | None = None) -> None:
+        """Count one finished request (RAM only; flushed by :meth:`synchronize_models`)."""
+        self.usage.note(model_key, node)
+
+    def is_pinned(self, model_name: str, row: dict | None = None) -> bool:
+        return self.table.is_pinned(model_name, row)
+
+    def set_pinned(self, model_name: str, pinned: bool = True) -> bool:
+        """Pin (or unpin) a model in the table; False when the table has no such model."""
+        return self.table.set_pinned(model_name, pinned)
+
+    # -- synchronization and pulls ---------------------------------------------------
+
+    def synchronize_models(self, refresh: bool = True) -> dict:
+        """Rebuild the ``models`` table from what each node lists.
+
+        :param refresh: poll every node now (default); False uses the last known state.
+        :returns: ``{"models", "nodes_up", "nodes_down", "added", "removed", "stale"}``
+            where added/removed/stale are ``[model, node]`` pairs.
+        """
+        return self.table_sync.synchronize_models(refresh)
+
+    def pull_model(self, model_name: str, target_nodes: Iterable[str] | None = None, *,
+                   insecure: bool = False) -> PullOperation:
+        """Pull a model on ``target_nodes`` or, without targets, where it fits (see
+        :meth:`olol.registry.placement.PullPlacement.pull_model`)."""
+        return self.pulls.pull_model(model_name, target_nodes, insecure=insecure)
+
     # -- status ----------------------------------------------------------------------
 
     def active_pulls(self) -> list[dict]:
-        with self._lock:
-            ops = [op for op in self._ops.values() if not op.done]
-        return [op.summary() for op in sorted(ops, key=lambda o: o.started_at)]
+        return self.pulls.active()
 
     def get_model_status(self, model_name: str | None = None) -> list[dict]:
         """Per model: where it is present, loaded, being pulled, stale; size and usage."""
         only = _key(model_name) if model_name is not None else None
         now = self.clock()
-        rows = {r["name"]: r for r in self.db.all(TABLE)}
-        states = self.cluster.list_nodes()
-        live = [s for s in states if self._up(s, now)]
-        with self._lock:
-            pulling: dict[str, set[str]] = {}
-            for op in self._ops.values():
-                if not op.done:
-                    pulling.setdefault(op.model, set()).update(op.pending_nodes())
+        rows = self.table.rows()
+        live = self.state.live(now)
+        pulling = self.pulls.pulling()
         keys = set(rows) | set(pulling)
         for s in live:
             keys |= set(s.available_models)
@@ -89,8 +177,8 @@ class ModelRegistry(PullPlacement):
             present = sorted(s.address for s in live if key in s.available_models)
             entry = next((s.available_models[key] for s in live if key in s.available_models),
                          None)
-            doc = self._row(key, row, entry, present, [], None, now)
-            pending = self._pending_usage(key)
+            doc = self.table_sync.row(key, row, entry, present, [], None, now)
+            pending = self.usage.pending(key)
             up_addresses = {s.address for s in live}
             stale = set(row.get("stale_servers") or []) | {
                 a for a in row.get("servers") or [] if a not in up_addresses}
@@ -123,8 +211,7 @@ class ModelRegistry(PullPlacement):
         """
         key = _key(model_name)
         now = self.clock()
-        live = [s for s in self.cluster.list_nodes() if self._up(s, now)]
-        holders = [s.address for s in live if key in s.available_models]
+        holders = [s.address for s in self.state.live(now) if key in s.available_models]
         targets = holders if target_nodes is None else list(dict.fromkeys(target_nodes))
         if not targets:
             raise ModelNotFoundError(f"model '{model_name}' not found")
@@ -146,7 +233,7 @@ class ModelRegistry(PullPlacement):
             except Exception as exc:  # noqa: BLE001 - reported per node
                 results[address] = {"error": getattr(exc, "message", None)
                                     or describe_error(exc)}
-        self._rebuild(self._poll_many(targets))
+        self.table_sync.rebuild(self.table_sync.poll_many(targets))
         return results
 
     def copy_model(self, source: str, destination: str,
@@ -159,8 +246,7 @@ class ModelRegistry(PullPlacement):
         key, _ = _key(source), _key(destination)
         now = self.clock()
         if target_nodes is None:
-            targets = [s.address for s in self.cluster.list_nodes()
-                       if self._up(s, now) and key in s.available_models]
+            targets = [s.address for s in self.state.live(now) if key in s.available_models]
         else:
             targets = list(dict.fromkeys(target_nodes))
         if not targets:
@@ -173,40 +259,43 @@ class ModelRegistry(PullPlacement):
             except Exception as exc:  # noqa: BLE001 - reported per node
                 results[address] = {"error": getattr(exc, "message", None)
                                     or describe_error(exc)}
-        self._rebuild(self._poll_many(targets))
+        self.table_sync.rebuild(self.table_sync.poll_many(targets))
         return results
 
     # -- planning --------------------------------------------------------------------
 
     def plan_inputs(self) -> tuple[list[PlanModel], list[PlanNode]]:
-        """The planner's snapshot of the cluster (last known node states + table)."""
+        """The planner's snapshot of the cluster (last known node states + table).
+
+        A copy with no record of when it appeared on its node (listed since the last
+        synchronization, or pulled a moment ago) counts as appeared now.
+        """
         now = self.clock()
-        rows = {r["name"]: r for r in self.db.all(TABLE)}
+        rows = self.table.rows()
         states = self.cluster.list_nodes()
         usable = {s.address for s in self.cluster.healthy_nodes()}
         nodes = [PlanNode(s.address, s.address in usable, *_capacity(s), load=_load(s))
                  for s in states]
-        with self._lock:
-            pulling: dict[str, set[str]] = {}
-            for op in self._ops.values():
-                if not op.done:
-                    pulling.setdefault(op.model, set()).update(op.pending_nodes())
+        pulling = self.pulls.pulling()
+        up = [s for s in states if self.state.up(s, now)]
         keys = set(rows)
-        for s in states:
-            if self._up(s, now):
-                keys |= set(s.available_models)
+        for s in up:
+            keys |= set(s.available_models)
         models = []
         for key in sorted(keys):
             row = rows.get(key) or {}
-            pending = self._pending_usage(key)
-            holders = sorted(s.address for s in states if self._up(s, now)
-                             and key in s.available_models)
+            pending = self.usage.pending(key)
+            holders = sorted(s.address for s in up if key in s.available_models)
             size = row.get("size") or next(
                 (int(s.available_models[key].get("size") or 0) or None for s in states
                  if key in s.available_models), None)
             node_ts = dict(row.get("node_last_used") or {})
             for node, ts in pending["nodes"].items():
                 node_ts[node] = max(node_ts.get(node, 0.0), ts)
+            appeared = {n: float(t) for n, t in (row.get("node_first_seen") or {}).items()
+                        if isinstance(t, int | float)}
+            for node in holders:
+                appeared.setdefault(node, now)
             last = max(row.get("last_used_ts") or 0.0, pending["last"] or 0.0) or None
             models.append(PlanModel(
                 name=key, size=size, holders=holders,
@@ -215,7 +304,7 @@ class ModelRegistry(PullPlacement):
                 stale=sorted(row.get("stale_servers") or []),
                 usage_count=int(row.get("usage_count") or 0) + pending["count"],
                 last_used_ts=last, node_last_used_ts=node_ts,
-                pinned=self.is_pinned(key, row)))
+                pinned=self.is_pinned(key, row), node_first_seen_ts=appeared))
         return models, nodes
 
     def optimize_model_distribution(self) -> dict:
@@ -272,8 +361,8 @@ class ModelRegistry(PullPlacement):
             return "node not usable now"
         if key in state.available_models:
             return "node already has it"
-        size = self._known_size(key)
-        node = self._plan_node(state)
+        size = self.pulls.known_size(key)
+        node = self.pulls.plan_node(state)
         if size is None or not fits(node, size, node.disk_free, self.policy.headroom_fraction):
             return "does not fit on the node now"
         return None
@@ -286,8 +375,7 @@ class ModelRegistry(PullPlacement):
         if self.is_pinned(key):
             return "model is pinned"
         now = self.clock()
-        holders = {s.address for s in self.cluster.list_nodes()
-                   if self._up(s, now) and key in s.available_models}
+        holders = {s.address for s in self.state.live(now) if key in s.available_models}
         if action.get("node") not in holders:
             return "node does not have it"
         if len(holders - {action["node"]}) < max(1, self.copies):
@@ -296,12 +384,6 @@ class ModelRegistry(PullPlacement):
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel running pulls and wait for their threads (bounded)."""
-        self._stop.set()
-        with self._lock:
-            ops = list(self._ops.values())
-        for op in ops:
-            op.cancel()
-        deadline = time.monotonic() + timeout
-        for op in ops:
-            op.join(max(0.0, deadline - time.monotonic()))
+        self.state.stop.set()
+        self.pulls.close(timeout)
 

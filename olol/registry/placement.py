@@ -1,5 +1,7 @@
 """Cluster-wide pulls for the registry: where a copy goes and the threads that pull it.
 
+Every node pull is a ``RemoteModelCommand("pull")`` on the node's agent (through
+:meth:`olol.rpc.client.NodeClient.pull`), the coordinator's one path for model commands.
 :class:`PullPlacement` picks target nodes (every live holder plus the best-fitting
 nodes up to ``copies``, probing the pull for the model's size when it is unknown),
 then runs one named thread per target node, bounded by the registry's semaphore, and
@@ -17,7 +19,14 @@ from typing import Any
 
 from olol.cluster import UnknownNodeError
 from olol.node_state import describe_error
-from olol.registry.base import TABLE, RegistryBusyError, _capacity, _key, _load
+from olol.registry.base import (
+    ModelTable,
+    RegistryBusyError,
+    RegistryState,
+    _capacity,
+    _key,
+    _load,
+)
 from olol.registry.plan import PlanNode, fits
 from olol.registry.pulls import PullOperation
 from olol.registry.sync import TableSync
@@ -25,20 +34,52 @@ from olol.registry.sync import TableSync
 log = logging.getLogger(__name__)
 
 
-class PullPlacement(TableSync):
-    """The registry's pull operations (see :class:`olol.registry.ModelRegistry`)."""
+class PullPlacement:
+    """The registry's pull operations (see :class:`olol.registry.ModelRegistry`).
+
+    :param state: the cluster, the clock, the limits.
+    :param table: the ``models`` table (known sizes).
+    :param table_sync: rebuilds the table where a pull ended.
+    :param max_parallel_pulls: node pulls running at once (others wait).
+    :param max_operations: pull operations in progress at once.
+    """
+
+    def __init__(self, state: RegistryState, table: ModelTable, table_sync: TableSync, *,
+                 max_parallel_pulls: int = 8, max_operations: int = 32) -> None:
+        self.state, self.table, self.table_sync = state, table, table_sync
+        self.cluster = state.cluster
+        self._slots = threading.BoundedSemaphore(max(1, max_parallel_pulls))
+        self._max_operations = max(1, max_operations)
+        self._lock = threading.Lock()
+        self._ops: dict[str, PullOperation] = {}
+
+    # -- reading ---------------------------------------------------------------------
+
+    def active(self) -> list[dict]:
+        with self._lock:
+            ops = [op for op in self._ops.values() if not op.done]
+        return [op.summary() for op in sorted(ops, key=lambda o: o.started_at)]
+
+    def pulling(self) -> dict[str, set[str]]:
+        """Per model key, the nodes a running pull has not finished on."""
+        with self._lock:
+            ops = [op for op in self._ops.values() if not op.done]
+        out: dict[str, set[str]] = {}
+        for op in ops:
+            out.setdefault(op.model, set()).update(op.pending_nodes())
+        return out
 
     # -- pull ------------------------------------------------------------------------
 
-    def _known_size(self, key: str) -> int | None:
+    def known_size(self, key: str) -> int | None:
         for state in self.cluster.list_nodes():
             entry = state.available_models.get(key)
             if entry and entry.get("size"):
                 return int(entry["size"])
-        row = self.db.search_one(TABLE, {"name": key})
+        row = self.table.row(key)
         return int(row["size"]) if row and row.get("size") else None
 
-    def _plan_node(self, state: Any) -> PlanNode:
+    def plan_node(self, state: Any) -> PlanNode:
         free, total, mem = _capacity(state)
         return PlanNode(state.address, True, free, total, mem, _load(state))
 
@@ -46,7 +87,7 @@ class PullPlacement(TableSync):
         """(nodes that already have it, candidates ranked for a new copy)."""
         usable = self.cluster.healthy_nodes()
         holders = [s.address for s in usable if key in s.available_models]
-        nodes = [self._plan_node(s) for s in usable if s.address not in holders]
+        nodes = [self.plan_node(s) for s in usable if s.address not in holders]
         if size is None:
             ranked = [n for n in nodes if (n.disk_free or 0) > 0]
             ranked.sort(key=lambda n: (-(n.disk_free or 0), round(n.load, 2), n.address))
@@ -82,23 +123,24 @@ class PullPlacement(TableSync):
             if sum(1 for op in self._ops.values() if not op.done) >= self._max_operations:
                 raise RegistryBusyError("too many model pulls in progress")
         probe: tuple[str, Any, list[dict]] | None = None
-        size = self._known_size(key)
+        size = self.known_size(key)
+        found: tuple[str, Any, list[dict], int | None] | None
         if targets is None:
             holders, ranked = self._placement(key, size)
-            need = max(0, self.copies - len(holders))
+            need = max(0, self.state.copies - len(holders))
             if need and size is None and ranked:
-                probe = self._probe(ranked[0].address, model_name, insecure)
-                size = probe[3] if probe else None
-                if probe is not None and size is not None and not fits(
+                found = self._probe(ranked[0].address, model_name, insecure)
+                size = found[3] if found else None
+                if found is not None and size is not None and not fits(
                         ranked[0], size, ranked[0].disk_free, 0.0):
-                    probe[1].cancel()
-                    probe = None
+                    found[1].cancel()
+                    found = None
                     ranked = []
                 elif size is not None:
                     _, ranked = self._placement(key, size)
-                probe = probe[:3] if probe else None
+                probe = found[:3] if found else None
             targets = holders + [n.address for n in ranked[:need]]
-        op = PullOperation(key, model_name, targets, clock=self.clock)
+        op = PullOperation(key, model_name, targets, clock=self.state.clock)
         with self._lock:
             self._ops = {k: o for k, o in self._ops.items() if not o.done}
             self._ops[op.id] = op
@@ -122,14 +164,15 @@ class PullPlacement(TableSync):
         coordinator.start()
         return op
 
-    def _probe(self, address: str, name: str, insecure: bool):
+    def _probe(self, address: str, name: str, insecure: bool
+               ) -> tuple[str, Any, list[dict], int | None] | None:
         """Open the pull on the best node and read until the first layer total arrives."""
         try:
             stream = self.cluster.client(address).pull(
                 {"model": name, "stream": True, "insecure": insecure},
-                timeout=self.pull_timeout_s)
+                timeout=self.state.pull_timeout_s)
             first: list[dict] = []
-            deadline = time.monotonic() + self.probe_timeout_s
+            deadline = time.monotonic() + self.state.probe_timeout_s
             for record in stream:
                 first.append(record)
                 if record.get("total") or "error" in record or time.monotonic() > deadline:
@@ -145,7 +188,7 @@ class PullPlacement(TableSync):
         error: str | None = "pull cancelled"
         acquired = False
         try:
-            while not op.stop_event.is_set() and not self._stop.is_set():
+            while not op.stop_event.is_set() and not self.state.stop.is_set():
                 if self._slots.acquire(timeout=0.5):
                     acquired = True
                     break
@@ -156,7 +199,7 @@ class PullPlacement(TableSync):
             if stream is None:
                 stream = self.cluster.client(address).pull(
                     {"model": op.name, "stream": True, "insecure": insecure},
-                    timeout=self.pull_timeout_s)
+                    timeout=self.state.pull_timeout_s)
             op.register_stream(address, stream)
             error = "pull stream ended before success"
             for record in _chain(first, stream):
@@ -174,19 +217,30 @@ class PullPlacement(TableSync):
             op.node_finished(address, error)
 
     def _coordinate(self, op: PullOperation) -> None:
-        deadline = time.monotonic() + self.pull_timeout_s + 30.0
+        deadline = time.monotonic() + self.state.pull_timeout_s + 30.0
         while not op.join(1.0):
-            if time.monotonic() > deadline or self._stop.is_set():
+            if time.monotonic() > deadline or self.state.stop.is_set():
                 op.cancel()
                 op.join(5.0)
                 break
         outcome = op.outcome()
         try:
             # Record the model only where the node now lists it.
-            self._rebuild(self._poll_many(sorted(outcome)))
+            self.table_sync.rebuild(self.table_sync.poll_many(sorted(outcome)))
         except Exception:  # noqa: BLE001 - the table is rebuilt again by the sync job
             log.exception("registry update after pull %s failed", op.id)
         op.finish()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel running pulls and wait for their threads (bounded)."""
+        with self._lock:
+            ops = list(self._ops.values())
+        for op in ops:
+            op.cancel()
+        deadline = time.monotonic() + timeout
+        for op in ops:
+            op.join(max(0.0, deadline - time.monotonic()))
+
 
 def _chain(first: list[dict], stream: Any):
     yield from first

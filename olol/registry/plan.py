@@ -13,9 +13,13 @@ Rules:
   target is a usable node without the model where it fits with headroom: free disk
   minus the size stays above ``headroom_fraction`` of the disk, and the node's memory
   (RAM or VRAM) can hold it. Earlier adds of the same plan are charged to the node.
-* **remove** a copy that has not served a request for ``idle_s`` (or never), beyond
-  the minimum, never of a pinned model, never one loaded on that node, never the last
-  live copy, and never for a model the same plan adds copies to.
+* **remove** a copy that has been idle for ``idle_s``, beyond the minimum, never of a
+  pinned model, never one loaded on that node, never the last live copy, and never for
+  a model the same plan adds copies to. A copy's idle time counts from its last request
+  on that node or, when later (or when it never served one), from when the copy
+  appeared on the node (``node_first_seen_ts``: first listed there, or pulled there);
+  never from the epoch. A copy with no known appearance counts as just appeared, so a
+  copy pulled a moment ago is never proposed for removal.
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ class PlanModel:
     last_used_ts: float | None = None
     node_last_used_ts: dict[str, float] = field(default_factory=dict)
     pinned: bool = False
+    #: when the copy appeared on each node (seconds since the epoch)
+    node_first_seen_ts: dict[str, float] = field(default_factory=dict)
+
+    def idle_since(self, node: str, now: float) -> float:
+        """Since when the copy on ``node`` has been idle: its last request there, or
+        when it appeared there if that is later; ``now`` when neither is known."""
+        marks = [t for t in (self.node_last_used_ts.get(node),
+                             self.node_first_seen_ts.get(node)) if t is not None]
+        return max(marks) if marks else now
 
 
 @dataclass
@@ -102,14 +115,17 @@ def make_plan(models: list[PlanModel], nodes: list[PlanNode], policy: PlanPolicy
         if removable <= 0:
             continue
         idle = [a for a in live if a not in model.loaded_on and a not in model.pulling
-                and now - model.node_last_used_ts.get(a, float("-inf")) > policy.idle_s]
+                and now - model.idle_since(a, now) > policy.idle_s]
         idle.sort(key=lambda a: (free[a] if free[a] is not None else 0, a))
         for address in idle[:removable]:
             last = model.node_last_used_ts.get(address)
+            since = now - model.idle_since(address, now)
+            detail = (f"last used {since:.0f}s ago" if last is not None
+                      and last >= model.node_first_seen_ts.get(address, last)
+                      else f"never used since it appeared {since:.0f}s ago")
             actions.append({
                 "action": "remove", "model": model.name, "node": address,
-                "reason": (f"usage: unused on this node for > {policy.idle_s:g}s"
-                           f"{'' if last is not None else ' (never used)'}; "
+                "reason": (f"usage: unused on this node for > {policy.idle_s:g}s ({detail}); "
                            f"{len(live)} copies > minimum {max(wanted, policy.copies, 1)}"),
                 "size": model.size,
             })

@@ -185,6 +185,7 @@ class PullOperation:
                 if o.get("status") == "pending":
                     self._outcome[node] = {"error": error or "pull did not finish"}
             failed = {n: o["error"] for n, o in self._outcome.items() if "error" in o}
+            final: dict[str, Any]
             if error is None and not failed:
                 final = {"status": "success", "nodes": list(self.nodes)}
             else:

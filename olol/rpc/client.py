@@ -14,6 +14,7 @@ one place a ``grpc.StatusCode`` becomes an HTTP status.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +280,42 @@ class ForwardStream:
     close = cancel
 
 
+class StatusFuture:
+    """A status poll in flight (see :meth:`NodeClient.status_future`)."""
+
+    def __init__(self, future: Any) -> None:
+        self._future = future
+        self.started_at = time.monotonic()
+        #: ``time.monotonic()`` when the answer (or the failure) arrived
+        self.finished_at: float | None = None
+        future.add_done_callback(self._finished)
+
+    def _finished(self, _future: Any) -> None:
+        self.finished_at = time.monotonic()
+
+    @property
+    def latency_ms(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        return (end - self.started_at) * 1000.0
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> dict:
+        """The status dict; raises :class:`NodeError` (the call failed or its deadline
+        passed) or ``TimeoutError`` (still running after ``timeout`` seconds)."""
+        try:
+            reply = self._future.result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise TimeoutError("status poll still running") from None
+        except grpc.RpcError as exc:
+            raise node_error(exc) from None
+        return status_to_dict(reply)
+
+    def cancel(self) -> None:
+        self._future.cancel()
+
+
 class NodeClient:
     """Client of one node agent.
 
@@ -384,17 +421,22 @@ class NodeClient:
         ``aggregate`` as for :meth:`generate`."""
         return self._stream("Chat", body, timeout, raw, aggregate)
 
+    # Model commands: one path, the agent's ``RemoteModelCommand`` (see model_command).
+
     def pull(self, body: dict | bytes, timeout: float | None = None,
              raw: bool = False) -> NodeStream:
-        return self._stream("Pull", body, timeout, raw)
+        """``/api/pull`` with streamed progress, through ``RemoteModelCommand``."""
+        return self.model_command("pull", body, timeout, raw)
 
     def push(self, body: dict | bytes, timeout: float | None = None,
              raw: bool = False) -> NodeStream:
-        return self._stream("Push", body, timeout, raw)
+        """``/api/push`` with streamed progress, through ``RemoteModelCommand``."""
+        return self.model_command("push", body, timeout, raw)
 
     def create(self, body: dict | bytes, timeout: float | None = None,
                raw: bool = False) -> NodeStream:
-        return self._stream("Create", body, timeout, raw)
+        """``/api/create`` with streamed progress, through ``RemoteModelCommand``."""
+        return self.model_command("create", body, timeout, raw)
 
     def embed(self, body: dict | bytes, timeout: float | None = None) -> dict:
         return self._relay("Embed", body, timeout)
@@ -433,12 +475,23 @@ class NodeClient:
         return self._relay("Version", None, timeout)
 
     def copy(self, body: dict | bytes, timeout: float | None = None) -> dict:
-        """``/api/copy``; Ollama answers 200 with an empty body, returned as ``{}``."""
-        return self._relay("Copy", body, timeout)
+        """``/api/copy`` through ``RemoteModelCommand``; Ollama answers 200 with an
+        empty body, returned as ``{}``."""
+        return self._command_result("copy", body, timeout)
 
     def delete(self, body: dict | bytes, timeout: float | None = None) -> dict:
-        """``/api/delete``; Ollama answers 200 with an empty body, returned as ``{}``."""
-        return self._relay("Delete", body, timeout)
+        """``/api/delete`` through ``RemoteModelCommand``; Ollama answers 200 with an
+        empty body, returned as ``{}``."""
+        return self._command_result("delete", body, timeout)
+
+    def _command_result(self, action: str, body: dict | bytes, timeout: float | None) -> dict:
+        stream = self.model_command(action, body, self.timeout if timeout is None else timeout)
+        try:
+            for _ in stream:
+                pass  # one {"status": "success"} record; a failure raises NodeError
+        finally:
+            stream.cancel()
+        return {}
 
     def blob_exists(self, digest: str, timeout: float | None = None) -> bool:
         reply = self._unary(self._stub.BlobExists, node_pb2.BlobRef(digest=digest), timeout)
@@ -475,9 +528,26 @@ class NodeClient:
         )
         return status_to_dict(reply)
 
+    def status_future(self, timeout: float | None = None) -> StatusFuture:
+        """Start ``GetCompleteNodeStatus`` without waiting (no thread): a health sweep
+        asks every node at once; ``.result()`` gives :meth:`status`'s dict or raises
+        :class:`NodeError` (the deadline is ``timeout``)."""
+        future = self._stub.GetCompleteNodeStatus.future(
+            node_pb2.NodeStatusRequest(), timeout=self.timeout if timeout is None else timeout,
+            metadata=self._metadata,
+        )
+        return StatusFuture(future)
+
     def model_command(self, action: str, body: dict | bytes, timeout: float | None = None,
                       raw: bool = False) -> NodeStream:
-        """``RemoteModelCommand``: pull, push, delete, copy or create with streamed progress."""
+        """``RemoteModelCommand``: pull, push, delete, copy or create with streamed
+        progress. The coordinator's one path for model commands: :meth:`pull`,
+        :meth:`push`, :meth:`create`, :meth:`copy` and :meth:`delete` use it (the agent
+        still serves the older per-action calls, for older coordinators).
+
+        Pull, push and create stream Ollama's records; delete and copy answer one
+        ``{"status": "success"}`` record. A failure raises :class:`NodeError` from the
+        stream, with Ollama's message and HTTP status."""
         data, _ = _encode(body)
         call = self._stub.RemoteModelCommand(
             node_pb2.ModelCommandRequest(action=action, body=data), timeout=timeout,

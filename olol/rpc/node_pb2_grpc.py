@@ -146,7 +146,12 @@ class NodeAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Pull(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Model commands (Pull, Push, Create, Copy, Delete): deprecated. The coordinator
+        sends every model command through RemoteModelCommand, its one path; the agent
+        still serves these per-action calls, unchanged, so that a coordinator older
+        than the agent keeps working during a rolling upgrade. They will be removed
+        once no supported coordinator calls them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -231,7 +236,11 @@ class NodeAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoteModelCommand(self, request, context):
-        """pull, push, delete, copy, create with streamed progress.
+        """pull, push, delete, copy, create: the one path the coordinator uses for
+        model commands. pull, push and create stream Ollama's progress records as
+        they arrive; delete and copy answer one {"status":"success"} record. A
+        failure ends the call with Ollama's message and the x-ollama-status trailer,
+        like every other call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

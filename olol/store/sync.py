@@ -1,20 +1,36 @@
-"""``SyncManager`` (roadmap 2.2): RAM views of store tables, the store first.
+"""``SyncManager`` (roadmap 2.2): the one RAM view of the cluster's store tables.
 
-Components that read a table often (the scheduler reading ``servers``, the
-registry reading ``models``) keep a RAM view instead of querying the store.
+The proxy builds one ``SyncManager`` over ``servers`` and ``models`` at start-up and
+passes it to the :class:`~olol.cluster.ClusterManager` (membership, read by the
+scheduler through the cluster), the :class:`~olol.registry.ModelRegistry` (where every
+model lives) and the health monitor (the nodes' ``servers`` rows): they read these
+tables from its RAM view and write through it, instead of each keeping its own copy.
 Every write goes to the store first (durable when it returns), then to RAM;
 ``force_sync`` re-derives RAM from the store and reports what it corrected.
 The store always wins a disagreement.
+
+Lock order: a table's lock, then the store's lock. :meth:`SyncManager.transaction`
+takes the tables' locks before opening the store's transaction, so code holding a
+``db.transaction()`` must not call into the manager for a table it has not locked.
 """
 
 from __future__ import annotations
 
-import copy
+import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from olol.store.database import DatabaseManager, get_db
+import orjson
+
+from olol.store.database import DatabaseManager, Where, get_db
+
+log = logging.getLogger(__name__)
+
+
+def _copy(doc: dict) -> dict:
+    return orjson.loads(orjson.dumps(doc))
 
 
 class SyncManager:
@@ -65,14 +81,79 @@ class SyncManager:
             self._ram_cache.setdefault(table, {}).pop(doc_id, None)
             return removed
 
+    # -- writes by condition (store first, then RAM) -----------------------------------
+
+    def _refresh(self, table: str, ids: Iterable[int]) -> None:
+        # Caller holds the table's lock: RAM takes the store's rows of ``ids``.
+        cache = self._cached(table)
+        for doc_id in ids:
+            fresh = self.db.get(table, doc_id)
+            if fresh is None:
+                cache.pop(doc_id, None)
+            else:
+                cache[doc_id] = dict(fresh)
+
+    def _cached(self, table: str) -> dict[int, dict]:
+        # Caller holds the table's lock.
+        rows = self._ram_cache.get(table)
+        if rows is None:
+            rows = self._ram_cache[table] = {d.doc_id: dict(d) for d in self.db.all(table)}
+        return rows
+
+    def update_and_sync(self, table: str, fields: Mapping[str, Any], where: Where) -> list[int]:
+        """Set ``fields`` on the documents matching ``where``; their ids."""
+        with self._lock(table):
+            ids = self.db.update(table, fields, where)
+            self._refresh(table, ids)
+            return ids
+
+    def upsert_and_sync(self, table: str, data: Mapping[str, Any], where: Where) -> list[int]:
+        """Update the documents matching ``where`` with ``data``, or insert ``data``."""
+        with self._lock(table):
+            ids = self.db.upsert(table, data, where)
+            self._refresh(table, ids)
+            return ids
+
+    def remove_where_and_sync(self, table: str, where: Where) -> list[int]:
+        """Remove the documents matching ``where``; their ids."""
+        with self._lock(table):
+            ids = self.db.remove(table, where)
+            cache = self._cached(table)
+            for doc_id in ids:
+                cache.pop(doc_id, None)
+            return ids
+
+    @contextmanager
+    def transaction(self, tables: Iterable[str]) -> Iterator[SyncManager]:
+        """Group writes to ``tables`` (through this manager) and any other store writes
+        into one store transaction: all or none. The tables' locks are taken first (in
+        name order), then the store's; an exception rolls the store back and RAM is
+        re-derived from it."""
+        names = sorted(set(tables))
+        with ExitStack() as stack:
+            for name in names:
+                stack.enter_context(self._lock(name))
+            try:
+                with self.db.transaction():
+                    yield self
+            except BaseException:
+                for name in names:
+                    self._ram_cache[name] = {d.doc_id: dict(d) for d in self.db.all(name)}
+                raise
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def read_one(self, table: str, query: Callable[[Mapping], bool] | Mapping) -> dict | None:
+        """A copy of the first RAM row of ``table`` matching ``query`` (None: none)."""
+        rows = self.read_from_ram(table, query)
+        return rows[0] if rows else None
+
     def read_from_ram(
         self, table: str, query: Callable[[Mapping], bool] | Mapping | None = None
     ) -> list[dict]:
         """Copies of the RAM rows of ``table`` (matching ``query`` when given)."""
         with self._lock(table):
-            if table not in self._ram_cache:
-                self._ram_cache[table] = {doc.doc_id: dict(doc) for doc in self.db.all(table)}
-            rows = self._ram_cache[table]
+            rows = self._cached(table)
             if query is None:
                 match: Callable[[Mapping], bool] = lambda doc: True  # noqa: E731
             elif isinstance(query, Mapping):
@@ -80,9 +161,7 @@ class SyncManager:
                 match = lambda doc: all(doc.get(k) == v for k, v in items)  # noqa: E731
             else:
                 match = query
-            return [
-                {**copy.deepcopy(doc), "doc_id": i} for i, doc in rows.items() if match(doc)
-            ]
+            return [{**_copy(doc), "doc_id": i} for i, doc in rows.items() if match(doc)]
 
     def force_sync(self, table: str | None = None) -> dict[str, dict[str, int]]:
         """Re-derive RAM from the store; per table, how many rows were added, removed, changed."""
@@ -96,4 +175,6 @@ class SyncManager:
                 changed = sum(1 for i in truth if i in ram and ram[i] != truth[i])
                 self._ram_cache[name] = truth
                 report[name] = {"added": added, "removed": removed, "changed": changed}
+                if added or removed or changed:
+                    log.info("RAM view of %s corrected from the store: %s", name, report[name])
         return report

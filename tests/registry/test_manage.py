@@ -60,6 +60,7 @@ def test_apply_runs_the_plan_and_rechecks_safety(make_cluster):
     d = c.add("all-minilm", disk=5 * GB)
     reg = c.registry(policy=PlanPolicy(hot_usage=10))
     reg.synchronize_models()
+    c.clock.advance(8 * 24 * 3600.0)  # the copies appeared a week and a day ago
     for _ in range(20):
         reg.note_usage("qwen3:0.6b", a.address)
     reg.note_usage("all-minilm", d.address)

@@ -31,8 +31,10 @@ def _offline_client(address):
     raise AssertionError("the planner must not call nodes")
 
 
-def build(nodes: dict[str, dict], *, order=None, copies=1, pinned=(), usage=(), **policy):
-    """A registry over synthetic node states (no network)."""
+def build(nodes: dict[str, dict], *, order=None, copies=1, pinned=(), usage=(), age=0.0,
+          **policy):
+    """A registry over synthetic node states (no network); the copies appeared ``age``
+    seconds before the usage is counted."""
     clock = FakeClock()
     db = DatabaseManager.memory(clock=clock)
     cluster = ClusterManager(db, clock=clock, client_factory=_offline_client)
@@ -42,6 +44,7 @@ def build(nodes: dict[str, dict], *, order=None, copies=1, pinned=(), usage=(), 
     reg = ModelRegistry(cluster, db, clock=clock, copies=copies, pinned=pinned,
                         policy=PlanPolicy(**policy))
     reg.synchronize_models(refresh=False)
+    clock.advance(age)
     for model, node, count in usage:
         for _ in range(count):
             reg.note_usage(model, node)
@@ -69,9 +72,9 @@ NODES = {
 
 def test_plan_is_deterministic_and_changes_nothing():
     usage = [("hot", "10.0.0.1:5000", 150)]
-    reg1, clock = build(NODES, pinned=["pin"], usage=usage, hot_usage=100)
+    reg1, clock = build(NODES, pinned=["pin"], usage=usage, hot_usage=100, age=8 * DAY)
     reg2, _ = build(NODES, order=sorted(NODES, reverse=True), pinned=["pin"], usage=usage,
-                    hot_usage=100)
+                    hot_usage=100, age=8 * DAY)
     before = reg1.db.all("models")
     plan1 = reg1.optimize_model_distribution()
     assert plan1 == reg1.optimize_model_distribution() == reg2.optimize_model_distribution()
@@ -92,7 +95,7 @@ def test_plan_is_deterministic_and_changes_nothing():
 
 
 def test_recently_used_copies_are_kept():
-    reg, clock = build(NODES, usage=[("cold", "10.0.0.3:5000", 1)])
+    reg, clock = build(NODES, usage=[("cold", "10.0.0.3:5000", 1)], age=8 * DAY)
     plan = reg.optimize_model_distribution()
     removed = {a["node"] for a in plan["actions"] if a["model"] == "cold:latest"}
     assert removed == {"10.0.0.1:5000", "10.0.0.2:5000"}
