@@ -353,6 +353,7 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         if first is None or not _DIGEST_RE.match(first.digest):
             digest = first.digest if first is not None else ""
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f'invalid digest "{digest}"', 400)
+        assert first is not None  # _abort ended the call otherwise
 
         def chunks() -> Iterator[bytes]:
             if first.data:
