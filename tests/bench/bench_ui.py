@@ -56,7 +56,12 @@ def _status(i: int) -> dict:
 
 
 def build_ctx() -> ProxyContext:
-    clock = time.time
+    # the copies appeared a month ago: the optimiser has idle ones to propose removing
+    now_ts = [time.time() - 30 * 86400]
+
+    def clock() -> float:
+        return now_ts[0]
+
     db = DatabaseManager.memory(clock=clock)
     queue = QueueManager(db, clock=clock, max_depth=100_000, max_depth_per_model=100_000)
     queue.recover()
@@ -67,6 +72,7 @@ def build_ctx() -> ProxyContext:
         cluster.record_poll(address, _status(i), 2.0 + i % 7)
     registry = ModelRegistry(cluster, db, clock=clock)
     registry.synchronize_models(refresh=False)
+    now_ts[0] = time.time()
     for n in range(500):
         queue.enqueue({"kind": "sync", "api": "ollama", "endpoint": "chat",
                        "model": f"model{n % MODELS}:7b", "priority": n % 3, "body": {}},
