@@ -47,19 +47,25 @@ def color_scheme(driver: Any, scheme: str) -> None:
 
 def log_in(driver: Any, base: str, key: str, view: str = "nodes") -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{base}/olol/ui/{view}")
     driver.find_element(By.ID, "key").send_keys(key)
-    page = driver.find_element(By.TAG_NAME, "html")
+    # a mark on this document's window: the next document's window has none
+    driver.execute_script("window.__ololBeforeLogIn = true")
     driver.find_element(By.ID, "login").click()
-    # the click only starts the form's POST: wait until its answer replaced the page
-    WebDriverWait(driver, 20, poll_frequency=0.05).until(ec.staleness_of(page),
-                                                         "the log-in answer")
-    WebDriverWait(driver, 20, poll_frequency=0.05).until(
-        lambda d: d.execute_script("return document.readyState") == "complete",
-        "the page after log-in")
+
+    def answered(d: Any) -> bool:
+        # the click only starts the form's POST: wait until its answer replaced the page
+        try:
+            return bool(d.execute_script(
+                "return window.__ololBeforeLogIn === undefined"
+                " && document.readyState === 'complete'"))
+        except WebDriverException:  # between two documents
+            return False
+
+    WebDriverWait(driver, 20, poll_frequency=0.05).until(answered, "the page after log-in")
 
 
 def wait_for(driver: Any, predicate: Any, timeout: float = 20.0, what: str = "") -> Any:
