@@ -705,7 +705,8 @@ class Dispatcher:
         if relay is not None:
             relay.abandon("cancelled")
             return
-        if stream is None or not all(self.queue.is_cancelled(rid) for rid in ids):
+        if stream is None or batch_id is None or not all(
+                self.queue.is_cancelled(rid) for rid in ids):
             return
         with self._running_lock:
             self._cancelled.add(batch_id)
