@@ -100,8 +100,8 @@ class ClusterSnapshot:
     outliers: Mapping[str, OutlierView] = field(default_factory=dict)
     sessions: Mapping[str, str] = field(default_factory=dict)
 
-    def index(self) -> _Index:
-        return _Index(self)
+    def index(self, wanted: Iterable[str] = ()) -> _Index:
+        return _Index(self, wanted)
 
 
 @dataclass(frozen=True)
@@ -178,17 +178,40 @@ class Outcome:
 
 
 class _Index:
-    """Per-call memo over a snapshot: nodes by model, resident sets."""
+    """Per-call memo over a snapshot: nodes by model (one pass over the nodes for
+    the models the queue wants), resident sets."""
 
-    def __init__(self, snap: ClusterSnapshot) -> None:
+    # models looked up one scan each before one pass builds the index for the rest
+    LAZY = 8
+
+    def __init__(self, snap: ClusterSnapshot, wanted: Iterable[str] = ()) -> None:
         self.snap = snap
+        self._wanted = set(wanted)
         self._holders: dict[str, list[NodeView]] = {}
         self._known: dict[str, bool] = {}
         self._resident: dict[str, dict[str, float]] = {}
-        self.by_address = {n.address: n for n in snap.nodes}
+
+    def _build(self) -> None:
+        rest = self._wanted - self._holders.keys()
+        holders: dict[str, list[NodeView]] = {m: [] for m in rest}
+        known = dict.fromkeys(rest, False)
+        if holders:
+            for n in self.snap.nodes:
+                avail = n.available
+                # iterate the smaller side: a node's models or the wanted ones
+                for m in (avail if len(avail) < len(holders) else holders):
+                    if m in holders and m in avail:
+                        known[m] = True
+                        if n.usable:
+                            holders[m].append(n)
+        self._holders.update(holders)
+        self._known.update(known)
 
     def holders(self, model: str) -> list[NodeView]:
         got = self._holders.get(model)
+        if got is None and len(self._holders) >= self.LAZY and model in self._wanted:
+            self._build()
+            got = self._holders.get(model)
         if got is None:
             got = self._holders[model] = [n for n in self.snap.nodes
                                           if n.usable and model in n.available]
@@ -211,7 +234,6 @@ class _Index:
         busy[model] = busy.get(model, 0) + 1
         resident = tuple((m, t) for m, t in node.resident if m != model) + ((model, now),)
         new = replace(node, busy=busy, resident=resident)
-        self.by_address[node.address] = new
         self._resident.pop(node.address, None)
         for lst in self._holders.values():
             for i, n in enumerate(lst):
@@ -229,7 +251,7 @@ def place(snapshot: ClusterSnapshot, queue: QueueSummary, now: float,
     that request id. Groups whose model no node has (usable or not) are returned
     as ``unplaceable``.
     """
-    idx = snapshot.index()
+    idx = snapshot.index({g.model_key for g in queue.groups})
     demand = queue.demand
     decisions: list[Decision] = []
     unplaceable: list[WorkGroup] = []
@@ -270,7 +292,10 @@ def _headroom(n: NodeView) -> tuple:
 def _choose(idx: _Index, group: WorkGroup, demand: Mapping[str, int], now: float,
             policy: Policy, rr: int) -> NodeView | None:
     model = group.model_key
-    nodes = _outlier_filter(idx.holders(model), model,
+    holders = idx.holders(model)
+    if not any(_free(n, model) for n in holders):
+        return None  # every way below needs a free slot on a node that has the model
+    nodes = _outlier_filter(holders, model,
                             idx.snap.outliers.get(model, NO_OUTLIERS), group.avoid)
     if not nodes:
         return None  # ejected, or one call at a time: wait

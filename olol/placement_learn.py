@@ -43,6 +43,7 @@ class Timings:
             "load": {}, "service": {}, "rate": {}}  # kind -> node -> model -> value
         self._means: dict[str, dict[str, float]] | None = None
         self._views: dict[str, tuple[Mapping[str, float], Mapping[str, float]]] = {}
+        self.version = 0  # bumped by every note (views of nodes are cached until then)
 
     def note(self, node: str, model: str, record: Any) -> None:
         """A call of ``model`` on ``node`` ended with ``record`` (its final record)."""
@@ -74,6 +75,7 @@ class Timings:
                 table.get(n, {}).pop(m, None)
         self._means = None
         self._views.clear()
+        self.version += 1
 
     def _get(self, kind: str, node: str, model: str) -> float | None:
         with self._lock:

@@ -30,6 +30,7 @@ from olol.placement import (
     STRATEGIES,
     ClusterSnapshot,
     NodeView,
+    Outcome,
     OutlierView,
     Policy,
     QueueSummary,
@@ -101,6 +102,9 @@ class RequestScheduler:
         self.timings = Timings()
         self._lock = threading.Lock()
         self._busy: dict[str, Counter[str]] = {}  # node -> model -> node calls in flight
+        self._busy_models: Counter[str] = Counter()  # model -> node calls in flight
+        self._node_ver: Counter[str] = Counter()  # node -> changes to what we hold there
+        self._views: dict[str, tuple[tuple, NodeView]] = {}  # node -> (what it was made of, view)
         self._used: dict[str, dict[str, float]] = {}  # node -> model -> last sent (our clock)
         self._capacity: dict[str, int] = {}  # node -> most models its polls showed at once
         self._sessions: OrderedDict[str, str] = OrderedDict()
@@ -114,9 +118,24 @@ class RequestScheduler:
                       default_service_s=self.default_service_s, rr_start=next(self._rr))
 
     def _node_view(self, node: Any) -> NodeView:
-        """One node as placement sees it. Caller holds the lock."""
+        """One node as placement sees it, reused while nothing it is made of changed
+        (its last poll, resident models, our reservations, learned times). Caller
+        holds the lock."""
         addr = node.address
         loaded: Mapping[str, dict] = node.loaded_models or {}
+        key = (node.last_check, tuple(loaded), node.parallel, node.cpu_load, node.vram_free,
+               self._node_ver.get(addr, 0), self.timings.version)
+        cached = self._views.get(addr)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        view = self._make_view(node, loaded)
+        if len(self._views) > 65_536:
+            self._views.clear()
+        self._views[addr] = (key, view)
+        return view
+
+    def _make_view(self, node: Any, loaded: Mapping[str, dict]) -> NodeView:
+        addr = node.address
         polled = sum(1 for v in loaded.values() if not (isinstance(v, dict) and v.get("_noted")))
         cap = self._capacity.get(addr, 1)
         if polled > cap:
@@ -143,7 +162,11 @@ class RequestScheduler:
         Caller holds the lock."""
         views = [self._node_view(n) for n in healthy]
         seen = {n.address for n in healthy}
-        missing = {m for m in models if not any(m in v.available for v in views)}
+        missing = set(models)
+        for v in views:
+            if not missing:
+                break
+            missing -= v.available
         if missing:
             for n in self.cluster_manager.list_nodes():
                 if n.address not in seen:
@@ -185,8 +208,7 @@ class RequestScheduler:
         order = {r["id"]: i for i, r in enumerate(window)}
         work.sort(key=lambda hw: order[hw[0]["id"]])
         demand: Counter[str] = Counter(r["model_key"] for r in window)
-        for busy in self._busy.values():
-            demand.update(busy)
+        demand.update(self._busy_models)
         return QueueSummary(tuple(w for _, w in work), demand)
 
     # ------------------------------------------------------------ placement
@@ -241,20 +263,11 @@ class RequestScheduler:
         slot; the durable claim in the queue happens outside it, so one claim's
         fsync never holds up other dispatcher threads.
         """
-        window = self.queue_manager.peek_summaries(self.lookahead)
-        if not window:
+        got = self._decide(only, now, reserve=True)
+        if got is None:
             return None
-        groups = self.queue_manager.batch_similar_requests(limit=self.lookahead)
-        healthy = self.cluster_manager.healthy_nodes()  # one look at the cluster per pass
-        models = {r["model_key"] for r in window}
-        with self._lock:
-            summary = self._summary(window, groups)
-            snap = self._snapshot(healthy, models)
-            now = self.clock() if now is None else now
-            out = place(snap, summary, now, self._policy(), only=only)
-            decision = out.decisions[0] if out.decisions else None
-            if decision is not None:
-                self._reserve(decision.node, decision.model_key, +1)
+        out, now = got
+        decision = out.decisions[0] if out.decisions else None
         for group in out.unplaceable:
             self._unplaceable([rid for u in group.units for rid in u.ids])
         if decision is None:
@@ -271,6 +284,7 @@ class RequestScheduler:
         self.cluster_manager.note_loaded(node, model)
         with self._lock:
             self._used.setdefault(node, {})[model] = now
+            self._node_ver[node] += 1
             head = next((r for r in claimed if r["id"] == decision.ids[0]), claimed[0])
             session = head.get("session")
             if session and self.strategy == "smart":
@@ -283,6 +297,30 @@ class RequestScheduler:
         return Assignment(node=node, requests=claimed, model_key=model,
                           batch_id=batch_id, mode=mode, cold=decision.cold)
 
+    def plan_next(self, now: float | None = None) -> Outcome | None:
+        """What placement would decide now, claiming and reserving nothing (None: the
+        queue is empty). For explanations and benchmarks."""
+        got = self._decide(None, now, reserve=False)
+        return got[0] if got is not None else None
+
+    def _decide(self, only: str | None, now: float | None,
+                *, reserve: bool) -> tuple[Outcome, float] | None:
+        window = self.queue_manager.peek_summaries(self.lookahead)
+        if not window:
+            return None
+        groups = self.queue_manager.batch_similar_requests(limit=self.lookahead)
+        healthy = self.cluster_manager.healthy_nodes()  # one look at the cluster per pass
+        models = {r["model_key"] for r in window}
+        with self._lock:
+            summary = self._summary(window, groups)
+            snap = self._snapshot(healthy, models)
+            now = self.clock() if now is None else now
+            out = place(snap, summary, now, self._policy(), only=only)
+            if reserve and out.decisions:
+                d = out.decisions[0]
+                self._reserve(d.node, d.model_key, +1)
+        return out, now
+
     def _unplaceable(self, ids: list[str]) -> None:
         for r in self.queue_manager.dequeue(len(ids), ids=ids):
             if self.on_unplaceable is not None:
@@ -290,6 +328,10 @@ class RequestScheduler:
 
     def _reserve(self, node: str, model_key: str, delta: int) -> None:
         """Count one node call (a slot) in or out. Caller holds the lock."""
+        self._node_ver[node] += 1
+        self._busy_models[model_key] += delta
+        if self._busy_models[model_key] <= 0:
+            del self._busy_models[model_key]
         busy = self._busy.setdefault(node, Counter())
         busy[model_key] += delta
         if busy[model_key] <= 0:
@@ -314,6 +356,7 @@ class RequestScheduler:
         self.cluster_manager.mark_suspect(server_address, reason)
         with self._lock:
             self._used.pop(server_address, None)
+            self._node_ver[server_address] += 1
             for session, addr in list(self._sessions.items()):
                 if addr == server_address:
                     del self._sessions[session]
