@@ -190,6 +190,7 @@ class _Index:
         self._holders: dict[str, list[NodeView]] = {}
         self._known: dict[str, bool] = {}
         self._resident: dict[str, dict[str, float]] = {}
+        self._placed: dict[str, NodeView] = {}  # nodes as updated by this call's decisions
 
     def _build(self) -> None:
         rest = self._wanted - self._holders.keys()
@@ -203,7 +204,7 @@ class _Index:
                     if m in holders and m in avail:
                         known[m] = True
                         if n.usable:
-                            holders[m].append(n)
+                            holders[m].append(self._placed.get(n.address, n))
         self._holders.update(holders)
         self._known.update(known)
 
@@ -213,7 +214,7 @@ class _Index:
             self._build()
             got = self._holders.get(model)
         if got is None:
-            got = self._holders[model] = [n for n in self.snap.nodes
+            got = self._holders[model] = [self._placed.get(n.address, n) for n in self.snap.nodes
                                           if n.usable and model in n.available]
             self._known[model] = bool(got) or any(model in n.available for n in self.snap.nodes)
         return got
@@ -234,6 +235,7 @@ class _Index:
         busy[model] = busy.get(model, 0) + 1
         resident = tuple((m, t) for m, t in node.resident if m != model) + ((model, now),)
         new = replace(node, busy=busy, resident=resident)
+        self._placed[node.address] = new
         self._resident.pop(node.address, None)
         for lst in self._holders.values():
             for i, n in enumerate(lst):

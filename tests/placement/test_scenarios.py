@@ -232,3 +232,11 @@ def test_256_nodes_and_64_models():
     for d in out.decisions:
         k = int(d.model_key[1:])
         assert d.node == f"n{4 * k + k % 4:03d}" and not d.cold
+
+
+def test_a_decision_counts_for_models_looked_up_after_it():
+    """n1 (one slot) takes model a; model b, also on n1, is looked up after that
+    decision and must see n1 busy."""
+    nodes = [node("n1", has=["a", "b"], loaded=["a"]), node("n2", loaded=["b"], busy={"b": 1})]
+    out = run(nodes, [group("a", "r1"), group("b", "r2", age=60.0)], limit=2)
+    assert shown(out) == ["n1 <- r1"]
