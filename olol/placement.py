@@ -333,8 +333,10 @@ def _choose(idx: _Index, group: WorkGroup, demand: Mapping[str, int], now: float
     idle = [n for n in nodes
             if n not in loaded and n.in_flight == 0 and displaced(n) == 0]
     if loaded:
-        if idle and _worth_spreading(loaded, idle, demand.get(model, 0), model, policy):
-            return min(idle, key=lambda n: _eviction_key(idx, n))
+        if idle:
+            target = min(idle, key=lambda n: _eviction_key(idx, n))
+            if _worth_spreading(idx, loaded, target, demand.get(model, 0), model, policy):
+                return target
         return None
     if idle:
         return min(idle, key=lambda n: _eviction_key(idx, n))
@@ -348,20 +350,25 @@ def _choose(idx: _Index, group: WorkGroup, demand: Mapping[str, int], now: float
     return best if waited >= policy.patience_s else None
 
 
-def _worth_spreading(loaded: list[NodeView], idle: list[NodeView], demand: int, model: str,
-                     policy: Policy) -> bool:
-    """Whether loading another copy beats waiting for the nodes that have it: demand
-    above ``spread_factor`` times their slots, and the backlog's wait shortened by
-    more than the copy's load time."""
+def _worth_spreading(idx: _Index, loaded: list[NodeView], target: NodeView, demand: int,
+                     model: str, policy: Policy) -> bool:
+    """Whether loading another copy on ``target`` beats waiting for the nodes that have
+    it: demand above ``spread_factor`` times their slots, and the backlog's wait
+    shortened by more than what the copy costs: its load, plus the reload of the
+    model it evicts when no other node keeps that one resident."""
     capacity = sum(_slots(n) for n in loaded)
     if demand <= policy.spread_factor * capacity:
         return False
     service = min(n.service_s.get(model, policy.default_service_s) for n in loaded)
-    target = min(idle, key=lambda n: n.load_s.get(model, policy.default_load_s))
-    load = target.load_s.get(model, policy.default_load_s)
-    extra = _slots(target)
-    saved = demand * service * (1.0 / capacity - 1.0 / (capacity + extra))
-    return saved > load
+    cost = target.load_s.get(model, policy.default_load_s)
+    res = idx.resident(target)
+    if res and len(res) >= max(1, target.capacity):
+        evicted = min(res, key=lambda m: res[m])
+        if not any(n is not target and evicted in idx.resident(n)
+                   for n in idx.holders(evicted)):
+            cost += target.load_s.get(evicted, policy.default_load_s)
+    saved = demand * service * (1.0 / capacity - 1.0 / (capacity + _slots(target)))
+    return saved > cost
 
 
 def _eviction_key(idx: _Index, n: NodeView) -> tuple:

@@ -145,6 +145,13 @@ class RequestScheduler:
         resident = {m: used.get(m, 0.0) for m in loaded}
         for m in busy:  # a model still loading does not show in /api/ps yet
             resident.setdefault(m, used.get(m, 0.0))
+        # A poll replaces the cluster's notes with the node's /api/ps, which may have
+        # been read before a model we sent there finished loading: what we sent since
+        # about the poll stays resident until a later poll says otherwise.
+        since = (node.last_check or 0.0) - 1.0
+        for m, t in used.items():
+            if t >= since:
+                resident.setdefault(m, t)
         load_s, service_s = self.timings.for_node(addr)
         return NodeView(
             address=addr, slots=max(1, int(getattr(node, "parallel", 1) or 1)),

@@ -90,3 +90,22 @@ def test_a_failed_node_loses_its_sessions_and_is_suspect(rig):
     assert r.cluster.node(a.node).suspect
     r.submit("s2", session="abc")
     assert r.scheduler.schedule_next_batch().node != a.node
+
+
+def test_a_poll_read_before_a_load_ended_does_not_undo_it(rig):
+    r = rig(("n1:1", "n2:1"))
+    for a in ("n1:1", "n2:1"):
+        r.cluster.record_poll(a, status(models=(MODEL, OTHER)), 1.0)
+    r.submit("a1")
+    first = r.scheduler.schedule_next_batch()
+    r.scheduler.release(first)
+    # the node's /api/ps was read while the model was still loading: it shows nothing
+    r.cluster.record_poll(first.node, status(models=(MODEL, OTHER), loaded=()), 1.0)
+    r.submit("b1", model=OTHER)
+    assert r.scheduler.schedule_next_batch().node != first.node
+    # a later poll that still shows nothing is believed
+    r.clock.advance(5.0)
+    r.cluster.record_poll(first.node, status(models=(MODEL, OTHER), loaded=()), 1.0)
+    r.submit("a2")
+    again = r.scheduler.schedule_next_batch()
+    assert again.node == first.node and again.cold

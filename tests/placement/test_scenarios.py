@@ -240,3 +240,19 @@ def test_a_decision_counts_for_models_looked_up_after_it():
     nodes = [node("n1", has=["a", "b"], loaded=["a"]), node("n2", loaded=["b"], busy={"b": 1})]
     out = run(nodes, [group("a", "r1"), group("b", "r2", age=60.0)], limit=2)
     assert shown(out) == ["n1 <- r1"]
+
+
+def test_a_second_copy_that_evicts_the_only_copy_of_another_model_pays_for_its_reload():
+    """9 requests for a (1 s calls) on one busy 1-slot node: a second copy saves
+    9 * 1 * (1 - 1/2) = 4.5 s. On an empty node it costs one load (4 s): worth it;
+    on a node holding the only copy of b it costs two (8 s): not worth it; when
+    another node also keeps b, one again."""
+    busy_a = node("n1", loaded=["a"], busy={"a": 1}, service_s={"a": 1.0})
+    queue = [group("a", *[f"r{i}" for i in range(9)])]
+    demand = {"a": 10, "b": 0}
+    empty = node("n2", has=["a", "b"], load_s={"a": 4.0, "b": 4.0})
+    assert shown(run([busy_a, empty], queue, demand=demand)) == ["n2 <- r0"]
+    only_b = node("n2", has=["a"], loaded=["b"], load_s={"a": 4.0, "b": 4.0})
+    assert shown(run([busy_a, only_b], queue, demand=demand)) == []
+    other_b = node("n3", loaded=["b"])
+    assert shown(run([busy_a, only_b, other_b], queue, demand=demand)) == ["n2 <- r0"]
