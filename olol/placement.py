@@ -74,6 +74,10 @@ class NodeView:
     load_s: Mapping[str, float] = field(default_factory=dict)
     service_s: Mapping[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.slots < 1:  # a node always has at least one slot
+            object.__setattr__(self, "slots", 1)
+
     @property
     def in_flight(self) -> int:
         return sum(self.busy.values())
@@ -280,11 +284,11 @@ def place(snapshot: ClusterSnapshot, queue: QueueSummary, now: float,
 
 
 def _slots(n: NodeView) -> int:
-    return max(1, n.slots)
+    return n.slots
 
 
 def _free(n: NodeView, model: str) -> bool:
-    return n.busy.get(model, 0) < _slots(n)
+    return n.busy.get(model, 0) < n.slots
 
 
 def _headroom(n: NodeView) -> tuple:
@@ -295,7 +299,7 @@ def _choose(idx: _Index, group: WorkGroup, demand: Mapping[str, int], now: float
             policy: Policy, rr: int) -> NodeView | None:
     model = group.model_key
     holders = idx.holders(model)
-    if not any(_free(n, model) for n in holders):
+    if not any(n.busy.get(model, 0) < n.slots for n in holders):
         return None  # every way below needs a free slot on a node that has the model
     nodes = _outlier_filter(holders, model,
                             idx.snap.outliers.get(model, NO_OUTLIERS), group.avoid)

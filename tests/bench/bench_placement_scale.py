@@ -123,6 +123,15 @@ def main(quick: bool = False) -> str:
     big = rows[-1]
     worst_pure = max(big["idle"]["pure_p99"], big["saturated"]["pure_p99"])
     worst_whole = max(big["idle"]["whole_p99"], big["saturated"]["whole_p99"])
+    h = build(256)
+    try:
+        copy = timed(h[1].healthy_nodes, samples)
+    finally:
+        h[0].close()
+    lines.append(f"Of the whole decision at 256 nodes, `ClusterManager.healthy_nodes()` (a copy of "
+                 f"every node's state) takes {pct(copy, .5) * 1e3:.3f} ms p50, "
+                 f"{pct(copy, .99) * 1e3:.3f} ms p99.")
+    lines.append("")
     lines.append(bars_table([
         ("256 nodes: place() p99 <= 1 ms", f"{worst_pure:.3f} ms", worst_pure <= 1.0),
         ("256 nodes: whole decision p99 <= 1 ms", f"{worst_whole:.3f} ms", worst_whole <= 1.0),
