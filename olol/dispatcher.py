@@ -168,10 +168,10 @@ class Dispatcher:
     def stop(self, grace_s: float = 30.0) -> bool:
         """Stop claiming, let running work finish within grace_s; True if all finished."""
         self._claiming.clear()
-        deadline = time.monotonic() + grace_s
+        deadline = self.monotonic() + grace_s
         with self._active_lock:
-            while self._active and time.monotonic() < deadline:
-                self._active_lock.wait(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            while self._active and self.monotonic() < deadline:
+                self._active_lock.wait(timeout=min(0.5, max(0.01, deadline - self.monotonic())))
             finished = self._active == 0
         if not finished:
             for stream in list(self._running.values()):
@@ -182,8 +182,26 @@ class Dispatcher:
         self._stop.set()
         self.queue.notify()
         for t in self._threads:
-            t.join(timeout=max(0.1, deadline - time.monotonic()) + 5)
+            t.join(timeout=max(0.1, deadline - self.monotonic()) + 5)
         return finished
+
+    def tick(self, now: float | None = None) -> Assignment | None:
+        """One step of a dispatcher thread: claim the next batch placement assigns
+        (at ``now`` on the dispatcher's clock, by default its current value) and run
+        it in the calling thread. Returns the assignment it ran (its outcome is in
+        the queue and the hub), or None when nothing could be placed now or the
+        dispatcher is stopping. Threads call it in a loop; tests call it directly.
+
+        :raises Exception: whatever placement raised (nothing was claimed then).
+        """
+        if not self._claiming.is_set() or self._stop.is_set():
+            return None
+        assignment = self.scheduler.schedule_next_batch(
+            now=self.clock() if now is None else now)
+        if assignment is None:
+            return None
+        self._run_claimed(assignment)
+        return assignment
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -191,15 +209,13 @@ class Dispatcher:
                 self._stop.wait(0.2)
                 continue
             try:
-                assignment = self.scheduler.schedule_next_batch()
+                assignment = self.tick(self.clock())
             except Exception:
                 log.exception("scheduling failed")
                 self._stop.wait(0.5)
                 continue
             if assignment is None:
                 self.queue.wait_for_work(timeout=self.idle_wait_s)
-                continue
-            self._run_claimed(assignment)
 
     def _run_claimed(self, assignment: Assignment) -> None:
         with self._active_lock:
@@ -246,7 +262,7 @@ class Dispatcher:
         if not self.queue.is_next(request_id):
             return False
         try:
-            assignment = self.scheduler.schedule_next_batch(only=request_id)
+            assignment = self.scheduler.schedule_next_batch(only=request_id, now=self.clock())
         except Exception:
             log.exception("scheduling request %s failed", request_id)
             return False
@@ -320,6 +336,7 @@ class Dispatcher:
                 resp = call(head["body"], timeout=self.request_timeout_s)
                 for req in a.requests:
                     self._finish(req, resp)
+                final = resp
             elif head["endpoint"] == passthrough.PASSTHROUGH:  # a route olol does not know
                 return passthrough.run(self, client, a, started_ts)
             elif self._can_relay(a):
@@ -349,8 +366,10 @@ class Dispatcher:
             self._settle_attempts(req["id"], succeeded=True)
         self.cluster.record_success(a.node, a.model_key)
         self.cluster.note_loaded(a.node, a.model_key)
-        if a.cold and final is not None:
-            self.load_times.note(a.model_key, final)
+        if final is not None:
+            self.scheduler.learn(a.node, a.model_key, final)
+            if a.cold:
+                self.load_times.note(a.model_key, final)
         if self.stats is not None:
             latency_ms = (self.clock() - started_ts) * 1000
             for req in a.requests:
@@ -600,16 +619,16 @@ class Dispatcher:
         delivered = False  # output reached a synchronous caller
         # when the first record went to the callers (a carried-over answer's came earlier)
         first_ts: float | None = None
-        next_refresh = time.monotonic() + self.lease_refresh_s
+        next_refresh = self.monotonic() + self.lease_refresh_s
         try:
             for record in stream:
                 if first_ts is None and head.get("stream") and resume is None:
                     first_ts = self.clock()
-                if time.monotonic() >= next_refresh:
+                if self.monotonic() >= next_refresh:
                     # a long generation keeps its claim: the lease must not run out
                     for req in waiting:
                         self.queue.extend_lease(req["id"])
-                    next_refresh = time.monotonic() + self.lease_refresh_s
+                    next_refresh = self.monotonic() + self.lease_refresh_s
                 done = bool(record.get("done")) or stream.done
                 if "error" in record and not done:
                     raise NodeError(None, str(record["error"]), 500, mid_stream=delivered)  # type: ignore[arg-type]
@@ -686,7 +705,8 @@ class Dispatcher:
         if relay is not None:
             relay.abandon("cancelled")
             return
-        if stream is None or not all(self.queue.is_cancelled(rid) for rid in ids):
+        if stream is None or batch_id is None or not all(
+                self.queue.is_cancelled(rid) for rid in ids):
             return
         with self._running_lock:
             self._cancelled.add(batch_id)

@@ -1,28 +1,17 @@
 """``RequestScheduler`` (roadmap 4.3): which pending work runs next, and where.
 
-The scheduler looks ahead in the queue (``QueueManager.peek``) and, request by
-request in dispatch order, asks ``assign_server`` for a node. A request whose
-best node is busy is skipped for now, so work that can run without a model
-load goes first; patience bounds how long that can last.
+The decision itself is :func:`olol.placement.place`, a pure function (its
+docstring has the rules). This class is its shell: it reads the queue's groups
+of similar work (``QueueManager.batch_similar_requests``, the roadmap's
+grouping, plus ``peek_summaries`` for sessions and ages), takes a snapshot of
+the cluster (which models are loaded where is the
+:class:`~olol.cluster.ClusterManager`'s fact, read from its node states; the
+scheduler adds only its own slot reservations and when it last sent each
+model to each node), calls ``place`` and claims what it returns in the queue.
 
-Placement (strategy ``smart``):
-
-1. only healthy nodes that have the model on disk, and are not ejected for it by
-   outlier detection (:mod:`olol.outliers`; a node×model that failed where its
-   peers succeed); a node that failed this very request before, or whose failure
-   for the model is being checked, only when no other node can take it; at most
-   one call in flight on a node×model whose last call failed;
-2. session affinity: an ``X-OLOL-Session`` stays on its node while that node is healthy;
-3. a node that has the model loaded and a free slot (never more in flight on a
-   node and model than its parallel slots), the one with the most headroom;
-4. when every node holding it is full, wait for a slot — unless demand for the
-   model exceeds what those nodes can serve, then load it on an idle node
-   whose loaded models nobody is waiting for;
-5. when no node holds it, load it where that displaces the least demand,
-   preferring idle nodes; after ``patience_s`` take the best node even if busy.
-
-``round-robin`` and ``least-busy`` are baselines: slots are respected, loaded
-models are ignored.
+Load and service times per node×model are learned from the final records
+nodes return (:class:`olol.placement_learn.Timings`, fed by the dispatcher
+through :meth:`RequestScheduler.learn`).
 """
 
 from __future__ import annotations
@@ -33,15 +22,27 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from olol.outliers import EMPTY_VIEW
+from olol.placement import (
+    STRATEGIES,
+    ClusterSnapshot,
+    NodeView,
+    Outcome,
+    OutlierView,
+    Policy,
+    QueueSummary,
+    WorkGroup,
+    place,
+    split_group,
+)
+from olol.placement_learn import Timings
+
+__all__ = ["STRATEGIES", "Assignment", "NoNodeForModel", "RequestScheduler"]
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("smart", "least-busy", "round-robin")
 
 
 @dataclass
@@ -61,6 +62,15 @@ class NoNodeForModel(Exception):
 
 
 class RequestScheduler:
+    """Places queued work on nodes through :func:`olol.placement.place` and claims it.
+
+    :param queue_manager: the queue (``peek_summaries``, ``batch_similar_requests``,
+        ``dequeue``, ``notify``).
+    :param cluster_manager: the cluster view (``healthy_nodes``, ``list_nodes``,
+        ``note_loaded``, ``outlier_view``, ``mark_suspect``).
+    :param clock: seconds since the epoch (the queue's clock: ages are measured on it).
+    """
+
     def __init__(
         self,
         queue_manager: Any,
@@ -72,6 +82,8 @@ class RequestScheduler:
         lookahead: int = 64,
         patience_s: float = 3.0,
         spread_factor: float = 2.0,
+        default_load_s: float = 1.0,
+        default_service_s: float = 1.0,
         on_unplaceable: Callable[[dict, str], None] | None = None,
     ):
         if strategy not in STRATEGIES:
@@ -84,164 +96,147 @@ class RequestScheduler:
         self.lookahead = lookahead
         self.patience_s = patience_s
         self.spread_factor = spread_factor
+        self.default_load_s = default_load_s
+        self.default_service_s = default_service_s
         self.on_unplaceable = on_unplaceable
+        self.timings = Timings()
         self._lock = threading.Lock()
-        self._inflight: Counter[tuple[str, str]] = Counter()
-        self._node_inflight: Counter[str] = Counter()
-        self._loaded: dict[str, OrderedDict[str, float]] = {}
-        self._synced_check: dict[str, float | None] = {}
-        self._capacity: dict[str, int] = {}
-        self._sessions: dict[str, str] = {}
+        self._busy: dict[str, Counter[str]] = {}  # node -> model -> node calls in flight
+        self._busy_models: Counter[str] = Counter()  # model -> node calls in flight
+        self._node_ver: Counter[str] = Counter()  # node -> changes to what we hold there
+        self._views: dict[str, tuple[tuple, NodeView]] = {}  # node -> (what it was made of, view)
+        self._used: dict[str, dict[str, float]] = {}  # node -> model -> last sent (our clock)
+        self._capacity: dict[str, int] = {}  # node -> most models its polls showed at once
+        self._sessions: OrderedDict[str, str] = OrderedDict()
         self._avoid: OrderedDict[str, set[str]] = OrderedDict()  # request id -> nodes
         self._rr = itertools.count()
 
-    # ------------------------------------------------------------ node views
-    def _sync_loaded(self, node: Any) -> OrderedDict[str, float]:
-        """What we believe is loaded on a node: its last poll plus what we sent since."""
+    # ------------------------------------------------------------ inputs
+    def _policy(self) -> Policy:
+        return Policy(strategy=self.strategy, patience_s=self.patience_s,
+                      spread_factor=self.spread_factor, default_load_s=self.default_load_s,
+                      default_service_s=self.default_service_s, rr_start=next(self._rr))
+
+    def _node_view(self, node: Any) -> NodeView:
+        """One node as placement sees it, reused while nothing it is made of changed
+        (its last poll, resident models, our reservations, learned times). Caller
+        holds the lock."""
         addr = node.address
-        believed = self._loaded.setdefault(addr, OrderedDict())
-        if self._synced_check.get(addr) != node.last_check:
-            self._synced_check[addr] = node.last_check
-            polled = list(node.loaded_models or {})
-            self._capacity[addr] = max(self._capacity.get(addr, 1), len(polled))
-            since = (node.last_check or 0.0) - 1.0
-            # keep what we sent since the poll, and whatever is running there now
-            # (a model still loading does not show in /api/ps yet)
-            recent = {m: t for m, t in believed.items()
-                      if t >= since or self._inflight[(addr, m)] > 0}
-            fresh: OrderedDict[str, float] = OrderedDict((m, 0.0) for m in polled)
-            for m, t in sorted(recent.items(), key=lambda kv: kv[1]):
-                fresh.pop(m, None)
-                fresh[m] = t
-            believed = self._loaded[addr] = fresh
-            self._trim(addr)
-        return believed
+        loaded: Mapping[str, dict] = node.loaded_models or {}
+        key = (node.last_check, tuple(loaded), node.parallel, node.cpu_load, node.vram_free,
+               self._node_ver.get(addr, 0), self.timings.version)
+        cached = self._views.get(addr)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        view = self._make_view(node, loaded)
+        if len(self._views) > 65_536:
+            self._views.clear()
+        self._views[addr] = (key, view)
+        return view
 
-    def _trim(self, addr: str) -> None:
-        believed = self._loaded[addr]
+    def _make_view(self, node: Any, loaded: Mapping[str, dict]) -> NodeView:
+        addr = node.address
+        polled = sum(1 for v in loaded.values() if not (isinstance(v, dict) and v.get("_noted")))
         cap = self._capacity.get(addr, 1)
-        while len(believed) > cap:
-            # evict the least recently used model that has nothing in flight
-            for m in believed:
-                if self._inflight[(addr, m)] == 0:
-                    del believed[m]
-                    break
-            else:
-                break
-
-    def _note_dispatch(self, addr: str, model_key: str) -> None:
-        believed = self._loaded.setdefault(addr, OrderedDict())
-        believed.pop(model_key, None)
-        believed[model_key] = self.clock()
-        self._trim(addr)
-
-    def _slots(self, node: Any) -> int:
-        return max(1, int(getattr(node, "parallel", 1) or 1))
-
-    def _free(self, node: Any, model_key: str) -> bool:
-        return self._inflight[(node.address, model_key)] < self._slots(node)
-
-    def _headroom_key(self, node: Any) -> tuple:
-        return (
-            self._node_inflight[node.address] / self._slots(node),
-            float(getattr(node, "cpu_load", 0.0) or 0.0),
-            -(getattr(node, "vram_free", None) or 0),
-            node.address,
+        if polled > cap:
+            cap = self._capacity[addr] = polled
+        used = self._used.get(addr, {})
+        busy = dict(self._busy.get(addr, ()))
+        resident = {m: used.get(m, 0.0) for m in loaded}
+        for m in busy:  # a model still loading does not show in /api/ps yet
+            resident.setdefault(m, used.get(m, 0.0))
+        # A poll replaces the cluster's notes with the node's /api/ps, which may have
+        # been read before a model we sent there finished loading: what we sent since
+        # about the poll stays resident until a later poll says otherwise.
+        since = (node.last_check or 0.0) - 1.0
+        for m, t in used.items():
+            if t >= since:
+                resident.setdefault(m, t)
+        load_s, service_s = self.timings.for_node(addr)
+        return NodeView(
+            address=addr, slots=max(1, int(getattr(node, "parallel", 1) or 1)),
+            available=frozenset(node.available_models or ()),
+            resident=tuple(sorted(resident.items(), key=lambda kv: kv[1])),
+            capacity=cap, busy=busy, usable=True,
+            cpu_load=float(getattr(node, "cpu_load", 0.0) or 0.0),
+            vram_free=int(getattr(node, "vram_free", None) or 0),
+            load_s=load_s, service_s=service_s,
         )
+
+    def _snapshot(self, healthy: list[Any], models: set[str]) -> ClusterSnapshot:
+        """The cluster for one decision: usable nodes, plus the others (unusable) so
+        that a model living only on nodes that are down waits instead of failing.
+        Caller holds the lock."""
+        views = [self._node_view(n) for n in healthy]
+        seen = {n.address for n in healthy}
+        missing = set(models)
+        for v in views:
+            if not missing:
+                break
+            missing -= v.available
+        if missing:
+            for n in self.cluster_manager.list_nodes():
+                if n.address not in seen:
+                    have = frozenset(m for m in missing if m in (n.available_models or {}))
+                    if have:
+                        views.append(NodeView(n.address, available=have, usable=False))
+        outliers: dict[str, OutlierView] = {}
+        view_of = getattr(self.cluster_manager, "outlier_view", None)
+        if view_of is not None:
+            for m in models:
+                v = view_of(m)
+                if v is not None and (v.ejected or v.held or v.limited):
+                    outliers[m] = OutlierView(frozenset(v.ejected), frozenset(v.held),
+                                              frozenset(v.limited))
+        return ClusterSnapshot(tuple(views), outliers, self._sessions)
+
+    def _summary(self, window: list[dict], groups: list[dict]) -> QueueSummary:
+        """The queue for placement: ``batch_similar_requests``'s groups, split into
+        node calls, with the fields of their head from ``peek_summaries``. Caller
+        holds the lock."""
+        by_id = {r["id"]: r for r in window}
+        work = []
+        for g in groups:
+            ids = [rid for rid in g["ids"] if rid in by_id]
+            if not ids:
+                continue
+            for endpoint_ids in _by_endpoint(ids, by_id):
+                units = split_group(endpoint_ids, g.get("coalesced") or {},
+                                    embed_merge=bool(g.get("embed_merge")),
+                                    batch_size=self.batch_size)
+                head = by_id[units[0].ids[0]]
+                work.append((head, WorkGroup(
+                    model_key=g["model_key"], units=units,
+                    priority=int(head.get("priority") or 0),
+                    oldest_ts=float(head.get("enqueued_ts") or 0.0),
+                    session=head.get("session") or None,
+                    avoid=frozenset(self._avoid.get(head["id"], ())),
+                )))
+        order = {r["id"]: i for i, r in enumerate(window)}
+        work.sort(key=lambda hw: order[hw[0]["id"]])
+        demand: Counter[str] = Counter(r["model_key"] for r in window)
+        demand.update(self._busy_models)
+        return QueueSummary(tuple(w for _, w in work), demand)
 
     # ------------------------------------------------------------ placement
     def assign_server(self, request_batch: list[dict], *, demand: Counter | None = None) -> str | None:
         """The node for a batch (all one model), or None to wait. Raises NoNodeForModel."""
-        healthy = self._healthy()
+        first = request_batch[0]
+        model = first["model_key"]
+        healthy = self.cluster_manager.healthy_nodes()
         with self._lock:
-            return self._assign(request_batch, demand or Counter(), healthy)
-
-    def _healthy(self) -> dict[str, Any]:
-        return {n.address: n for n in self.cluster_manager.healthy_nodes()}
-
-    def _outlier_view(self, model_key: str) -> Any:
-        view = getattr(self.cluster_manager, "outlier_view", None)
-        return view(model_key) if view is not None else None
-
-    def _assign(self, batch: list[dict], demand: Counter, healthy: dict[str, Any]) -> str | None:
-        first = batch[0]
-        model_key = first["model_key"]
-        nodes = [n for n in healthy.values() if model_key in (n.available_models or {})]
-        if not nodes:
-            if not any(model_key in (n.available_models or {})
-                       for n in self.cluster_manager.list_nodes()):
-                raise NoNodeForModel(model_key)
-            return None  # the model lives only on nodes that are down now: wait
-        nodes = self._outlier_filter(nodes, model_key, self._avoid.get(first["id"]))
-        if not nodes:
-            return None  # ejected, or one call at a time: wait
-        for n in nodes:
-            self._sync_loaded(n)
-        if self.strategy == "round-robin":
-            start = next(self._rr)
-            ordered = sorted(nodes, key=lambda n: n.address)
-            for i in range(len(ordered)):
-                n = ordered[(start + i) % len(ordered)]
-                if self._free(n, model_key):
-                    return n.address
-            return None
-        if self.strategy == "least-busy":
-            free = [n for n in nodes if self._free(n, model_key)]
-            return min(free, key=self._headroom_key).address if free else None
-
-        session = first.get("session")
-        if session and self._sessions.get(session) in healthy:
-            pinned = healthy[self._sessions[session]]
-            if pinned in nodes:
-                return pinned.address if self._free(pinned, model_key) else None
-        loaded = [n for n in nodes if model_key in self._loaded.get(n.address, {})]
-        free_loaded = [n for n in loaded if self._free(n, model_key)]
-        if free_loaded:
-            return min(free_loaded, key=self._headroom_key).address
-
-        def displaced(n: Any) -> int:
-            return sum(demand[m] for m in self._loaded.get(n.address, {}) if m != model_key)
-
-        idle = [
-            n for n in nodes
-            if n not in loaded and self._node_inflight[n.address] == 0 and displaced(n) == 0
-        ]
-        if loaded:
-            capacity = sum(self._slots(n) for n in loaded)
-            if idle and demand[model_key] > self.spread_factor * capacity:
-                return min(idle, key=self._eviction_key).address
-            return None
-        if idle:
-            return min(idle, key=self._eviction_key).address
-        best = min(nodes, key=lambda n: (displaced(n), self._node_inflight[n.address],
-                                         self._eviction_key(n)))
-        waited = self.clock() - float(first.get("enqueued_ts") or self.clock())
-        if displaced(best) == 0 and self._free(best, model_key):
-            return best.address
-        return best.address if waited >= self.patience_s and self._free(best, model_key) else None
-
-    def _outlier_filter(self, nodes: list[Any], model_key: str,
-                        avoid: set[str] | None) -> list[Any]:
-        """Drop nodes ejected for the model, and limited ones that have their one
-        call; drop those this request failed on, or whose failure for the model is
-        being checked, while another node can take it (now or once it is free).
-        Caller holds the lock."""
-        view = self._outlier_view(model_key)
-        if view is None:
-            view = EMPTY_VIEW
-        serving = [n for n in nodes if n.address not in view.ejected]
-        usable = [n for n in serving if not (
-            n.address in view.limited and self._inflight[(n.address, model_key)] > 0)]
-        if not avoid and not view.held:
-            return usable
-        avoid = avoid or set()
-        fresh = [n for n in usable if n.address not in avoid]
-        best = [n for n in fresh if n.address not in view.held]
-        if best or fresh:
-            return best or fresh  # a node being checked beats one this request failed on
-        if any(n.address not in avoid for n in serving):
-            return []  # a node it has not failed on can take it once free: wait for it
-        return usable
+            snap = self._snapshot(healthy, {model})
+            group = WorkGroup(model, (split_group([r["id"] for r in request_batch], {},
+                                                  embed_merge=False, batch_size=1)[0],),
+                              priority=int(first.get("priority") or 0),
+                              oldest_ts=float(first.get("enqueued_ts") or self.clock()),
+                              session=first.get("session") or None,
+                              avoid=frozenset(self._avoid.get(first["id"], ())))
+            out = place(snap, QueueSummary((group,), demand or Counter()), self.clock(),
+                        self._policy())
+        if out.unplaceable:
+            raise NoNodeForModel(model)
+        return out.decisions[0].node if out.decisions else None
 
     def avoid(self, request_id: str, node: str) -> None:
         """The request failed on the node: place its retry elsewhere when possible."""
@@ -256,17 +251,17 @@ class RequestScheduler:
         with self._lock:
             self._avoid.pop(request_id, None)
 
-    def _eviction_key(self, node: Any) -> tuple:
-        """Loading here costs least: a node with room first, else the one whose
-        least recently used model was used longest ago."""
-        believed = self._loaded.get(node.address, {})
-        full = len(believed) >= self._capacity.get(node.address, 1)
-        lru = min(believed.values()) if (full and believed) else 0.0
-        return (full, lru, self._headroom_key(node))
+    def learn(self, node: str, model_key: str, record: Any) -> None:
+        """A call ended with this final record: learn the node×model's load and
+        service times (:class:`~olol.placement_learn.Timings`)."""
+        self.timings.note(node, model_key, record)
 
     # ------------------------------------------------------------ batches
-    def schedule_next_batch(self, only: str | None = None) -> Assignment | None:
+    def schedule_next_batch(self, only: str | None = None,
+                            now: float | None = None) -> Assignment | None:
         """Claim the next batch some node can take now, or None.
+
+        ``now`` is the clock value to decide at (default: the scheduler's clock).
 
         ``only`` restricts the choice to batches led by that request id (a front
         door thread running its own request); nothing else is claimed then.
@@ -275,92 +270,86 @@ class RequestScheduler:
         slot; the durable claim in the queue happens outside it, so one claim's
         fsync never holds up other dispatcher threads.
         """
-        window = self.queue_manager.peek_summaries(self.lookahead)
-        if not window:
+        got = self._decide(only, now, reserve=True)
+        if got is None:
             return None
-        unplaceable: list[dict] = []
-        plan = None
-        healthy = self._healthy()  # one look at the cluster per pass
-        with self._lock:
-            demand: Counter = Counter(r["model_key"] for r in window)
-            for (_, m), n in self._inflight.items():
-                demand[m] += n
-            tried: set[tuple[str, str | None]] = set()
-            for req in window:
-                if only is not None and req["id"] != only:
-                    continue
-                group_key = (req["model_key"], req.get("batch_key"))
-                if group_key in tried:
-                    continue
-                tried.add(group_key)
-                try:
-                    node = self._assign([req], demand, healthy)
-                except NoNodeForModel:
-                    unplaceable.append(req)
-                    continue
-                if node is not None:
-                    plan = self._plan(node, req, window)
-                    self._reserve(node, req["model_key"], +1)
-                    break
-        for req in unplaceable:
-            self._unplaceable(req)
-        if plan is None:
+        out, now = got
+        decision = out.decisions[0] if out.decisions else None
+        for group in out.unplaceable:
+            self._unplaceable([rid for u in group.units for rid in u.ids])
+        if decision is None:
             return None
-        node, head, chosen, mode = plan
         batch_id = uuid.uuid4().hex
         claimed = self.queue_manager.dequeue(
-            len(chosen), ids=[r["id"] for r in chosen], server=node, batch_id=batch_id
+            len(decision.ids), ids=list(decision.ids), server=decision.node, batch_id=batch_id
         )
+        if not claimed:
+            with self._lock:
+                self._reserve(decision.node, decision.model_key, -1)
+            return None
+        node, model = decision.node, decision.model_key
+        self.cluster_manager.note_loaded(node, model)
         with self._lock:
-            if not claimed:
-                self._reserve(node, head["model_key"], -1)
-                return None
-            cold = head["model_key"] not in self._loaded.get(node, {})
-            self._note_dispatch(node, head["model_key"])
+            self._used.setdefault(node, {})[model] = now
+            self._node_ver[node] += 1
+            head = next((r for r in claimed if r["id"] == decision.ids[0]), claimed[0])
             session = head.get("session")
             if session and self.strategy == "smart":
                 self._sessions[session] = node
-                if len(self._sessions) > 100_000:  # bounded: forget the oldest
-                    self._sessions.pop(next(iter(self._sessions)))
-        if mode != "single" and len(claimed) == 1:
-            mode = "single"
-        return Assignment(node=node, requests=claimed, model_key=head["model_key"],
-                          batch_id=batch_id, mode=mode, cold=cold)
+                self._sessions.move_to_end(session)
+                while len(self._sessions) > 100_000:  # bounded: forget the oldest
+                    self._sessions.popitem(last=False)
+        claimed.sort(key=lambda r: r["id"] != head["id"])  # the head leads its batch
+        mode = decision.mode if len(claimed) > 1 else "single"
+        return Assignment(node=node, requests=claimed, model_key=model,
+                          batch_id=batch_id, mode=mode, cold=decision.cold)
 
-    def _unplaceable(self, req: dict) -> None:
-        for r in self.queue_manager.dequeue(ids=[req["id"]]):
+    def plan_next(self, now: float | None = None) -> Outcome | None:
+        """What placement would decide now, claiming and reserving nothing (None: the
+        queue is empty). For explanations and benchmarks."""
+        got = self._decide(None, now, reserve=False)
+        return got[0] if got is not None else None
+
+    def _decide(self, only: str | None, now: float | None,
+                *, reserve: bool) -> tuple[Outcome, float] | None:
+        window = self.queue_manager.peek_summaries(self.lookahead)
+        if not window:
+            return None
+        groups = self.queue_manager.batch_similar_requests(limit=self.lookahead)
+        healthy = self.cluster_manager.healthy_nodes()  # one look at the cluster per pass
+        models = {r["model_key"] for r in window}
+        with self._lock:
+            summary = self._summary(window, groups)
+            snap = self._snapshot(healthy, models)
+            now = self.clock() if now is None else now
+            out = place(snap, summary, now, self._policy(), only=only)
+            if reserve and out.decisions:
+                d = out.decisions[0]
+                self._reserve(d.node, d.model_key, +1)
+        return out, now
+
+    def _unplaceable(self, ids: list[str]) -> None:
+        for r in self.queue_manager.dequeue(len(ids), ids=ids):
             if self.on_unplaceable is not None:
                 self.on_unplaceable(r, f"model '{r['model']}' not found")
 
-    def _plan(self, node: str, head: dict, window: list[dict]) -> tuple:
-        """Which requests ride along with ``head`` in one node call."""
-        model_key, batch_key = head["model_key"], head.get("batch_key")
-        mates = [
-            r for r in window
-            if r["model_key"] == model_key and r.get("batch_key") == batch_key
-            and r["endpoint"] == head["endpoint"]
-        ]
-        if head["endpoint"] == "embed" and len(mates) > 1:
-            return node, head, mates[: max(self.batch_size, 1) * 4], "embed_merge"
-        if head.get("coalesce_key"):
-            chosen = [r for r in mates if r.get("coalesce_key") == head["coalesce_key"]]
-            return node, head, chosen, "coalesced" if len(chosen) > 1 else "single"
-        return node, head, [head], "single"
-
     def _reserve(self, node: str, model_key: str, delta: int) -> None:
         """Count one node call (a slot) in or out. Caller holds the lock."""
-        key = (node, model_key)
-        self._inflight[key] += delta
-        if self._inflight[key] <= 0:
-            del self._inflight[key]
-        self._node_inflight[node] += delta
-        if self._node_inflight[node] <= 0:
-            del self._node_inflight[node]
+        self._node_ver[node] += 1
+        self._busy_models[model_key] += delta
+        if self._busy_models[model_key] <= 0:
+            del self._busy_models[model_key]
+        busy = self._busy.setdefault(node, Counter())
+        busy[model_key] += delta
+        if busy[model_key] <= 0:
+            del busy[model_key]
+        if not busy:
+            del self._busy[node]
 
     def slots_in_use(self) -> dict[str, int]:
         """Node calls (slots) this scheduler holds now, by node address."""
         with self._lock:
-            return dict(self._node_inflight)
+            return {node: sum(busy.values()) for node, busy in self._busy.items()}
 
     def release(self, assignment: Assignment) -> None:
         """The node call of an assignment ended (any outcome)."""
@@ -373,9 +362,18 @@ class RequestScheduler:
         log.warning("node %s failed: %s", server_address, reason or "unknown error")
         self.cluster_manager.mark_suspect(server_address, reason)
         with self._lock:
-            self._loaded.pop(server_address, None)
-            self._synced_check.pop(server_address, None)
+            self._used.pop(server_address, None)
+            self._node_ver[server_address] += 1
             for session, addr in list(self._sessions.items()):
                 if addr == server_address:
                     del self._sessions[session]
         self.queue_manager.notify()
+
+
+def _by_endpoint(ids: list[str], by_id: Mapping[str, dict]) -> list[list[str]]:
+    """A group's ids split by endpoint (generate and chat share a runner but are
+    different node calls), each list in the group's order."""
+    out: dict[str, list[str]] = {}
+    for rid in ids:
+        out.setdefault(by_id[rid]["endpoint"], []).append(rid)
+    return list(out.values())

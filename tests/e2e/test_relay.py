@@ -21,7 +21,7 @@ def idle(proxy) -> bool:
     """Nothing held: no relay, no running call, no active batch, no slot, no channel."""
     d = proxy.dispatcher
     return (not d._relays and not d._running and d._active == 0
-            and not proxy.scheduler._inflight and len(proxy.hub) == 0)
+            and not proxy.scheduler.slots_in_use() and len(proxy.hub) == 0)
 
 
 def test_concurrent_streams_complete_and_release_everything(make_cluster):
