@@ -46,8 +46,8 @@ def color_scheme(driver: Any, scheme: str) -> None:
 
 
 def log_in(driver: Any, base: str, key: str, view: str = "nodes") -> None:
-    from selenium.webdriver.common.by import By
     from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{base}/olol/ui/{view}")
