@@ -252,6 +252,12 @@ class ClusterManager:
                 shared = self._shared = (self._version, [_copy_state(s) for s in nodes])
             return shared[1]
 
+    @property
+    def version(self) -> int:
+        """A number that changes whenever any node's state changes (what
+        :meth:`healthy_nodes` and :meth:`list_nodes` say may then differ)."""
+        return self._version
+
     def healthy_nodes(self) -> list[NodeState]:
         """Nodes the scheduler may use: healthy, circuit closed, not suspect.
 

@@ -105,6 +105,8 @@ class RequestScheduler:
         self._busy_models: Counter[str] = Counter()  # model -> node calls in flight
         self._node_ver: Counter[str] = Counter()  # node -> changes to what we hold there
         self._views: dict[str, tuple[tuple, NodeView]] = {}  # node -> (what it was made of, view)
+        self._held_ver = 0  # changes with any _node_ver
+        self._all_views: tuple[tuple, tuple[NodeView, ...]] | None = None  # the last snapshot's
         self._used: dict[str, dict[str, float]] = {}  # node -> model -> last sent (our clock)
         self._capacity: dict[str, int] = {}  # node -> most models its polls showed at once
         self._sessions: OrderedDict[str, str] = OrderedDict()
@@ -167,7 +169,14 @@ class RequestScheduler:
         """The cluster for one decision: usable nodes, plus the others (unusable) so
         that a model living only on nodes that are down waits instead of failing.
         Caller holds the lock."""
-        views = [self._node_view(n) for n in healthy]
+        version = getattr(self.cluster_manager, "version", None)
+        key = (version, tuple(n.address for n in healthy), self._held_ver,
+               self.timings.version)
+        if version is not None and self._all_views is not None and self._all_views[0] == key:
+            views = list(self._all_views[1])  # nothing a view is made of changed
+        else:
+            views = [self._node_view(n) for n in healthy]
+            self._all_views = (key, tuple(views))
         seen = {n.address for n in healthy}
         missing = set(models)
         for v in views:
@@ -292,6 +301,7 @@ class RequestScheduler:
         with self._lock:
             self._used.setdefault(node, {})[model] = now
             self._node_ver[node] += 1
+            self._held_ver += 1
             head = next((r for r in claimed if r["id"] == decision.ids[0]), claimed[0])
             session = head.get("session")
             if session and self.strategy == "smart":
@@ -336,6 +346,7 @@ class RequestScheduler:
     def _reserve(self, node: str, model_key: str, delta: int) -> None:
         """Count one node call (a slot) in or out. Caller holds the lock."""
         self._node_ver[node] += 1
+        self._held_ver += 1
         self._busy_models[model_key] += delta
         if self._busy_models[model_key] <= 0:
             del self._busy_models[model_key]
@@ -364,6 +375,7 @@ class RequestScheduler:
         with self._lock:
             self._used.pop(server_address, None)
             self._node_ver[server_address] += 1
+            self._held_ver += 1
             for session, addr in list(self._sessions.items()):
                 if addr == server_address:
                     del self._sessions[session]

@@ -109,3 +109,27 @@ def test_a_poll_read_before_a_load_ended_does_not_undo_it(rig):
     r.submit("a2")
     again = r.scheduler.schedule_next_batch()
     assert again.node == first.node and again.cold
+
+
+def test_node_views_are_reused_only_while_nothing_changed(rig):
+    r = rig(("n1:2", "n2:2"))
+    for a in ("n1:2", "n2:2"):
+        r.cluster.record_poll(a, status(loaded=(), parallel=2), 1.0)
+    r.submit("r1")
+    first = r.scheduler.schedule_next_batch()
+    r.submit("r2")
+    second = r.scheduler.schedule_next_batch()
+    # the second decision's view of first.node counts r1's slot (reserved after the
+    # first decision's views were made): the views were rebuilt, not reused
+    views = {v.address: v for v in r.scheduler._all_views[1]}
+    assert sum(views[first.node].busy.values()) == 1
+    r.scheduler.release(first)
+    r.scheduler.release(second)
+    # a poll that unloads the model everywhere reaches the next decision
+    r.clock.advance(5.0)
+    for a in ("n1:2", "n2:2"):
+        r.cluster.record_poll(a, status(models=(MODEL, OTHER), loaded=(OTHER,), parallel=2),
+                              1.0)
+    r.submit("r3")
+    third = r.scheduler.schedule_next_batch()
+    assert third.cold  # not resident any more: the cached views were not reused
