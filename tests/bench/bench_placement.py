@@ -21,6 +21,7 @@ Run: ``python -m tests.bench placement`` (``--quick``: 120 requests per run, not
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -133,6 +134,7 @@ def _rows(results: dict[str, dict]) -> list[list]:
 
 def main(quick: bool = False) -> str:
     total = 120 if quick else 300
+    load_before = os.getloadavg()
     s1 = {
         "smart": run("smart", models=MODELS8[:4], total=total, concurrency=8, slots=1,
                      load_s=1.0, pinned=False),
@@ -160,6 +162,11 @@ def main(quick: bool = False) -> str:
     lines.append(f"{total} non-streamed chats per run ({TOKENS} tokens at {TPS} tokens/s), "
                  "models drawn at random (the same sequence in every run); 4 simulated nodes "
                  "that keep one model resident.")
+    load_after = os.getloadavg()
+    lines.append("")
+    lines.append("2 CPUs; load average before " + " / ".join(f"{x:.2f}" for x in load_before)
+                 + ", after " + " / ".join(f"{x:.2f}" for x in load_after)
+                 + " (1 / 5 / 15 min).")
     lines.append("")
     lines.append("### 1. 4 models, 1-slot nodes, 1 s loads, concurrency 8")
     lines.append("")
