@@ -11,6 +11,7 @@ fetch of the fragment and its swap into the page, ``ui.js``) is measured too.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -132,6 +133,7 @@ def _browser_update_ms(app: Any, view: str, updates: int) -> float | None:
 
 def main(quick: bool = False) -> str:
     runs = 3 if quick else 10
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     ctx = build_ctx()
     setup_s = time.perf_counter() - t0
@@ -175,6 +177,9 @@ def main(quick: bool = False) -> str:
                    + ".")
     else:
         out.append("Browser update: not measured (chromium not installed).")
+    out += ["", "2 CPUs; load average before " + " / ".join(f"{x:.2f}" for x in load_before)
+            + ", after " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+            + " (1 / 5 / 15 min)."]
     ctx.registry.close()
     ctx.db.close()
     return "\n".join(out)
