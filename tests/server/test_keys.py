@@ -98,7 +98,10 @@ def test_cli_create_ls_revoke(tmp_path, capsys):
     assert "revoked" in capsys.readouterr().out
 
 
-def test_cli_refuses_a_folder_in_use(tmp_path, capsys):
+def test_cli_refuses_a_folder_in_use(tmp_path, capsys, monkeypatch):
+    # the CLI then asks the proxy at the default URL: make sure none answers there
+    monkeypatch.setenv("OLOL_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("OLOL_CONFIG", str(tmp_path / "none.toml"))
     db = DatabaseManager(tmp_path / "data")
     try:
         assert _cli(["keys", "ls", "--data-dir", str(tmp_path / "data")]) == 1
