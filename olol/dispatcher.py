@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -64,6 +64,15 @@ from olol.resume import CarryOvers, Resume, Transcript, carry_over, follow
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment, RequestScheduler
 
+if TYPE_CHECKING:
+    from olol.interfaces import (
+        DispatchCluster,
+        DispatchQueue,
+        ResponseHub,
+        StatsRecorder,
+        UsageCounter,
+    )
+
 log = logging.getLogger(__name__)
 
 
@@ -77,20 +86,20 @@ class _AllGone(Exception):
 class Dispatcher:
     def __init__(
         self,
-        queue_manager: Any,
+        queue_manager: DispatchQueue,
         scheduler: RequestScheduler,
-        cluster_manager: Any,
-        hub: Any,
+        cluster_manager: DispatchCluster,
+        hub: ResponseHub,
         *,
         threads: int = 32,
-        stats: Any = None,
+        stats: StatsRecorder | None = None,
         clock: Callable[[], float] = time.time,
         max_attempts: int = 3,
         retry_backoff_s: float = 0.2,
         request_timeout_s: float = 600.0,
         publish_timeout_s: float = 30.0,
         idle_wait_s: float = 0.5,
-        registry: Any = None,
+        registry: UsageCounter | None = None,
         lease_refresh_s: float = 60.0,
         stream_idle_timeout_s: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,

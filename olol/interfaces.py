@@ -14,6 +14,13 @@ Protocol          real class                               used by
 ``NodeClient``    :class:`olol.rpc.client.NodeClient`      the front door (model routes)
 ``ResponseHub``   :class:`olol.hub.ResponseHub`            the front door, the dispatcher
 ``UnplaceableHandler`` ``Dispatcher.fail_unplaceable``     the scheduler
+``DispatchQueue`` :class:`olol.queue.QueueManager`         the dispatcher
+``SchedulingQueue`` :class:`olol.queue.QueueManager`       the scheduler
+``DispatchCluster`` :class:`olol.cluster.ClusterManager`   the dispatcher
+``PlacementCluster`` :class:`olol.cluster.ClusterManager`  the scheduler
+``UsageCounter``  :class:`olol.registry.ModelRegistry`     the dispatcher
+``StatsRecorder`` :class:`olol.stats.RequestStats`         the dispatcher
+``JobScheduler``  APScheduler 3 ``BackgroundScheduler``    the maintenance jobs
 ================= ======================================== ===============================
 
 This module imports nothing at run time beyond ``typing``, so any module may import it.
@@ -28,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from olol.hub import ResponseChannel
     from olol.node_state import NodeState
+    from olol.outliers import ModelView, Ticket
     from olol.store.schema import TableSchema
 
 #: Which records a store call applies to: a doc id, doc ids, a predicate or a field match.
@@ -198,6 +206,8 @@ class ResponseHub(Protocol):
 
     def open(self, request_id: str) -> ResponseChannel: ...
 
+    def get(self, request_id: str) -> ResponseChannel | None: ...
+
     def close(self, request_id: str) -> None: ...
 
     def publish(self, request_id: str, kind: str, data: Any, timeout: float = 30.0) -> bool: ...
@@ -210,3 +220,115 @@ class UnplaceableHandler(Protocol):
     ``fail_unplaceable``: it fails the request with ``message``)."""
 
     def __call__(self, request: dict, message: str, /) -> None: ...
+
+
+class DispatchQueue(Protocol):
+    """The queue, as the dispatcher's threads use it: wait for work, check a claimed
+    request, keep its lease, put it back, and record how it ended."""
+
+    def notify(self, everyone: bool = True) -> None: ...
+
+    def wait_for_work(self, timeout: float) -> bool: ...
+
+    def is_next(self, request_id: str) -> bool: ...
+
+    def is_cancelled(self, request_id: str) -> bool: ...
+
+    def cancel(self, request_id: str) -> bool: ...
+
+    def add_cancel_listener(self, listener: Callable[[str], None]) -> None: ...
+
+    def extend_lease(self, request_id: str, lease_s: float | None = None) -> bool: ...
+
+    def requeue(self, request_id: str, *, delay_s: float = 0.0, reason: str = "") -> bool: ...
+
+    def update_request_status(self, request_id: str, status: str, result: dict | None = None,
+                              *, error: str | None = None, error_status: int | None = None,
+                              server: str | None = None, usage: dict | None = None
+                              ) -> bool: ...
+
+
+class SchedulingQueue(Protocol):
+    """The queue, as the scheduler reads and claims it (summaries from RAM, groups of
+    similar work, atomic claims)."""
+
+    def peek_summaries(self, limit: int = 100, model: str | None = None) -> list[dict]: ...
+
+    def batch_similar_requests(self, limit: int | None = None, model: str | None = None
+                               ) -> list[dict]: ...
+
+    def dequeue(self, batch_size: int = 1, model: str | None = None, *,
+                ids: Iterable[str] | None = None, server: str | None = None,
+                batch_id: str | None = None, lease_s: float | None = None) -> list[dict]: ...
+
+    def notify(self, everyone: bool = True) -> None: ...
+
+
+class DispatchCluster(Protocol):
+    """The cluster, as the dispatcher uses it: a node's client, and the outcome of each
+    node call (health, residency, outlier detection)."""
+
+    # an :class:`olol.rpc.client.NodeClient`; the dispatcher also reads its streams'
+    # ``next_message``/``received``, which :class:`NodeStream` does not name
+    def client(self, address: str) -> Any: ...
+
+    def record_success(self, address: str, model_key: str | None = None) -> None: ...
+
+    def note_loaded(self, address: str, model_key: str) -> None: ...
+
+    def model_peers(self, model_key: str) -> list[str]: ...
+
+    def record_failure(self, address: str, model_key: str, *,
+                       count: bool | None = None) -> Ticket: ...
+
+    def confirm_failure(self, ticket: Ticket) -> None: ...
+
+    def retract_failure(self, ticket: Ticket) -> None: ...
+
+
+class PlacementCluster(Protocol):
+    """The cluster, as the scheduler places work on it (``NodeState`` values are
+    snapshots). The scheduler reads ``version`` and ``outlier_view`` with ``getattr``,
+    so a test's fake may leave them out."""
+
+    @property
+    def version(self) -> int: ...
+
+    def healthy_nodes(self) -> list[NodeState]: ...
+
+    def list_nodes(self) -> list[NodeState]: ...
+
+    def note_loaded(self, address: str, model_key: str) -> None: ...
+
+    def mark_suspect(self, address: str, reason: str) -> None: ...
+
+    def outlier_view(self, model_key: str) -> ModelView: ...
+
+
+class UsageCounter(Protocol):
+    """Where the dispatcher counts a finished request per model and node (the
+    registry's usage figures)."""
+
+    def note_usage(self, model_key: str, node: str | None = None) -> None: ...
+
+
+class StatsRecorder(Protocol):
+    """Where the dispatcher counts a request of no particular model or node."""
+
+    def record(self, endpoint: str, latency_ms: float, ok: bool) -> None: ...
+
+
+class JobScheduler(Protocol):
+    """The periodic-job scheduler under :class:`olol.maintenance.MaintenanceJobs`
+    (APScheduler 3's ``BackgroundScheduler`` API, the calls it makes)."""
+
+    def add_job(self, func: Callable[..., Any], trigger: Any = None,
+                args: Any = None, kwargs: Any = None, id: str | None = None,
+                name: str | None = None, **trigger_args: Any) -> Any: ...
+
+    def reschedule_job(self, job_id: str, jobstore: str | None = None,
+                       trigger: Any = None, **trigger_args: Any) -> Any: ...
+
+    def remove_job(self, job_id: str, jobstore: str | None = None) -> None: ...
+
+    def get_job(self, job_id: str, jobstore: str | None = None) -> Any: ...

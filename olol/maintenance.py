@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from olol.context import ProxyConfig
     from olol.health import HealthMonitor
-    from olol.interfaces import Queue, Store
+    from olol.interfaces import JobScheduler, Queue, Store
     from olol.registry import ModelRegistry
     from olol.stats import RequestStats
 
@@ -95,7 +95,8 @@ class MaintenanceJobs:
     :param clock: returns the time (seconds since the epoch) used for run records.
     """
 
-    def __init__(self, scheduler: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, scheduler: JobScheduler | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.scheduler = scheduler
         self.clock = clock
         self._jobs: dict[str, _Job] = {}
@@ -301,7 +302,7 @@ def job_intervals(config: Any) -> dict[str, float]:
     return intervals
 
 
-def _health_job(health: Any) -> Callable[[], Any]:
+def _health_job(health: HealthMonitor) -> Callable[[], Any]:
     def run() -> Any:
         before = getattr(health, "job_errors", 0)
         results = health.run_once() if hasattr(health, "run_once") else health.poll_all()
@@ -311,7 +312,7 @@ def _health_job(health: Any) -> Callable[[], Any]:
     return run
 
 
-def _registry_job(queue: Any, registry: Any) -> Callable[[], Any]:
+def _registry_job(queue: Queue | None, registry: ModelRegistry | None) -> Callable[[], Any]:
     def run() -> Any:
         # leases first: a failing synchronization must not keep work stuck
         returned = queue.return_expired_leases() if queue is not None else 0
@@ -320,7 +321,7 @@ def _registry_job(queue: Any, registry: Any) -> Callable[[], Any]:
     return run
 
 
-def _optimize_job(registry: Any) -> Callable[[], Any]:
+def _optimize_job(registry: ModelRegistry) -> Callable[[], Any]:
     def run() -> Any:
         plan = registry.optimize_model_distribution()
         if not plan.get("actions"):

@@ -379,7 +379,7 @@ class CarryOvers:
 
 
 def follow(channel: Any, *, first_wait: float, idle_wait: float,
-           on_timeout: Callable[[], None]) -> Iterator[tuple[bytes, bool]]:
+           on_timeout: Callable[[], object]) -> Iterator[tuple[bytes, bool]]:
     """The rest of a carried-over answer as node-style messages ``(records, done)``,
     read from the request's response channel (:class:`olol.hub.ResponseChannel`)
     by the thread that was reading the broken relay.

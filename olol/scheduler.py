@@ -24,7 +24,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olol.placement import (
     STRATEGIES,
@@ -39,6 +39,10 @@ from olol.placement import (
     split_group,
 )
 from olol.placement_learn import Timings
+
+if TYPE_CHECKING:
+    from olol.interfaces import PlacementCluster, SchedulingQueue
+    from olol.node_state import NodeState
 
 __all__ = ["STRATEGIES", "Assignment", "NoNodeForModel", "RequestScheduler"]
 
@@ -73,8 +77,8 @@ class RequestScheduler:
 
     def __init__(
         self,
-        queue_manager: Any,
-        cluster_manager: Any,
+        queue_manager: SchedulingQueue,
+        cluster_manager: PlacementCluster,
         *,
         strategy: str = "smart",
         clock: Callable[[], float] = time.time,
@@ -119,7 +123,7 @@ class RequestScheduler:
                       spread_factor=self.spread_factor, default_load_s=self.default_load_s,
                       default_service_s=self.default_service_s, rr_start=next(self._rr))
 
-    def _node_view(self, node: Any) -> NodeView:
+    def _node_view(self, node: NodeState) -> NodeView:
         """One node as placement sees it, reused while nothing it is made of changed
         (its last poll, resident models, our reservations, learned times). Caller
         holds the lock."""
@@ -136,7 +140,7 @@ class RequestScheduler:
         self._views[addr] = (key, view)
         return view
 
-    def _make_view(self, node: Any, loaded: Mapping[str, dict]) -> NodeView:
+    def _make_view(self, node: NodeState, loaded: Mapping[str, dict]) -> NodeView:
         addr = node.address
         polled = sum(1 for v in loaded.values() if not (isinstance(v, dict) and v.get("_noted")))
         cap = self._capacity.get(addr, 1)
@@ -165,7 +169,7 @@ class RequestScheduler:
             load_s=load_s, service_s=service_s,
         )
 
-    def _snapshot(self, healthy: list[Any], models: set[str]) -> ClusterSnapshot:
+    def _snapshot(self, healthy: list[NodeState], models: set[str]) -> ClusterSnapshot:
         """The cluster for one decision: usable nodes, plus the others (unusable) so
         that a model living only on nodes that are down waits instead of failing.
         Caller holds the lock."""
