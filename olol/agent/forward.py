@@ -23,6 +23,7 @@ import http.client
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 
@@ -49,14 +50,19 @@ def check_target(method: str, path: str) -> str | None:
         return f"path longer than {MAX_PATH_CHARS} characters"
     if not _PATH_RE.match(path):
         return f"path {path[:200]!r} is not relayed (only /api/... and /v1/... paths)"
-    route = path.split("?", 1)[0]
-    segments = route.split("/")[1:]
-    if any(s in ("", ".", "..") for s in segments[:-1]) or segments[-1] in (".", ".."):
-        return f"path {path[:200]!r} is not relayed (empty or dot segments)"
-    lowered = route.lower()
-    for prefix in REFUSED_PREFIXES:
-        if lowered == prefix or lowered.startswith(prefix.rstrip("/") + "/"):
-            return f"path {route!r} is not relayed: it has its own call"
+    raw = path.split("?", 1)[0]
+    # Ollama's router matches the decoded path: judge that one too ("/api/%70ull" is a
+    # pull, "/api/blobs%2Fx" a blob upload)
+    for route in dict.fromkeys((raw, unquote(raw))):
+        if not route.startswith(("/api/", "/v1/")) or any(c in route for c in "\r\n\0\\"):
+            return f"path {path[:200]!r} is not relayed (only /api/... and /v1/... paths)"
+        segments = route.split("/")[1:]
+        if any(s in ("", ".", "..") for s in segments[:-1]) or segments[-1] in (".", ".."):
+            return f"path {path[:200]!r} is not relayed (empty or dot segments)"
+        lowered = route.lower()
+        for prefix in REFUSED_PREFIXES:
+            if lowered == prefix or lowered.startswith(prefix.rstrip("/") + "/"):
+                return f"path {route!r} is not relayed: it has its own call"
     return None
 
 

@@ -46,6 +46,9 @@ def test_node_errors_and_empty_answers_keep_their_status(client):
     ("GET", "/api//tags"), ("GET", "/_sim/stats"), ("GET", "http://evil/api/tags"),
     ("GET", "/api/tags\r\nHost: evil"), ("GET", "/api/tags#x"), ("DELETE", "/api/x"),
     ("PUT", "/v1/x"), ("GET", "/v1/" + "a" * 3000),
+    # percent-encoded: Ollama routes on the decoded path
+    ("POST", "/api/%70ull"), ("POST", "/api/%64elete"), ("POST", "/api/blobs%2Fsha256:00"),
+    ("GET", "/api/%2e%2e/%2e%2e/etc/passwd"), ("GET", "/api/x%2F%2Fy"), ("GET", "/api/%0a"),
 ])
 def test_paths_outside_the_rules_are_refused(client, method, path):
     assert check_target(method, path) is not None
