@@ -59,7 +59,7 @@ from olol.node_faults import (
     signature,
     transport_fault,
 )
-from olol.relay import StreamRelay
+from olol.relay import Relay, StreamRelay
 from olol.resume import CarryOvers, Resume, Transcript, carry_over, follow
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment, RequestScheduler
@@ -147,7 +147,7 @@ class Dispatcher:
         self.load_times = LoadTimes(cold_start_s)
         self._calls = CallWatch(monotonic)  # deadlines of node calls in flight
         self._attempts = Attempts()  # node-side failures per request, until it ends
-        self._relays: dict[str, StreamRelay] = {}  # request id -> relay being read
+        self._relays: dict[str, Relay] = {}  # request id -> relay being read
         self._inline: dict[str, Callable[[], bool]] = {}  # request id -> "client gone?"
         self._resumes = CarryOvers()  # streams being carried over to another node
         self._local = threading.local()  # .after: where a front-door thread defers work

@@ -22,12 +22,12 @@ own words). The node's status code and Content-Type are kept, whatever they are.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from olol.hub import RELAY
 from olol.metrics import request_usage
+from olol.relay import Relay
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment
 
@@ -38,12 +38,11 @@ PASSTHROUGH = "passthrough"
 STALLED = "the node sent nothing for too long"
 
 
-class ForwardRelay:
+class ForwardRelay(Relay):
     """The rest of one node's answer to a pass-through request, read by the HTTP thread.
 
-    Quacks like :class:`~olol.relay.StreamRelay` where the dispatcher looks
-    (``request_id``, ``idle_s``, ``settled``, ``last_record``, ``stall()``,
-    ``abandon()``): its watchdog ends a stalled answer and a cancel stops it.
+    A :class:`~olol.relay.Relay` like the streamed chats': the dispatcher's watchdog
+    ends a stalled answer and a cancel stops it.
 
     :param settle: called once with ``("completed" | "failed" | "cancelled", info)``.
     """
@@ -52,30 +51,12 @@ class ForwardRelay:
                  first: bytes, *, settle: Callable[[str, Any], None],
                  on_piece: Callable[[], None], monotonic: Callable[[], float],
                  idle_s: float | None = None) -> None:
-        self.request_id = request_id
+        super().__init__(request_id, stream, settle=settle, monotonic=monotonic,
+                         idle_s=idle_s)
         self.status = status
         self.content_type = content_type
-        self.idle_s = idle_s
-        self._stream = stream
         self._first: bytes | None = first
-        self._settle_cb = settle
         self._on_piece = on_piece
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._settled = False
-        self._stalled = False
-        self.last_record = monotonic()
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    def _claim(self) -> bool:
-        with self._lock:
-            if self._settled:
-                return False
-            self._settled = True
-            return True
 
     def chunks(self) -> Iterator[bytes]:
         """The answer's bytes as they arrive; settles the relay at the end.
@@ -101,24 +82,6 @@ class ForwardRelay:
             raise exc from None
         if self._claim():
             self._settle_cb("completed", None)
-
-    def abandon(self, reason: str) -> None:
-        """Nobody reads the rest: stop the node call and release what it held."""
-        if not self._claim():
-            return
-        self._cancel()
-        self._settle_cb("cancelled", reason)
-
-    def stall(self) -> None:
-        self._stalled = True
-        self._cancel()
-
-    def _cancel(self) -> None:
-        try:
-            self._stream.cancel()
-        except Exception:  # noqa: BLE001 - the call may be over already
-            log.debug("cancelling the forward call of %s failed", self.request_id,
-                      exc_info=True)
 
 
 def run(d: Any, client: Any, a: Assignment, started_ts: float) -> bool:

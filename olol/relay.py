@@ -28,10 +28,58 @@ from olol.rpc.client import NodeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STALLED_MESSAGE", "StreamRelay"]
+__all__ = ["STALLED_MESSAGE", "Relay", "StreamRelay"]
 
 
-class StreamRelay:
+class Relay:
+    """What every relay shares: it is settled exactly once (``_claim``), the
+    dispatcher's watchdog reads ``last_record``/``idle_s`` and may :meth:`stall` it,
+    and :meth:`abandon` cancels the node call and settles it as cancelled."""
+
+    def __init__(self, request_id: str, stream: Any, *, settle: Callable[[str, Any], Any],
+                 monotonic: Callable[[], float], idle_s: float | None = None) -> None:
+        self.request_id = request_id
+        self.idle_s = idle_s
+        self._stream = stream
+        self._settle_cb = settle
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._settled = False
+        self._stalled = False
+        self.last_record = monotonic()
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+    def abandon(self, reason: str) -> None:
+        """Nobody will read the rest (the client went away, or never took the relay):
+        cancel the node call and release what the request held. Idempotent."""
+        if not self._claim():
+            return
+        self._cancel_call()
+        self._settle_cb("cancelled", reason)
+
+    def stall(self) -> None:
+        """The watchdog saw no record for too long: end the stream with a 504."""
+        self._stalled = True
+        self._cancel_call()
+
+    def _cancel_call(self) -> None:
+        try:
+            self._stream.cancel()
+        except Exception:  # noqa: BLE001 - the call may already be over
+            log.debug("cancelling the node call of %s failed", self.request_id, exc_info=True)
+
+
+class StreamRelay(Relay):
     """The rest of one node stream, read by whoever consumes it.
 
     :param stream: the :class:`~olol.rpc.client.NodeStream` (raw messages).
@@ -64,18 +112,11 @@ class StreamRelay:
         transcript: Transcript | None = None,
         idle_s: float | None = None,
     ) -> None:
-        self.request_id = request_id
-        self._stream = stream
+        super().__init__(request_id, stream, settle=settle, monotonic=monotonic,
+                         idle_s=idle_s)
         self._first: tuple[bytes, bool] | None = (first, first_done)
-        self._settle_cb = settle
         self._on_record = on_record
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._settled = False
-        self._stalled = False
-        self.last_record = monotonic()
         self.transcript = transcript
-        self.idle_s = idle_s
         if transcript is not None:
             transcript.add(first, self.last_record)
 
@@ -119,17 +160,6 @@ class StreamRelay:
             return
 
     # ------------------------------------------------------------------ settling
-    def _claim(self) -> bool:
-        with self._lock:
-            if self._settled:
-                return False
-            self._settled = True
-            return True
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
     def _complete(self, body: bytes) -> None:
         if not self._claim():
             return
@@ -146,22 +176,3 @@ class StreamRelay:
         if not self._claim():
             return None
         return self._settle_cb("failed", exc)
-
-    def abandon(self, reason: str) -> None:
-        """Nobody will read the rest (the client went away, or never took the relay):
-        cancel the node call and release what the request held. Idempotent."""
-        if not self._claim():
-            return
-        self._cancel_call()
-        self._settle_cb("cancelled", reason)
-
-    def stall(self) -> None:
-        """The watchdog saw no record for too long: end the stream with a 504."""
-        self._stalled = True
-        self._cancel_call()
-
-    def _cancel_call(self) -> None:
-        try:
-            self._stream.cancel()
-        except Exception:  # noqa: BLE001 - the call may already be over
-            log.debug("cancelling the stream of %s failed", self.request_id, exc_info=True)
