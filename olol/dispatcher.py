@@ -69,7 +69,6 @@ if TYPE_CHECKING:
         DispatchCluster,
         DispatchQueue,
         ResponseHub,
-        StatsRecorder,
         UsageCounter,
     )
 
@@ -92,7 +91,6 @@ class Dispatcher:
         hub: ResponseHub,
         *,
         threads: int = 32,
-        stats: StatsRecorder | None = None,
         clock: Callable[[], float] = time.time,
         max_attempts: int = 3,
         retry_backoff_s: float = 0.2,
@@ -127,7 +125,6 @@ class Dispatcher:
         self.scheduler = scheduler
         self.cluster = cluster_manager
         self.hub = hub
-        self.stats = stats
         self.registry = registry
         self.lease_refresh_s = lease_refresh_s
         self.clock = clock
@@ -330,7 +327,6 @@ class Dispatcher:
     def run(self, a: Assignment) -> bool:
         """Run a claimed batch; True when its stream was handed to the caller's thread
         (which then releases the assignment), False when it finished here."""
-        started_ts = self.clock()
         if self._resumes and a.mode != "embed_merge":
             self._keep_alike(a)
         head = a.requests[0]
@@ -347,9 +343,9 @@ class Dispatcher:
                     self._finish(req, resp)
                 final = resp
             elif head["endpoint"] == passthrough.PASSTHROUGH:  # a route olol does not know
-                return passthrough.run(self, client, a, started_ts)
+                return passthrough.run(self, client, a)
             elif self._can_relay(a):
-                return self._start_relay(client, a, started_ts)
+                return self._start_relay(client, a)
             else:
                 keep = self._transcript(a)
                 final = self._run_stream(client, a, keep)
@@ -366,11 +362,11 @@ class Dispatcher:
                 return False
             self._node_failed(a, exc, keep)
             return False
-        self._later(lambda: self._succeeded(a, started_ts, final))
+        self._later(lambda: self._succeeded(a, final))
         self._local.ok = True
         return False
 
-    def _succeeded(self, a: Assignment, started_ts: float, final: Any = None) -> None:
+    def _succeeded(self, a: Assignment, final: Any = None) -> None:
         for req in a.requests:
             self._settle_attempts(req["id"], succeeded=True)
         self.cluster.record_success(a.node, a.model_key)
@@ -379,10 +375,6 @@ class Dispatcher:
             self.scheduler.learn(a.node, a.model_key, final)
             if a.cold:
                 self.load_times.note(a.model_key, final)
-        if self.stats is not None:
-            latency_ms = (self.clock() - started_ts) * 1000
-            for req in a.requests:
-                self.stats.record(req["endpoint"], latency_ms, True)
         if self.registry is not None:
             for _ in a.requests:
                 self.registry.note_usage(a.model_key, a.node)
@@ -413,7 +405,7 @@ class Dispatcher:
                 and req["endpoint"] in ("chat", "generate")
                 and self._resume_of(req["id"]) is None)
 
-    def _start_relay(self, client: Any, a: Assignment, started_ts: float) -> bool:
+    def _start_relay(self, client: Any, a: Assignment) -> bool:
         """Read the first record here (so failures before it are retried as usual),
         then hand the stream to the caller's thread."""
         req = a.requests[0]
@@ -449,7 +441,7 @@ class Dispatcher:
                 self.queue.extend_lease(rid)
 
         def settle(outcome: str, info: Any) -> Iterator[tuple[bytes, bool]] | None:
-            return self._settle_relay(a, started_ts, outcome, info, relay, first_ts)
+            return self._settle_relay(a, outcome, info, relay, first_ts)
 
         resumable = self._may_resume(a)
         relay = StreamRelay(rid, stream, body, done, settle=settle, on_record=keep_lease,
@@ -471,7 +463,7 @@ class Dispatcher:
                 self._batch_of.pop(req["id"], None)
                 self._relays.pop(req["id"], None)
 
-    def _settle_relay(self, a: Assignment, started_ts: float, outcome: str, info: Any,
+    def _settle_relay(self, a: Assignment, outcome: str, info: Any,
                       relay: StreamRelay, first_ts: float | None = None
                       ) -> Iterator[tuple[bytes, bool]] | None:
         """The end of a relayed stream, in whichever thread saw it: record the outcome
@@ -486,7 +478,7 @@ class Dispatcher:
                 self.queue.update_request_status(
                     req["id"], "completed",
                     usage=request_usage(info, first_token_ts=first_ts, cold=a.cold))
-                self._succeeded(a, started_ts, info)
+                self._succeeded(a, info)
             elif outcome == "failed" and not self.queue.is_cancelled(req["id"]):
                 exc: NodeError = info
                 node_side = self._claiming.is_set() and failure_kind(exc) == NODE
@@ -498,8 +490,6 @@ class Dispatcher:
                 else:
                     self.queue.update_request_status(
                         req["id"], "failed", error=exc.message, error_status=exc.http_status)
-                    if self.stats is not None:
-                        self.stats.record(req["endpoint"], 0.0, False)
                     self._settle_attempts(req["id"], succeeded=False)
             elif outcome == "cancelled":
                 self.queue.update_request_status(req["id"], "cancelled", error=str(info))
@@ -763,8 +753,6 @@ class Dispatcher:
                 timeout=self.publish_timeout_s,
             )
         self.queue.update_request_status(req["id"], "failed", error=message, error_status=status)
-        if self.stats is not None:
-            self.stats.record(req["endpoint"], 0.0, False)
         self._settle_attempts(req["id"], succeeded=False)
 
     def fail_unplaceable(self, req: dict, message: str) -> None:

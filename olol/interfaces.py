@@ -19,7 +19,6 @@ Protocol          real class                               used by
 ``DispatchCluster`` :class:`olol.cluster.ClusterManager`   the dispatcher
 ``PlacementCluster`` :class:`olol.cluster.ClusterManager`  the scheduler
 ``UsageCounter``  :class:`olol.registry.ModelRegistry`     the dispatcher
-``StatsRecorder`` :class:`olol.stats.RequestStats`         the dispatcher
 ``JobScheduler``  APScheduler 3 ``BackgroundScheduler``    the maintenance jobs
 ================= ======================================== ===============================
 
@@ -310,12 +309,6 @@ class UsageCounter(Protocol):
     registry's usage figures)."""
 
     def note_usage(self, model_key: str, node: str | None = None) -> None: ...
-
-
-class StatsRecorder(Protocol):
-    """Where the dispatcher counts a request of no particular model or node."""
-
-    def record(self, endpoint: str, latency_ms: float, ok: bool) -> None: ...
 
 
 class JobScheduler(Protocol):

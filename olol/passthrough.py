@@ -84,7 +84,7 @@ class ForwardRelay(Relay):
             self._settle_cb("completed", None)
 
 
-def run(d: Any, client: Any, a: Assignment, started_ts: float) -> bool:
+def run(d: Any, client: Any, a: Assignment) -> bool:
     """Run a pass-through batch (one request) for the dispatcher ``d``; True: the
     answer was handed to the caller's thread (which releases the slot).
 
@@ -126,7 +126,7 @@ def run(d: Any, client: Any, a: Assignment, started_ts: float) -> bool:
             d.queue.extend_lease(rid)
 
     def settle(outcome: str, info: Any) -> None:
-        _settle(d, a, started_ts, outcome, info, status)
+        _settle(d, a, outcome, info, status)
 
     relay = ForwardRelay(rid, stream, status, content_type, first, settle=settle,
                          on_piece=keep_lease, monotonic=d.monotonic,
@@ -140,7 +140,7 @@ def run(d: Any, client: Any, a: Assignment, started_ts: float) -> bool:
     return True
 
 
-def _settle(d: Any, a: Assignment, started_ts: float, outcome: str, info: Any,
+def _settle(d: Any, a: Assignment, outcome: str, info: Any,
             status: int) -> None:
     """The end of a relayed pass-through answer: record it, release the slot (once)."""
     req = a.requests[0]
@@ -155,7 +155,7 @@ def _settle(d: Any, a: Assignment, started_ts: float, outcome: str, info: Any,
             else:
                 d.queue.update_request_status(req["id"], "completed",
                                               usage=request_usage(None, cold=a.cold))
-                d._succeeded(a, started_ts)
+                d._succeeded(a)
         elif outcome == "failed":
             exc: NodeError = info
             d.queue.update_request_status(req["id"], "failed", error=exc.message,

@@ -193,8 +193,7 @@ class Proxy:
             )
             self.dispatcher = Dispatcher(
                 self.queue, self.scheduler, self.cluster, self.hub,
-                # request statistics come from the queue's finish listener (below)
-                threads=config.dispatcher_threads, stats=None, clock=clock,
+                threads=config.dispatcher_threads, clock=clock,
                 max_attempts=config.max_attempts, retry_backoff_s=config.retry_backoff_s,
                 request_timeout_s=config.request_timeout_s, registry=self.registry,
                 lease_refresh_s=max(0.05, config.lease_s / 3),
