@@ -39,6 +39,7 @@ from olol.api import responses_api as ra
 from olol.api.errors import ApiError as TranslationError
 from olol.sim.httpserver import ApiError, Exchange
 from olol.sim.native import NativeEmitter
+from olol.sim.openai_api import model_entry
 
 if TYPE_CHECKING:
     from olol.sim.simulator import Simulator
@@ -148,16 +149,10 @@ class MoreApi:
 
     def images(self, ex: Exchange) -> None:
         body = ex.json("openai.ImageGenerationRequest")
-        prompt, model = body.get("prompt"), body.get("model")
+        prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise ApiError(400, "prompt is required")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "model is required")
-        entry = self.native.lookup(model)
-        if entry is None:
-            raise ApiError(404, f"model '{model}' not found")
-        if entry.spec.embedding:
-            raise ApiError(400, f'"{model}" does not support generate')
+        model, entry = model_entry(self.native, body, "generate")
         seed = body.get("seed")
         side = 8
         size = body.get("size")

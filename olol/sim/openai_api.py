@@ -48,15 +48,7 @@ class OpenAIApi:
         return int(self.sim.wall_clock())
 
     def _entry(self, body: dict, op: str):
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise ApiError(400, "model is required")
-        entry = self.native.lookup(name)
-        if entry is None:
-            raise ApiError(404, f"model '{name}' not found")
-        if entry.spec.embedding:
-            raise ApiError(400, f'"{name}" does not support {op}')
-        return name, entry
+        return model_entry(self.native, body, op)
 
     def _options(self, body: dict) -> dict:
         max_tokens = body.get("max_tokens")
@@ -288,3 +280,17 @@ class _CompletionEmitter(_SSEEmitter):
                                 "choices": [{"text": result.text, "index": 0,
                                              "finish_reason": result.done_reason}],
                                 "usage": self.usage_of(result)})
+
+
+def model_entry(native: Any, body: dict, op: str) -> tuple[str, Any]:
+    """The body's model and its simulator entry, or the error Ollama's OpenAI layer
+    answers: 400 without a model, 404 for an unknown one, 400 when it cannot ``op``."""
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise ApiError(400, "model is required")
+    entry = native.lookup(name)
+    if entry is None:
+        raise ApiError(404, f"model '{name}' not found")
+    if entry.spec.embedding:
+        raise ApiError(400, f'"{name}" does not support {op}')
+    return name, entry
