@@ -304,8 +304,7 @@ class RequestScheduler:
         self.cluster_manager.note_loaded(node, model)
         with self._lock:
             self._used.setdefault(node, {})[model] = now
-            self._node_ver[node] += 1
-            self._held_ver += 1
+            self._touch(node)
             head = next((r for r in claimed if r["id"] == decision.ids[0]), claimed[0])
             session = head.get("session")
             if session and self.strategy == "smart":
@@ -347,10 +346,15 @@ class RequestScheduler:
             if self.on_unplaceable is not None:
                 self.on_unplaceable(r, f"model '{r['model']}' not found")
 
-    def _reserve(self, node: str, model_key: str, delta: int) -> None:
-        """Count one node call (a slot) in or out. Caller holds the lock."""
+    def _touch(self, node: str) -> None:
+        """What we hold on ``node`` changed: its view (and the last snapshot) are stale.
+        Caller holds the lock."""
         self._node_ver[node] += 1
         self._held_ver += 1
+
+    def _reserve(self, node: str, model_key: str, delta: int) -> None:
+        """Count one node call (a slot) in or out. Caller holds the lock."""
+        self._touch(node)
         self._busy_models[model_key] += delta
         if self._busy_models[model_key] <= 0:
             del self._busy_models[model_key]
@@ -378,8 +382,7 @@ class RequestScheduler:
         self.cluster_manager.mark_suspect(server_address, reason)
         with self._lock:
             self._used.pop(server_address, None)
-            self._node_ver[server_address] += 1
-            self._held_ver += 1
+            self._touch(server_address)
             for session, addr in list(self._sessions.items()):
                 if addr == server_address:
                     del self._sessions[session]
