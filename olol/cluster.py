@@ -115,6 +115,22 @@ class ClusterManager:
 
     # -- membership -------------------------------------------------------------------
 
+    def follow_store(self) -> bool:
+        """On a shared store (several proxies), take nodes added or removed by another
+        proxy into this one's membership as the store reports them (each proxy still
+        polls every node itself). Returns whether it follows."""
+        return self.sync_manager.follow(self._servers_changed)
+
+    def _servers_changed(self, table: str) -> None:
+        if table != "servers":
+            return
+        listed = {r["address"] for r in self.sync_manager.read_from_ram("servers")}
+        with self._lock:
+            same = listed == set(self._nodes)
+        if not same:
+            changed = self.sync_from_store()
+            log.info("nodes changed by another proxy: %s", changed)
+
     def sync_from_store(self) -> dict[str, list[str]]:
         """Make RAM membership equal to the ``servers`` table (the store wins).
 

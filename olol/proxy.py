@@ -180,6 +180,7 @@ class Proxy:
             self.sync_manager.load_initial_state()
             self.cluster = ClusterManager(db, sync_manager=self.sync_manager, **kw)
             self.cluster.sync_config_nodes(config.nodes)
+            self.cluster.follow_store()  # a shared store: other proxies' node list
             self.stats = RequestStats(db, clock=clock, max_series=config.stats_max_series,
                                       retention_days=stats_retention_days(config))
             self.registry = ModelRegistry(

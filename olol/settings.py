@@ -134,6 +134,41 @@ class RuntimeSettings:
                      ", ".join(f"{k}={v!r}" for k, v in sorted(applied.items())))
         return applied
 
+    def follow(self) -> bool:
+        """On a shared store (several proxies), apply the changes other proxies make,
+        as they make them (the store's change feed). Returns whether it follows."""
+        if not getattr(self.db, "shared", False):
+            return False
+        self.db.watch("config", self._on_change)
+        return True
+
+    def _on_change(self, table: str, doc_ids: Any, origin: str) -> None:
+        if origin != getattr(self.db, "origin", None):
+            self.sync_from_store()
+
+    def sync_from_store(self) -> dict[str, Any]:
+        """Bring every live setting to the value stored (its boot value when none is):
+        what another proxy changed or reset. Returns what changed here."""
+        stored = {doc["key"][len(PREFIX):]: doc.get("value") for doc in self.db.search(
+            "config", lambda d: str(d.get("key", "")).startswith(PREFIX))}
+        changed: dict[str, Any] = {}
+        with self._lock:
+            for name in self._live:
+                want = stored.get(name, self._boot[name])
+                if _jsonable(getattr(self.config, name)) == _jsonable(want):
+                    continue
+                try:
+                    check_value(name, want)
+                    self._apply(name, want)
+                except (SettingError, ValueError) as exc:
+                    log.warning("ignoring setting %s from another proxy: %s", name, exc)
+                    continue
+                changed[name] = want
+        if changed:
+            log.info("run-time settings changed by another proxy: %s",
+                     ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items())))
+        return changed
+
     # -- reading ---------------------------------------------------------------------------
     def view(self) -> dict[str, dict[str, Any]]:
         """Every setting: value, boot value, default, whether it can change at run time,
@@ -316,4 +351,5 @@ def install_settings(proxy: Any) -> RuntimeSettings:
     }
     settings = RuntimeSettings(proxy.config, proxy.db, clock=proxy.clock, appliers=appliers)
     settings.load()
+    settings.follow()  # several proxies on one shared store: one set of settings
     return settings

@@ -42,8 +42,11 @@ class PendingIndex:
         return self._delayed[0][0] if self._delayed else None
 
     def add(self, entry: Entry, now: float) -> int | None:
-        """Index a pending entry; returns its 0-based ready position, None if delayed."""
+        """Index a pending entry; returns its 0-based ready position, None if delayed
+        (or another proxy's, which this one never claims)."""
         self.remove(entry)
+        if entry.foreign:
+            return None
         if entry.not_before is not None and entry.not_before > now:
             entry.delayed_key = (entry.not_before, entry.seq, entry.id)
             insort(self._delayed, entry.delayed_key)

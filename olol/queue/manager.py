@@ -114,10 +114,20 @@ class QueueManager:
         self._news = False  # an event happened that no thread has looked at since
         self._cancel_listeners: list[Callable[[str], None]] = []
         self._finish_listeners: list[Callable[[dict], None]] = []
+        # Several proxies on one shared store (PostgreSQL): each keeps this RAM view
+        # and hears the others' writes through the store's change feed; claims lock
+        # the rows, so no request is ever claimed twice. ``owner`` is this proxy's id
+        # in the records it admits and claims.
+        self.shared = bool(getattr(db, "shared", False))
+        self.owner = str(getattr(db, "origin", None) or "local")
+        if self.shared:
+            self._s.local_owner = self.owner
         self._upkeep = QueueMaintenance(db, self._s, self._cond, clock=clock,
                                         rebuild=self._rebuild, transition=self._transition,
                                         signal=self._signal)
         self._rebuild()
+        if self.shared:
+            db.watch(TABLE, self._on_change)
 
     def _rebuild(self) -> None:
         """Rebuild every RAM index from the store (the store is the truth)."""
@@ -139,8 +149,18 @@ class QueueManager:
         (at-least-once), unless they have used ``max_attempts`` claims: then they
         fail (a job that takes the proxy down is not run forever); pending jobs
         stay. Then the RAM indexes are rebuilt from the store.
+
+        On a shared store the records of the proxies still alive are theirs: only
+        those whose proxy is gone (this one's previous life included) are repaired,
+        each under its row lock (:meth:`sweep_stopped_proxies`).
         """
-        return self._upkeep.recover(self.max_attempts)
+        if not self.shared:
+            return self._upkeep.recover(self.max_attempts)
+        self._rebuild()
+        swept = self.sweep_stopped_proxies()
+        with self._cond:
+            self._signal(True)
+            return {**swept, "pending": len(self._s.index), "total": len(self._s.entries)}
 
     def extend_lease(self, request_id: str, lease_s: float | None = None) -> bool:
         """Push a processing request's lease to ``now + lease_s`` (default: the
@@ -150,8 +170,59 @@ class QueueManager:
 
     def return_expired_leases(self) -> int:
         """Processing requests whose lease has passed: jobs -> pending (at-least-once),
-        sync -> interrupted. Returns how many were changed."""
-        return self._upkeep.return_expired_leases()
+        sync -> interrupted. On a shared store, also what stopped proxies held
+        (:meth:`sweep_stopped_proxies`). Returns how many were changed."""
+        n = self._upkeep.return_expired_leases()
+        if self.shared:
+            n += sum(self.sweep_stopped_proxies().values())
+        return n
+
+    def sweep_stopped_proxies(self) -> dict[str, int]:
+        """Shared store: repair what proxies that stopped held, as :meth:`recover` does
+        after a restart: their claimed jobs go back to pending (or fail after
+        ``max_attempts`` claims), their sync requests (pending or running: the caller's
+        connection died with that proxy) become ``interrupted``. A proxy is alive while
+        its store session is (:meth:`PostgresStore.owners_alive`)."""
+        out = {"interrupted": 0, "requeued": 0, "failed": 0}
+        if not self.shared:
+            return out
+        with self._lock:
+            held = [(e.id, self.responsible({"status": e.status, "kind": e.kind,
+                                             "claimed_by": e.claimed_by, "owner": e.owner}))
+                    for e in self._s.entries.values() if e.status in ACTIVE]
+        owners = {who for _, who in held if who is not None and who != self.owner}
+        if not owners and all(who == self.owner or who is None for _, who in held):
+            return out
+        alive = set(self.db.owners_alive(owners)) | {self.owner}
+        limit = self.max_attempts
+        now_error = "interrupted: the proxy that held this request stopped"
+        kinds: dict[str, str] = {}
+
+        def patch(doc: dict, now: float) -> dict | None:
+            who = self.responsible(doc)
+            if who is None or who in alive:
+                return None  # taken over meanwhile
+            if doc.get("kind") != "job":
+                kinds[doc["id"]] = "interrupted"
+                return finish_patch("interrupted", now, now_error)
+            attempts = int_or_zero(doc.get("attempts"))
+            if limit is not None and attempts >= limit:
+                kinds[doc["id"]] = "failed"
+                return finish_patch("failed", now, f"{now_error} {attempts} times while this "
+                                    "job was running; it is not run again") | {
+                                        "error_status": 500}
+            kinds[doc["id"]] = "requeued"
+            return pending_patch(None) | {"claimed_by": None}
+
+        for rid, who in held:
+            if who is not None and who not in alive:
+                self._transition(rid, ACTIVE, patch, any_claim=True)
+        for kind in kinds.values():
+            out[kind] += 1
+        if out["requeued"]:
+            log.warning("queue: %d jobs of stopped proxies returned to the queue",
+                        out["requeued"])
+        return out
 
     def clean_old_requests(self, max_age_hours: float | None = None) -> int:
         """Remove finished records (completed/failed/interrupted/cancelled) that
@@ -179,6 +250,7 @@ class QueueManager:
         :raises QueueFullError: ``max_depth`` or ``max_depth_per_model`` reached.
         """
         record = build_record(request, seq=0, now=0.0)
+        record["owner"] = self.owner
         rid, model_key = record["id"], record["model_key"]
         sync = record["kind"] != "job"
         with self._lock:
@@ -192,7 +264,8 @@ class QueueManager:
             e = Entry(id=rid, doc_id=-1, kind=record["kind"], endpoint=record["endpoint"],
                       model_key=model_key, priority=record["priority"], seq=record["seq"],
                       enqueued_ts=now, status="pending", batch_key=record["batch_key"],
-                      coalesce_key=record["coalesce_key"], body_bytes=record["body_bytes"])
+                      coalesce_key=record["coalesce_key"], body_bytes=record["body_bytes"],
+                      owner=self.owner)
             if sync:
                 # A sync request's body stays in RAM only: it is never re-run after a
                 # restart, so the journal and the snapshot need not carry it.
@@ -293,6 +366,8 @@ class QueueManager:
             return []
         bid = batch_id or uuid.uuid4().hex
         claimed: list[dict] = []
+        newer: list[dict] = []  # records another proxy changed before this claim
+        skipped: list[Entry] = []  # rows another proxy's transaction holds right now
         try:
             # A sync claim does not wait for its journal sync: if the proxy dies before
             # it is on disk, the record is still "pending" there, and recovery treats a
@@ -301,16 +376,24 @@ class QueueManager:
             # must be counted before it runs, or a job that kills the proxy would be
             # re-run forever.
             with self.db.transaction(wait=any(e.kind == "job" for e in chosen)):
+                # Row locks: on a shared store a row another proxy is claiming (or
+                # changing) right now is skipped, never waited for nor claimed twice.
+                docs = {d.doc_id: d for d in self.db.lock(
+                    TABLE, [e.doc_id for e in chosen], skip_locked=True)}
                 for e in chosen:
-                    doc = self.db.get(TABLE, e.doc_id)
-                    if doc is None or doc.get("status") != "pending":
-                        continue  # changed meanwhile; that writer updates RAM
+                    doc = docs.get(e.doc_id)
+                    if doc is None:
+                        skipped.append(e)
+                        continue
+                    if doc.get("status") != "pending":
+                        newer.append(doc)  # changed meanwhile (here, or by another proxy)
+                        continue
                     patch = {
                         "status": "processing", "lease_until": now + lease,
                         "attempts": int_or_zero(doc.get("attempts")) + 1,
                         "started_at": iso_utc(now), "started_ts": now,
                         "server_assigned": server, "batch_id": bid, "not_before": None,
-                        "rev": rev_of(doc) + 1,
+                        "claimed_by": self.owner, "rev": rev_of(doc) + 1,
                     }
                     self.db.update(TABLE, patch, e.doc_id)
                     doc = dict(doc)
@@ -327,6 +410,13 @@ class QueueManager:
         with self._cond:
             for doc in claimed:
                 self._s.apply(self._s.entries[doc["id"]], doc, now)
+            for doc in newer:
+                e = self._s.entries.get(doc["id"])
+                if e is not None:
+                    self._s.apply(e, doc, now)  # ignored unless newer than RAM
+            for e in skipped:
+                if e.status == "pending" and not self._s.index.is_ready(e):
+                    self._s.index.add(e, now)  # still claimable here once its lock goes
             if claimed and self._s.index.ready_count > 0:
                 self._signal()  # more to claim: pass the wake-up on to another thread
         return claimed
@@ -385,8 +475,12 @@ class QueueManager:
 
     # ------------------------------------------------------------------ transitions
     def _transition(self, request_id: str, allowed: Iterable[str], make_patch: Patch,
-                    usage: dict | None = None) -> dict | None:
-        """Check-and-write one record in a store transaction, then update RAM."""
+                    usage: dict | None = None, *, any_claim: bool = False) -> dict | None:
+        """Check-and-write one record in a store transaction, then update RAM.
+
+        On a shared store a processing record claimed by another proxy is left alone
+        unless ``any_claim`` (cancel, and the sweep of dead proxies' claims): only the
+        claimer finishes, requeues or extends what it runs."""
         with self._lock:
             e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
             if e is None or e.doc_id < 0:
@@ -396,17 +490,30 @@ class QueueManager:
         # caller hears the outcome over its connection, and a crash before the line
         # is on disk leaves the record as recovery finds it (absent or interrupted,
         # never re-run). A job's state is read back later by id: it waits.
+        seen: Any = None  # the record as found, when this write does not apply to it
+        patch: dict | None = None
         with self.db.transaction(wait=e.kind == "job"):
-            doc = self.db.get(TABLE, e.doc_id)
-            if doc is None or doc.get("id") != request_id or doc.get("status") not in allowed:
+            locked = self.db.lock(TABLE, [e.doc_id])  # held until the write commits
+            doc = locked[0] if locked else None
+            if doc is None or doc.get("id") != request_id:
                 return None
-            patch = make_patch(doc, now)
-            if patch is None:
-                return None
-            patch["rev"] = rev_of(doc) + 1
-            if patch.get("status") in FINISHED and doc.get("body") is not None:
-                patch["body"] = None  # a finished job's body: nothing can need it
-            self.db.update(TABLE, patch, e.doc_id)
+            if doc.get("status") not in allowed or (
+                self.shared and not any_claim and doc.get("status") == "processing"
+                and doc.get("claimed_by") not in (None, self.owner)
+            ):
+                seen = doc
+            else:
+                patch = make_patch(doc, now)
+                if patch is not None:
+                    patch["rev"] = rev_of(doc) + 1
+                    if patch.get("status") in FINISHED and doc.get("body") is not None:
+                        patch["body"] = None  # a finished job's body: nothing can need it
+                    self.db.update(TABLE, patch, e.doc_id)
+        if patch is None:
+            if seen is not None and self.shared:
+                with self._cond:  # another proxy's write, perhaps not heard of yet
+                    self._s.apply(e, dict(seen), now)
+            return None
         new = dict(doc)
         new.update(patch)
         with self._cond:
@@ -514,7 +621,8 @@ class QueueManager:
         """Pending or processing -> cancelled. Listeners (the dispatcher) hear of it, so
         a request already running on a node is stopped there."""
         done = self._transition(
-            request_id, ACTIVE, lambda doc, now: finish_patch("cancelled", now, "cancelled")
+            request_id, ACTIVE, lambda doc, now: finish_patch("cancelled", now, "cancelled"),
+            any_claim=True,
         ) is not None
         if done:
             for listener in list(self._cancel_listeners):
@@ -601,6 +709,80 @@ class QueueManager:
         """Body bytes held for pending and processing requests."""
         with self._lock:
             return self._s.active_bytes
+
+    # ------------------------------------------------------------------ shared store
+    def _on_change(self, table: str, doc_ids: list[int] | None, origin: str) -> None:
+        """The store's change feed (shared store): another proxy wrote these records
+        (``None``: maybe missed some; reload all). Runs on the store's listener
+        thread; this proxy's own writes are in RAM already."""
+        if origin == self.owner:
+            return
+        if doc_ids is None:
+            self._resync()
+            return
+        docs = {d.doc_id: d for d in self.db.get_many(TABLE, doc_ids)}
+        self._merge(docs, doc_ids)
+
+    def _merge(self, docs: dict[int, Any], doc_ids: Iterable[int]) -> None:
+        now = self.clock()
+        cancelled: list[str] = []
+        with self._cond:
+            wake = False
+            by_doc: dict[int, Entry] | None = None
+            for doc_id in doc_ids:
+                doc = docs.get(doc_id)
+                if doc is None:  # removed (cleanup, trimming)
+                    if by_doc is None:
+                        by_doc = {e.doc_id: e for e in self._s.entries.values()}
+                    gone = by_doc.get(doc_id)
+                    if gone is not None and gone.status in FINISHED:
+                        self._s.forget(gone)
+                    continue
+                rid = doc.get("id")
+                e = self._s.entries.get(rid) if isinstance(rid, str) else None
+                if e is None:
+                    if doc.get("status") not in QUEUE_STATUSES:
+                        continue
+                    e = self._s.ingest(doc, now)
+                    wake = wake or self._s.index.is_ready(e)
+                    continue
+                if e.doc_id < 0:
+                    continue  # this proxy's own insert of that id is on its way
+                old = e.status
+                self._s.apply(e, doc, now)
+                self._s.next_seq = max(self._s.next_seq, e.seq + 1)
+                if e.status != old:
+                    if e.status == "pending" or (old == "processing"
+                                                 and self._s.index.ready_count > 0):
+                        wake = True
+                    if e.status == "cancelled" and old in ACTIVE:
+                        cancelled.append(e.id)
+            if wake:
+                self._signal()
+        for rid in cancelled:  # cancelled on another proxy: stop it here if it runs here
+            for listener in list(self._cancel_listeners):
+                try:
+                    listener(rid)
+                except Exception:
+                    log.exception("cancel listener failed for %s", rid)
+
+    def _resync(self) -> None:
+        """Bring RAM in line with the whole table (after the change feed had a gap),
+        keeping what only RAM holds (the bodies of this proxy's sync requests)."""
+        docs = {d.doc_id: d for d in self.db.all(TABLE)}
+        with self._lock:
+            known = [e.doc_id for e in self._s.entries.values() if e.doc_id >= 0]
+        self._merge(docs, list(dict.fromkeys([*docs, *known])))
+
+    def responsible(self, record: Any) -> str | None:
+        """The proxy whose life a record's progress depends on: the claimer of a
+        processing record, the admitting proxy of a pending sync request (its caller
+        is connected there); None for what any proxy may take."""
+        if record.get("status") == "processing":
+            return record.get("claimed_by") or record.get("owner")
+        if record.get("status") == "pending" and record.get("kind") != "job":
+            return record.get("owner")
+        return None
 
     # ------------------------------------------------------------------ waking
     def _signal(self, everyone: bool = False) -> None:

@@ -29,7 +29,7 @@ LEASE_ERROR = "interrupted: the dispatch lease expired"
 MANAGED_FIELDS = (
     "status", "seq", "enqueued_ts", "attempts", "not_before", "lease_until",
     "server_assigned", "batch_id", "started_at", "completed_at", "started_ts",
-    "completed_ts", "result", "error", "error_status", "rev",
+    "completed_ts", "result", "error", "error_status", "rev", "owner", "claimed_by",
 )
 
 
@@ -169,6 +169,13 @@ class Entry:
     # is pending or processing (nothing can need it afterwards, nor after a restart).
     body: dict | None = None
     body_bytes: int = 0  # size of the body as received (bounds what the queue holds)
+    # On a shared store (several proxies): the proxy that admitted the request and the
+    # one whose claim holds it now (the store's ``origin`` of each).
+    owner: str | None = None
+    claimed_by: str | None = None
+    # Another proxy's sync request: its body and its caller are there, so this proxy
+    # never claims it (it is in the counts, never in the pending index).
+    foreign: bool = False
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], doc_id: int, *, seq: int, now: float) -> Entry:
@@ -192,6 +199,8 @@ class Entry:
             session=doc.get("session"),
             model=doc.get("model"),
             body_bytes=_int(doc.get("body_bytes"), 0),
+            owner=doc.get("owner"),
+            claimed_by=doc.get("claimed_by"),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -23,6 +23,9 @@ class QueueState:
     def __init__(self, ageing_s: float, finish_log_size: int):
         self.ageing_s = ageing_s
         self.finishes = FinishLog(finish_log_size)
+        # on a shared store: this proxy's origin (records admitted elsewhere as sync
+        # requests are foreign: counted, never claimed); None: one proxy, none foreign
+        self.local_owner: str | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -68,6 +71,7 @@ class QueueState:
         e.not_before = doc.get("not_before")
         e.lease_until = doc.get("lease_until")
         e.completed_ts = doc.get("completed_ts")
+        e.claimed_by = doc.get("claimed_by")
         if new == "pending":
             self.index.add(e, now)
         elif new == "processing":
@@ -92,6 +96,7 @@ class QueueState:
                             doc["id"], doc.doc_id)
                 continue
             e = Entry.from_doc(doc, doc.doc_id, seq=0, now=now)
+            e.foreign = self.is_foreign(e)
             self.entries[e.id] = e
             self.count(e, e.status, +1)
             max_seq = max(max_seq, e.seq)
@@ -110,6 +115,25 @@ class QueueState:
         finished_sync.sort(key=lambda e: (e.completed_ts or e.enqueued_ts, e.seq))
         self.finished_sync.update((e.id, e) for e in finished_sync)
         self.next_seq = max(max_seq + 1, seq_floor, 1)
+
+    def is_foreign(self, e: Entry) -> bool:
+        return (self.local_owner is not None and e.kind == "sync"
+                and e.owner != self.local_owner)
+
+    def ingest(self, doc: Any, now: float) -> Entry:
+        """Add the entry of a record another proxy wrote (shared store), unknown here."""
+        e = Entry.from_doc(doc, doc.doc_id, seq=0, now=now)
+        e.foreign = self.is_foreign(e)
+        self.entries[e.id] = e
+        self.count(e, e.status, +1)
+        self.next_seq = max(self.next_seq, e.seq + 1)  # FIFO across proxies (Lamport)
+        if e.status == "pending":
+            self.index.add(e, now)
+        elif e.status == "processing":
+            self.processing[e.id] = e
+        elif e.kind == "sync":
+            self.finished_sync[e.id] = e
+        return e
 
     def forget(self, e: Entry) -> None:
         self.finished_sync.pop(e.id, None)

@@ -40,6 +40,37 @@ class SyncManager:
         self._ram_cache: dict[str, dict[int, dict]] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
+        self._following = False
+
+    def follow(self, listener: Callable[[str], None] | None = None) -> bool:
+        """On a shared store (several proxies), take the other proxies' writes to the
+        managed tables into RAM as the store's change feed reports them, then call
+        ``listener(table)``. Returns whether it follows."""
+        if not getattr(self.db, "shared", False):
+            return False
+        if listener is not None:
+            self._listeners.append(listener)
+        if self._following:
+            return True
+        self._following = True
+        for table in self._table_names():
+            self.db.watch(table, self._on_change)
+        return True
+
+    def _on_change(self, table: str, doc_ids: list[int] | None, origin: str) -> None:
+        if origin == getattr(self.db, "origin", None):
+            return  # this process's own writes went through here already
+        if doc_ids is None:
+            self.force_sync(table)
+        else:
+            with self._lock(table):
+                self._refresh(table, doc_ids)
+        for listener in list(self._listeners):
+            try:
+                listener(table)
+            except Exception:  # a listener must not stop the feed
+                log.exception("listener of %s changes failed", table)
 
     def _lock(self, table: str) -> threading.RLock:
         with self._locks_guard:
