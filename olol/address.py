@@ -94,3 +94,12 @@ def connect_host(host: str) -> str:
     if host == "::":
         return "::1"
     return host
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (``scheme://user:secret@host`` or a ``password=``
+    query parameter) replaced by ``***``: for logs, pages and messages."""
+    import re
+
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)

@@ -46,6 +46,10 @@ class ProxyConfig:
     data_dir: Path | None = opt(None, "Data folder (store, journal, request statistics); "
                                 "`olol proxy` defaults it to $OLOL_DATA_DIR, else "
                                 "$XDG_DATA_HOME/olol. Unset in code: an in-memory store.")
+    store: str | None = opt(None, "Where the proxy keeps its state instead of the data "
+                            "folder: a `postgresql://USER@HOST:PORT/DB` URL shares one queue, "
+                            "keys, settings and registry among several proxies "
+                            "(docs/postgresql.md). Unset: TinyDB files in the data folder.")
     keys_enabled: bool = opt(False, "Require an API key (`Authorization: Bearer`) on every "
                              "route but the liveness and readiness probes.")
     default_priority: int = opt(0, "Queue priority of requests without a key default or an "

@@ -37,6 +37,7 @@ DEFAULT_JOB_INTERVALS: dict[str, float] = {
     "health-poll": 5.0,
     "queue-cleanup": 300.0,
     "registry-sync": 30.0,
+    "queue-leases": 5.0,
     "stats-rollup": 60.0,
     "store-checkpoint": 600.0,
     "model-optimize": 3600.0,
@@ -339,6 +340,8 @@ def install_proxy_jobs(jobs: MaintenanceJobs, *, config: ProxyConfig, queue: Que
     ``health-poll`` (``health.run_once``; do not also call ``health.start``),
     ``queue-cleanup`` (``queue.clean_old_requests()``, the queue's retention_hours),
     ``registry-sync`` (``queue.return_expired_leases`` + ``registry.synchronize_models``),
+    ``queue-leases`` (``queue.return_expired_leases``, on a shared store only: the claims
+    and sync requests of stopped proxies),
     ``stats-rollup`` (``stats.maintain``), ``store-checkpoint`` (``db.checkpoint``, durable
     stores only), ``model-optimize`` (plan + apply; only when ``config.auto_optimize``).
     """
@@ -356,6 +359,9 @@ def install_proxy_jobs(jobs: MaintenanceJobs, *, config: ProxyConfig, queue: Que
         add("queue-cleanup", lambda: queue.clean_old_requests())
     if queue is not None or registry is not None:
         add("registry-sync", _registry_job(queue, registry))
+    if queue is not None and getattr(queue, "shared", False):
+        # several proxies on one store: what a stopped proxy held goes back quickly
+        add("queue-leases", lambda: {"returned": queue.return_expired_leases()})
     if stats is not None:
         add("stats-rollup", getattr(stats, "maintain", None) or stats.roll_up)
     if db is not None and getattr(db, "durable", False):

@@ -180,6 +180,10 @@ class RuntimeSettings:
             value = getattr(self.config, f.name)
             if f.name in ("node_token",):
                 value = "(set)" if value else None  # never show a secret
+            elif f.name == "store" and value:
+                from olol.address import redact_url
+
+                value = redact_url(value)  # a database URL may carry a password
             entry: dict[str, Any] = {
                 "value": _jsonable(value), "default": _jsonable(default_of(f.name)),
                 "live": bool(f.metadata.get("live")), "help": f.metadata.get("help", ""),

@@ -26,7 +26,7 @@ MAX_LIST = 1000
 _PUBLIC_FIELDS = (
     "id", "status", "endpoint", "model", "priority", "attempts", "server_assigned",
     "result", "error", "error_status", "created_at", "updated_at", "started_at",
-    "completed_at",
+    "completed_at", "claimed_by",
 )
 
 

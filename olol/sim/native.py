@@ -232,6 +232,7 @@ class NativeApi:
         if not isinstance(prompt, str):
             raise ApiError(400, "json: cannot unmarshal into Go struct field "
                                 "GenerateRequest.prompt of type string")
+        self.sim.note_prompt(prompt)
         raw = bool(body.get("raw"))
         if raw and (body.get("template") or body.get("system") or body.get("context")):
             raise ApiError(400, "raw mode does not support template, system, or context")
@@ -260,6 +261,8 @@ class NativeApi:
         body = ex.json("api.ChatRequest")
         stream = want_stream(body)
         name, entry, job = self.chat_job(body)
+        messages = body.get("messages") or [{}]
+        self.sim.note_prompt(str(messages[-1].get("content") or ""))
         if job is None:
             self._load_or_unload(ex, entry, body, {
                 "model": name, "created_at": self.now(),

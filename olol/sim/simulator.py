@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,9 @@ class SimConfig:
     max_connections: int = 256
     max_body: int = 64 * 1024 * 1024
     hang_limit: float = 60.0
+    # count the prompts of /api/generate and /api/chat (the last message) received, up
+    # to this many distinct ones (0: off): tests that check nothing ran twice read them
+    record_prompts: int = 0
 
     def validate(self) -> None:
         for key in ("ttft", "tokens_per_second", "load_time", "pull_bytes_per_second"):
@@ -116,6 +120,8 @@ class Simulator:
         self.clock, self.wall_clock = clock, wall_clock
         self.stop_event = threading.Event()
         self.stats_counters = Stats()
+        self.prompts_seen: Counter[str] = Counter()
+        self._prompts_lock = threading.Lock()
         self.faults = Faults(self.stop_event, self.config.hang_limit)
         catalog = self.config.catalog if self.config.catalog is not None else default_catalog()
         self._catalog = {k.lower(): v for k, v in catalog.items()}
@@ -136,6 +142,15 @@ class Simulator:
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -----------------------------------------------------------------
+
+    def note_prompt(self, text: str) -> None:
+        """Count one received prompt (when ``record_prompts`` is on; bounded)."""
+        limit = self.config.record_prompts
+        if limit <= 0:
+            return
+        with self._prompts_lock:
+            if text in self.prompts_seen or len(self.prompts_seen) < limit:
+                self.prompts_seen[text] += 1
 
     def start(self) -> Simulator:
         """Bind and serve on named threads; returns self."""
