@@ -7,8 +7,8 @@ from what its users expect. The real classes satisfy them structurally:
 ================= ======================================== ===============================
 Protocol          real class                               used by
 ================= ======================================== ===============================
-``Store``         :class:`olol.store.DatabaseManager`      queue, keys, registry, stats,
-                                                           settings, the front door
+``Store``         :class:`olol.store.DatabaseManager`,     queue, keys, registry, stats,
+                  :class:`olol.store.PostgresStore`        settings, the front door
 ``Queue``         :class:`olol.queue.QueueManager`         the front door, metrics, jobs
 ``ClusterView``   :class:`olol.cluster.ClusterManager`     the front door, metrics, the UI
 ``NodeClient``    :class:`olol.rpc.client.NodeClient`      the front door (model routes)
@@ -75,6 +75,16 @@ class Store(Protocol):
     def all(self, table: str) -> list[Any]: ...
 
     def count(self, table: str, cond: Cond | None = None) -> int: ...
+
+    # shared stores (several proxies on one database): row locks inside a transaction,
+    # and change notices after every commit (``origin``: the process that wrote)
+    origin: str
+
+    def lock(self, table: str, doc_ids: Iterable[int], *,
+             skip_locked: bool = False) -> list[Any]: ...
+
+    def watch(self, table: str,
+              callback: Callable[[str, list[int] | None, str], None]) -> None: ...
 
     # upkeep and figures (maintenance jobs, /metrics)
     @property

@@ -52,12 +52,65 @@ def _copy(doc: dict) -> dict:
     return _loads(_dumps(doc))
 
 
+def encode_doc(schema: TableSchema, doc: Any) -> bytes:
+    """``doc`` validated against ``schema`` and encoded as JSON (SchemaError otherwise)."""
+    schema.validate(doc)
+    try:
+        return _dumps(doc)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        for key, value in doc.items():
+            try:
+                _dumps(value)
+            except (TypeError, orjson.JSONEncodeError):
+                raise SchemaError(
+                    f"table {schema.name!r}: field {key!r} is not a JSON value ({exc})"
+                ) from None
+        raise SchemaError(f"table {schema.name!r}: document is not JSON ({exc})") from None
+
+
+def encode_new_docs(schema: TableSchema, docs: list, now: str) -> list[bytes]:
+    """Documents to insert, stamped (``created_at`` unless given, ``updated_at``),
+    validated and encoded; SchemaError names the table (and the field)."""
+    encoded = []
+    for doc in docs:
+        if not isinstance(doc, Mapping):
+            raise SchemaError(
+                f"table {schema.name!r}: a document must be a mapping, got {type(doc).__name__}"
+            )
+        doc = dict(doc)
+        doc.setdefault("created_at", now)
+        doc["updated_at"] = now
+        encoded.append(encode_doc(schema, doc))
+    return encoded
+
+
+def encode_fields(table: str, fields: Mapping) -> bytes:
+    """The fields of an update, encoded as a JSON object (SchemaError when not JSON)."""
+    try:
+        return _dumps(dict(fields))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise SchemaError(f"table {table!r}: update fields are not JSON ({exc})") from None
+
+
 class StoreClosedError(jr.StoreError):
     """The store was closed; nothing more is accepted."""
 
 
+class StoreUnavailableError(jr.StoreError):
+    """The store's database server cannot be reached (refused, timed out, connection
+    lost mid-call); the call's writes were not applied. The front door answers 503."""
+
+
+#: ``callback(table, doc_ids, origin)`` of :meth:`DatabaseManager.watch`: ``doc_ids``
+#: None means "reload the whole table".
+WatchCallback = Callable[[str, "list[int] | None", str], None]
+
+
 class DatabaseManager:
     """Thread-safe CRUD over the olol tables, durable when given a folder."""
+
+    #: who made a change, in :meth:`watch` callbacks (one process: always this one)
+    origin = "local"
 
     def __init__(
         self,
@@ -80,6 +133,8 @@ class DatabaseManager:
         self._next_ids: dict[str, int] = {}
         self._txn: list[bytes] | None = None
         self._undo: list[tuple] = []
+        self._watchers: dict[str, list[WatchCallback]] = {}
+        self._txn_changes: dict[str, set[int] | None] = {}  # for the watchers, per table
         self._closed = False
         self._journal: jr.Journal | None = None
         self._dirlock: jr.DirLock | None = None
@@ -220,19 +275,7 @@ class DatabaseManager:
             return ids
         raise TypeError(f"expected a document id, ids or a query, got {type(where).__name__}")
 
-    def _encode_doc(self, schema: TableSchema, doc: Any) -> bytes:
-        schema.validate(doc)
-        try:
-            return _dumps(doc)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            for key, value in doc.items():
-                try:
-                    _dumps(value)
-                except (TypeError, orjson.JSONEncodeError):
-                    raise SchemaError(
-                        f"table {schema.name!r}: field {key!r} is not a JSON value ({exc})"
-                    ) from None
-            raise SchemaError(f"table {schema.name!r}: document is not JSON ({exc})") from None
+    _encode_doc = staticmethod(encode_doc)
 
     # ------------------------------------------------------------------ commit
     def _commit(self, ops: list[bytes], undo: list[tuple]) -> int:
@@ -296,18 +339,19 @@ class DatabaseManager:
             if self._txn is not None:  # nested: part of the outer transaction
                 yield self
                 return
-            self._txn, self._undo = [], []
+            self._txn, self._undo, self._txn_changes = [], [], {}
             try:
                 yield self
             except BaseException:
                 self._rollback(self._undo)
-                self._txn, self._undo = None, []
+                self._txn, self._undo, self._txn_changes = None, [], {}
                 raise
-            ops, undo = self._txn, self._undo
-            self._txn, self._undo = None, []
+            ops, undo, changes = self._txn, self._undo, self._txn_changes
+            self._txn, self._undo, self._txn_changes = None, [], {}
             seq = self._append(ops, undo)
         if wait:
             self._wait(seq)
+        self._announce(changes)
 
     # ------------------------------------------------------------------ writes
     def insert(self, table: str, doc: Mapping[str, Any], *, wait: bool = True) -> int:
@@ -325,18 +369,7 @@ class DatabaseManager:
         transaction the transaction decides.
         """
         schema = self._schema(table)
-        docs = list(docs)
-        now = iso_utc(self.clock())
-        encoded = []
-        for doc in docs:
-            if not isinstance(doc, Mapping):
-                raise SchemaError(
-                    f"table {table!r}: a document must be a mapping, got {type(doc).__name__}"
-                )
-            doc = dict(doc)
-            doc.setdefault("created_at", now)
-            doc["updated_at"] = now
-            encoded.append(self._encode_doc(schema, doc))
+        encoded = encode_new_docs(schema, list(docs), iso_utc(self.clock()))
         with self._lock:
             self._check_open()
             rows = self._rows(table)
@@ -351,8 +384,10 @@ class DatabaseManager:
                 ids.append(doc_id)
             self._next_ids[table] = first + len(encoded)
             seq = self._commit(ops, undo)
+            changed = self._changed(table, ids)
         if wait:
             self._wait(seq)
+        self._announce(changed)
         return ids
 
     def update(self, table: str, fields: Fields, where: Where) -> list[int]:
@@ -389,14 +424,13 @@ class DatabaseManager:
                 self._rollback(undo)
                 raise
             seq = self._commit(ops, undo)
+            changed = self._changed(table, ids)
         self._wait(seq)
+        self._announce(changed)
         return ids
 
     def _encode_fields(self, table: str, fields: Mapping) -> bytes:
-        try:
-            return _dumps(dict(fields))
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise SchemaError(f"table {table!r}: update fields are not JSON ({exc})") from None
+        return encode_fields(table, fields)
 
     def upsert(self, table: str, doc: Mapping[str, Any], where: Where) -> list[int]:
         """Update matching docs with ``doc``'s fields, or insert ``doc`` if none match."""
@@ -416,7 +450,9 @@ class DatabaseManager:
                 undo.append(("row", table, doc_id, rows.pop(doc_id)))
                 ops.append(_dumps(["d", table, doc_id]))
             seq = self._commit(ops, undo)
+            changed = self._changed(table, ids)
         self._wait(seq)
+        self._announce(changed)
         return ids
 
     def truncate(self, table: str) -> None:
@@ -426,7 +462,63 @@ class DatabaseManager:
             undo = [("table", table, rows)]
             self._tables[table] = {}
             seq = self._commit([_dumps(["c", table])], undo)
+            changed = self._changed(table, None)
         self._wait(seq)
+        self._announce(changed)
+
+    # ------------------------------------------------------------------ locks, watchers
+    def lock(self, table: str, doc_ids: Iterable[int], *,
+             skip_locked: bool = False) -> list[Document]:
+        """Inside a transaction: the current documents of ``doc_ids`` that exist (in id
+        order), held until the transaction ends. Here the transaction already holds the store's lock
+        (writers are serialised), so nothing is ever skipped; on PostgreSQL the rows are
+        locked (``FOR UPDATE [SKIP LOCKED]``). Outside a transaction: RuntimeError."""
+        with self._lock:
+            self._check_open()
+            if self._txn is None:
+                raise RuntimeError("lock() must be called inside store.transaction()")
+            rows = self._rows(table)
+            ids = self._select(rows, list(doc_ids))
+            return [Document(_copy(rows[i]), i) for i in sorted(set(ids))]
+
+    def watch(self, table: str, callback: WatchCallback) -> None:
+        """Call ``callback(table, doc_ids, origin)`` after each commit that changed rows
+        of ``table`` (``doc_ids`` None: the table was truncated; ``origin`` is
+        :attr:`origin`). Callbacks run in the writing thread, after the commit; one
+        that raises is logged and the others still run."""
+        self._schema(table)
+        with self._lock:
+            self._watchers.setdefault(table, []).append(callback)
+
+    def _changed(self, table: str, ids: list[int] | None) -> tuple | None:
+        """Under the lock, after a write: what to announce once it is committed (None
+        when nobody watches, or inside a transaction, which announces at its end)."""
+        if not self._watchers.get(table):
+            return None
+        if self._txn is None:
+            return ((table, None if ids is None else list(ids)),)
+        known = self._txn_changes.get(table, set())
+        if ids is None or known is None:
+            self._txn_changes[table] = None
+        else:
+            known.update(ids)
+            self._txn_changes[table] = known
+        return None
+
+    def _announce(self, changes: Any) -> None:
+        if not changes:
+            return
+        items = changes.items() if isinstance(changes, dict) else changes
+        for table, ids in items:
+            if ids is not None:
+                ids = sorted(ids)
+                if not ids:
+                    continue
+            for callback in list(self._watchers.get(table, ())):
+                try:
+                    callback(table, ids, self.origin)
+                except Exception:  # noqa: BLE001 - the write is committed; others still run
+                    log.exception("store watcher of %s failed", table)
 
     # ------------------------------------------------------------------ reads
     def get(self, table: str, doc_id: int) -> Document | None:
@@ -551,6 +643,7 @@ class DatabaseManager:
         j = self._journal
         with self._lock:
             out: dict[str, Any] = {
+                "backend": "tinydb" if self.durable else "memory",
                 "durable": self.durable,
                 "data_dir": str(self.data_dir) if self.data_dir else None,
                 "rows": {t: len(r) for t, r in self._tables.items()},
