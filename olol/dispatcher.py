@@ -778,6 +778,9 @@ class Dispatcher:
             # is busy (503: try again later)
             for req in a.requests:
                 if kind == BUSY:
+                    # full with calls we do not see (another proxy's, say): the retry
+                    # goes to another node when one can take it
+                    self.scheduler.avoid(req["id"], a.node)
                     self._retry(req, exc, busy=True)
                 else:
                     self._fail(req, exc.http_status, exc.message, started=False)

@@ -149,6 +149,10 @@ class Proxy:
         check_log_format(config.log_format)
         if config.malloc_arenas > 0:
             limit_malloc_arenas(config.malloc_arenas)
+        if db is None and config.store:
+            from olol.store import open_store
+
+            db = open_store(config.store, clock=clock)  # type: ignore[assignment]
         if db is None:
             db = (DatabaseManager(config.data_dir, clock=clock) if config.data_dir is not None
                   else DatabaseManager.memory(clock=clock))

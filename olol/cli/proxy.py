@@ -236,8 +236,13 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     except (StoreError, ValueError, OSError) as exc:
         print(f"olol proxy: {failure(exc)}", file=sys.stderr)
         return 1
-    print(f"olol proxy serving the Ollama API on {proxy.url} "
-          f"(data in {config.data_dir})", flush=True)
+    if config.store:
+        from olol.address import redact_url
+
+        where = f"state in {redact_url(config.store)}"
+    else:
+        where = f"data in {config.data_dir}"
+    print(f"olol proxy serving the Ollama API on {proxy.url} ({where})", flush=True)
     return _serve(proxy, stop=stop)
 
 

@@ -111,6 +111,7 @@ class DatabaseManager:
 
     #: who made a change, in :meth:`watch` callbacks (one process: always this one)
     origin = "local"
+    shared = False  # one process owns the data folder: no other proxy writes here
 
     def __init__(
         self,
@@ -531,16 +532,6 @@ class DatabaseManager:
         with self._lock:
             rows = self._rows(table)
             return [Document(_copy(rows[i]), i) for i in dict.fromkeys(doc_ids) if i in rows]
-
-    def lock(self, table: str, doc_ids: Iterable[int], *, skip_locked: bool = False
-             ) -> list[Document]:
-        """Inside a transaction: the current records of those ids, locked until it
-        ends. Here the transaction holds the store's lock already, so nothing is ever
-        skipped; a shared store (PostgreSQL) locks the rows themselves."""
-        with self._lock:
-            if self._txn is None:
-                raise RuntimeError("lock() is only meaningful inside a transaction")
-        return self.get_many(table, doc_ids)
 
     def search(self, table: str, cond: Callable[[Mapping], bool] | Mapping) -> list[Document]:
         match = self._matcher(cond)

@@ -74,6 +74,8 @@ INSTALL_HINT = "pip install 'olol[postgresql]'"
 # advisory lock keys: schema creation and migration; upserts that found nothing
 _SCHEMA_LOCK = 0x6F6C6F6C5F736368
 _UPSERT_LOCK = 0x6F6C6F6D
+_PRESENCE_LOCK = 0x6F6C6F70  # (this, hashtext(origin)): held while a process is alive
+_EXCLUSIVE_LOCK = 0x6F6C6F78  # (this, hashtext(name)): exclusive()
 _INT8_MIN, _INT8_MAX = -(1 << 63), (1 << 63) - 1
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 # a \u0000 escape that is not itself an escaped backslash followed by "u0000"
@@ -218,6 +220,7 @@ class PostgresStore:
     """
 
     data_dir = None  # no folder: request statistics keep no log of their own here
+    shared = True  # several proxies may use one database at once
 
     def __init__(
         self,
@@ -663,6 +666,17 @@ class PostgresStore:
                 return int(row[0])
             return len(self._rows(conn, table, plan))
 
+    def get_many(self, table: str, doc_ids: Iterable[int]) -> list[Document]:
+        """The documents of those ids that exist, in id order (one query)."""
+        self._schema(table)
+        ids = [i for i in _ids(doc_ids) if _INT8_MIN <= i <= _INT8_MAX]
+        if not ids:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT doc_id, doc FROM {self._t(table)} "
+                                "WHERE doc_id = ANY(%s) ORDER BY doc_id", (ids,)).fetchall()
+        return [Document(d, i) for i, d in rows]
+
     # ------------------------------------------------------------------ locks
     def lock(self, table: str, doc_ids: Iterable[int], *,
              skip_locked: bool = False) -> list[Document]:
@@ -681,6 +695,33 @@ class PostgresStore:
         with self._errors(tx.conn):
             rows = tx.conn.execute(sql, (ids,)).fetchall()
         return [Document(d, i) for i, d in rows]
+
+    def exclusive(self, name: str) -> None:
+        """Inside a transaction: wait until no other transaction (of any process) holds
+        ``name``, then hold it until this one ends (one roll-up at a time, say)."""
+        tx = getattr(self._local, "tx", None)
+        if tx is None:
+            raise RuntimeError("exclusive() must be called inside store.transaction()")
+        with self._errors(tx.conn):
+            tx.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                            (_EXCLUSIVE_LOCK, str(name)))
+
+    def owners_alive(self, origins: Iterable[str]) -> set[str]:
+        """Which of these processes (their :attr:`origin`) are alive now: those whose
+        session holds its presence lock (taken by the change listener, so a process
+        that watches nothing counts as gone; this process always counts as alive)."""
+        names = sorted({str(o) for o in origins})
+        if not names:
+            return set()
+        alive = {o for o in names if o == self.origin}
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT o FROM unnest(%s::text[]) AS o WHERE EXISTS (SELECT 1 FROM pg_locks l "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+                "AND l.classid = %s::bigint::oid "
+                "AND l.objid = (hashtext(o)::bigint & 4294967295)::oid)",
+                (names, _PRESENCE_LOCK)).fetchall()
+        return alive | {r[0] for r in rows}
 
     # ------------------------------------------------------------------ change notices
     def _send_notices(self, conn: Any, changes: dict[str, set[int] | None]) -> None:
@@ -748,6 +789,9 @@ class PostgresStore:
                                              keepalives_idle=10, keepalives_interval=5,
                                              keepalives_count=3, **self._conn_kwargs)
                 conn.execute(f"LISTEN {CHANNEL}")
+                # presence: held by this session while the process lives (owners_alive)
+                conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
+                             (_PRESENCE_LOCK, self.origin))
                 with self._lock:
                     reload = self._listens > 0 or self._listen_late
                     self._listens += 1
