@@ -287,7 +287,8 @@ class PostgresStore:
             max_size=max(min_size, max_size),
             open=False,
             configure=self._configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            # no check on every checkout (a round trip per call): a connection that
+            # broke fails its call (StoreUnavailableError) and the pool drops it
             name="olol-store",
             timeout=self._connect_timeout,
             max_waiting=max_waiting,
@@ -401,10 +402,10 @@ class PostgresStore:
             self._local.tx = tx
             try:
                 with self._errors(conn), conn.transaction():
-                    if not wait:
-                        conn.execute("SET LOCAL synchronous_commit TO OFF")
                     yield self
-                    self._send_notices(conn, tx.changes)
+                    # one round trip before the commit: the change notices, and for
+                    # wait=False the commit's own setting (read at commit time only)
+                    self._send_notices(conn, tx.changes, wait=wait)
             finally:
                 self._local.tx = None
         self._announce(tx.changes)
@@ -724,7 +725,8 @@ class PostgresStore:
         return alive | {r[0] for r in rows}
 
     # ------------------------------------------------------------------ change notices
-    def _send_notices(self, conn: Any, changes: dict[str, set[int] | None]) -> None:
+    def _send_notices(self, conn: Any, changes: dict[str, set[int] | None], *,
+                      wait: bool = True) -> None:
         payloads = []
         for table, ids in changes.items():
             head = f"{self.origin}|{table}|"
@@ -742,9 +744,12 @@ class PostgresStore:
                 size += len(text) + 1
             if chunk:
                 payloads.append(head + ",".join(chunk))
+        lazy = "" if wait else "set_config('synchronous_commit', 'off', true), "
         if payloads:
-            conn.execute(f"SELECT pg_notify('{CHANNEL}', p) FROM unnest(%s::text[]) AS p",
-                         (payloads,))
+            conn.execute(f"SELECT {lazy}pg_notify('{CHANNEL}', p) "
+                         "FROM unnest(%s::text[]) AS p", (payloads,))
+        elif not wait:
+            conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
 
     def _announce(self, changes: dict[str, set[int] | None]) -> None:
         for table, ids in changes.items():
