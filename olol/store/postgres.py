@@ -259,7 +259,7 @@ class PostgresStore:
         self._last_connect_error: BaseException | None = None
         store = self
 
-        class _Connection(psycopg.Connection):
+        class _Connection(psycopg.Connection):  # type: ignore[name-defined]
             """Remembers why the last connection attempt failed (for error messages)."""
 
             @classmethod
