@@ -86,6 +86,7 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {}
 def _driver() -> tuple[Any, Any]:
     try:
         import psycopg
+        import psycopg.sql
         import psycopg_pool
     except ImportError as exc:
         raise jr.StoreError(
@@ -284,7 +285,6 @@ class PostgresStore:
             max_size=max(min_size, max_size),
             open=False,
             configure=self._configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
             name="olol-store",
             timeout=self._connect_timeout,
             max_waiting=max_waiting,
@@ -342,30 +342,56 @@ class PostgresStore:
         except self._psycopg.Error as exc:
             raise self._map_error(exc, conn) from exc
 
-    @contextmanager
-    def _pooled(self) -> Iterator[Any]:
+    def _getconn(self) -> Any:
         self._check_open()
         try:
-            conn = self._pool.getconn()
+            return self._pool.getconn()
         except self._psycopg.Error as exc:
             raise self._map_error(exc, None) from exc
+
+    def _putconn(self, conn: Any) -> None:
+        with suppress(Exception):  # a broken connection is dropped by the pool
+            self._pool.putconn(conn)
+
+    def _stale(self, exc: BaseException, conn: Any) -> bool:
+        """True when a pooled connection failed at its first statement because it was
+        already dead (the server restarted while it sat idle): the call may be retried
+        on another one, after the pool has checked its idle connections."""
+        if not (conn.closed or conn.broken) or not isinstance(
+                exc, (self._psycopg.OperationalError, self._psycopg.InterfaceError)):
+            return False
+        with suppress(Exception):
+            self._pool.check()
+        return True
+
+    @contextmanager
+    def _pooled(self) -> Iterator[Any]:
+        """A pooled connection (for the schema's set-up and upkeep)."""
+        conn = self._getconn()
         try:
             yield conn
         finally:
-            with suppress(Exception):  # a broken connection is dropped by the pool
-                self._pool.putconn(conn)
+            self._putconn(conn)
 
-    @contextmanager
-    def _read(self) -> Iterator[Any]:
-        """The connection for a read: the thread's transaction's, or a pooled one."""
+    def _query(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(conn)`` for a read: on the thread's transaction's connection, or as one
+        autocommit statement on a pooled one (retried once on a stale connection)."""
         tx = getattr(self._local, "tx", None)
         if tx is not None:
             self._check_open()
             with self._errors(tx.conn):
-                yield tx.conn
-            return
-        with self._pooled() as conn, self._errors(conn):
-            yield conn
+                return fn(tx.conn)
+        for attempt in (0, 1):
+            conn = self._getconn()
+            try:
+                return fn(conn)
+            except self._psycopg.Error as exc:
+                if attempt == 0 and self._stale(exc, conn):
+                    continue
+                raise self._map_error(exc, conn) from exc
+            finally:
+                self._putconn(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def _write(self, *, wait: bool = True) -> Iterator[_Tx]:
@@ -378,6 +404,21 @@ class PostgresStore:
             return
         with self.transaction(wait=wait):
             yield self._local.tx
+
+    def _begin(self, wait: bool) -> Any:
+        """A pooled connection in a new transaction (retried once on a stale one)."""
+        begin = "BEGIN" if wait else "BEGIN; SET LOCAL synchronous_commit TO OFF"
+        for attempt in (0, 1):
+            conn = self._getconn()
+            try:
+                conn.execute(begin)
+                return conn
+            except self._psycopg.Error as exc:
+                self._putconn(conn)
+                if attempt == 0 and self._stale(exc, conn):
+                    continue
+                raise self._map_error(exc, conn) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def transaction(self, *, wait: bool = True) -> Iterator[PostgresStore]:
@@ -393,17 +434,22 @@ class PostgresStore:
         if getattr(self._local, "tx", None) is not None:
             yield self
             return
-        with self._pooled() as conn:
-            tx = _Tx(conn)
-            self._local.tx = tx
+        conn = self._begin(wait)
+        tx = _Tx(conn)
+        self._local.tx = tx
+        try:
             try:
-                with self._errors(conn), conn.transaction():
-                    if not wait:
-                        conn.execute("SET LOCAL synchronous_commit TO OFF")
-                    yield self
-                    self._send_notices(conn, tx.changes)
-            finally:
-                self._local.tx = None
+                yield self
+            except BaseException:
+                if not (conn.closed or conn.broken):
+                    with suppress(Exception):
+                        conn.execute("ROLLBACK")
+                raise
+            with self._errors(conn):  # the notices and the commit: one round trip
+                conn.execute(self._commit_sql(tx.changes))
+        finally:
+            self._local.tx = None
+            self._putconn(conn)
         self._announce(tx.changes)
 
     # ------------------------------------------------------------------ schema
@@ -452,9 +498,8 @@ class PostgresStore:
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the database."""
-        with self._read() as conn:
-            row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'schema_version'"
-                               ).fetchone()
+        row = self._query(lambda conn: conn.execute(
+            f"SELECT value FROM {META_TABLE} WHERE key = 'schema_version'").fetchone())
         return None if row is None else row[0]
 
     def register_table(self, schema: TableSchema) -> None:
@@ -630,24 +675,21 @@ class PostgresStore:
         self._schema(table)
         if not isinstance(doc_id, int) or not _INT8_MIN <= doc_id <= _INT8_MAX:
             return None
-        with self._read() as conn:
-            row = conn.execute(f"SELECT doc FROM {self._t(table)} WHERE doc_id = %s",
-                               (int(doc_id),)).fetchone()
+        row = self._query(lambda conn: conn.execute(
+            f"SELECT doc FROM {self._t(table)} WHERE doc_id = %s", (int(doc_id),)).fetchone())
         return None if row is None else Document(row[0], int(doc_id))
 
     def search(self, table: str, cond: Callable[[Mapping], bool] | Mapping) -> list[Document]:
         self._schema(table)
         plan = _cond_plan(cond)
-        with self._read() as conn:
-            rows = self._rows(conn, table, plan)
+        rows = self._query(lambda conn: self._rows(conn, table, plan))
         return [Document(d, i) for i, d in rows]
 
     def search_one(self, table: str, cond: Callable[[Mapping], bool] | Mapping
                    ) -> Document | None:
         self._schema(table)
         plan = _cond_plan(cond)
-        with self._read() as conn:
-            rows = self._rows(conn, table, plan, limit=1)
+        rows = self._query(lambda conn: self._rows(conn, table, plan, limit=1))
         return Document(rows[0][1], rows[0][0]) if rows else None
 
     def all(self, table: str) -> list[Document]:
@@ -656,12 +698,12 @@ class PostgresStore:
     def count(self, table: str, cond: Callable[[Mapping], bool] | Mapping | None = None) -> int:
         self._schema(table)
         plan = _Plan() if cond is None else _cond_plan(cond)
-        with self._read() as conn:
-            if plan.match is None:
-                row = conn.execute(f"SELECT count(*) FROM {self._t(table)} WHERE {plan.sql}",
-                                   plan.params).fetchone()
-                return int(row[0])
-            return len(self._rows(conn, table, plan))
+        if plan.match is None:
+            row = self._query(lambda conn: conn.execute(
+                f"SELECT count(*) FROM {self._t(table)} WHERE {plan.sql}", plan.params
+            ).fetchone())
+            return int(row[0])
+        return len(self._query(lambda conn: self._rows(conn, table, plan)))
 
     # ------------------------------------------------------------------ locks
     def lock(self, table: str, doc_ids: Iterable[int], *,
@@ -683,7 +725,9 @@ class PostgresStore:
         return [Document(d, i) for i, d in rows]
 
     # ------------------------------------------------------------------ change notices
-    def _send_notices(self, conn: Any, changes: dict[str, set[int] | None]) -> None:
+    def _commit_sql(self, changes: dict[str, set[int] | None]) -> Any:
+        """``pg_notify`` of each change notice, then ``COMMIT``: one simple query."""
+        sql = self._psycopg.sql
         payloads = []
         for table, ids in changes.items():
             head = f"{self.origin}|{table}|"
@@ -701,9 +745,12 @@ class PostgresStore:
                 size += len(text) + 1
             if chunk:
                 payloads.append(head + ",".join(chunk))
-        if payloads:
-            conn.execute(f"SELECT pg_notify('{CHANNEL}', p) FROM unnest(%s::text[]) AS p",
-                         (payloads,))
+        if not payloads:
+            return "COMMIT"
+        notify = sql.SQL("SELECT pg_notify({}, {})")
+        return sql.SQL("; ").join(
+            [notify.format(sql.Literal(CHANNEL), sql.Literal(p)) for p in payloads]
+            + [sql.SQL("COMMIT")])
 
     def _announce(self, changes: dict[str, set[int] | None]) -> None:
         for table, ids in changes.items():
@@ -825,10 +872,9 @@ class PostgresStore:
         if self._closed:
             return out
         try:
-            with self._read() as conn:
-                rows = conn.execute(
-                    "SELECT relname, n_live_tup FROM pg_stat_user_tables "
-                    "WHERE relname LIKE 'olol\\_%'").fetchall()
+            rows = self._query(lambda conn: conn.execute(
+                "SELECT relname, n_live_tup FROM pg_stat_user_tables "
+                "WHERE relname LIKE 'olol\\_%'").fetchall())
         except jr.StoreError:
             return out
         known = {f"{TABLE_PREFIX}{t}": t for t in self.schemas}

@@ -265,6 +265,25 @@ def test_a_stopped_server_gives_unavailable_errors_then_recovers(pg_own_server):
         db.close()
 
 
+def test_idle_connections_survive_a_server_restart(pg_own_server):
+    """The pool's idle connections die with the server; the first calls after it is back
+    work all the same (a dead connection found at the first statement is replaced)."""
+    dsn = pg_own_server.create_database("olol")
+    db = PostgresStore(dsn, min_size=2, max_size=4, connect_timeout=5.0)
+    try:
+        doc_id = db.insert("servers", server("a:1"))
+        pg_own_server.stop()
+        pg_own_server.start()
+        assert db.get("servers", doc_id)["address"] == "a:1"
+        assert db.insert("servers", server("b:1")) > doc_id
+        pg_own_server.stop()
+        pg_own_server.start()
+        with db.transaction():
+            assert db.count("servers") == 2
+    finally:
+        db.close()
+
+
 def test_a_transaction_cut_by_the_server_is_rolled_back(pg_own_server):
     dsn = pg_own_server.create_database("olol")
     db = PostgresStore(dsn, min_size=1, max_size=4, connect_timeout=0.5)
