@@ -10,15 +10,20 @@ import pytest
 from tests import pgserver
 
 
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
-    """One PostgreSQL server for the session; skipped where the binaries are absent
-    (a failure under CI, which installs them)."""
+def _need_postgres() -> None:
+    """Skip where the server binaries or the driver are absent (fail under CI, which
+    installs them)."""
     reason = pgserver.missing_reason()
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """One PostgreSQL server for the session."""
+    _need_postgres()
     server = pgserver.PgServer(tmp_path_factory.mktemp("pg")).start()
     yield server
     server.cleanup()
@@ -31,3 +36,12 @@ def pg_dsn(pg_server):
     dsn = pg_server.create_database(name)
     yield dsn
     pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_own_server(tmp_path):
+    """A PostgreSQL server of the test's own, which it may stop and start again."""
+    _need_postgres()
+    server = pgserver.PgServer(tmp_path).start()
+    yield server
+    server.cleanup()

@@ -11,7 +11,8 @@ Errors are rendered in the API's own shape:
 elsewhere;
 unknown routes and wrong methods answer gin's plain-text ``404 page not found`` /
 ``405 method not allowed`` as Ollama does. Nothing a client sends produces a stack
-trace: unexpected exceptions are logged and answered 500 ``internal error``.
+trace: unexpected exceptions are logged and answered 500 ``internal error``; a store
+that cannot be reached (or is closed) answers 503.
 
 API keys (``config.keys_enabled``): every route needs ``Authorization: Bearer <key>``
 (401 otherwise) except the liveness probes ``/`` and ``/olol/v1/health``; the admin
@@ -43,6 +44,7 @@ from olol.server.common import (
     json_response,
 )
 from olol.server.door import PUBLIC_PATHS, request_key, unauthorized
+from olol.store import StoreClosedError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,13 @@ def create_app(services: Services | ProxyContext) -> Flask:
                 allowed = {"Allow": ", ".join(methods)}
             return _plain("405 method not allowed", 405, allowed)
         return render_error(ApiError(err.code or 500, err.description or err.name))
+
+    @app.errorhandler(StoreUnavailableError)
+    @app.errorhandler(StoreClosedError)
+    def _store_down(err: Exception) -> Response:  # the database is down, or shutting down
+        log.warning("store unavailable on %s %s: %s", request.method, request.path, err)
+        return render_error(ApiError(503, "the store is unavailable; try again later",
+                                     headers={"Retry-After": "1"}))
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:

@@ -88,6 +88,7 @@ MIGRATIONS: dict[int, Callable[[Any], None]] = {}
 def _driver() -> tuple[Any, Any]:
     try:
         import psycopg
+        import psycopg.sql
         import psycopg_pool
     except ImportError as exc:
         raise jr.StoreError(
@@ -262,7 +263,7 @@ class PostgresStore:
         self._last_connect_error: BaseException | None = None
         store = self
 
-        class _Connection(psycopg.Connection):  # type: ignore[name-defined,misc]
+        class _Connection(psycopg.Connection):  # type: ignore[name-defined]
             """Remembers why the last connection attempt failed (for error messages)."""
 
             @classmethod
@@ -287,8 +288,6 @@ class PostgresStore:
             max_size=max(min_size, max_size),
             open=False,
             configure=self._configure,
-            # no check on every checkout (a round trip per call): a connection that
-            # broke fails its call (StoreUnavailableError) and the pool drops it
             name="olol-store",
             timeout=self._connect_timeout,
             max_waiting=max_waiting,
@@ -346,30 +345,56 @@ class PostgresStore:
         except self._psycopg.Error as exc:
             raise self._map_error(exc, conn) from exc
 
-    @contextmanager
-    def _pooled(self) -> Iterator[Any]:
+    def _getconn(self) -> Any:
         self._check_open()
         try:
-            conn = self._pool.getconn()
+            return self._pool.getconn()
         except self._psycopg.Error as exc:
             raise self._map_error(exc, None) from exc
+
+    def _putconn(self, conn: Any) -> None:
+        with suppress(Exception):  # a broken connection is dropped by the pool
+            self._pool.putconn(conn)
+
+    def _stale(self, exc: BaseException, conn: Any) -> bool:
+        """True when a pooled connection failed at its first statement because it was
+        already dead (the server restarted while it sat idle): the call may be retried
+        on another one, after the pool has checked its idle connections."""
+        if not (conn.closed or conn.broken) or not isinstance(
+                exc, (self._psycopg.OperationalError, self._psycopg.InterfaceError)):
+            return False
+        with suppress(Exception):
+            self._pool.check()
+        return True
+
+    @contextmanager
+    def _pooled(self) -> Iterator[Any]:
+        """A pooled connection (for the schema's set-up and upkeep)."""
+        conn = self._getconn()
         try:
             yield conn
         finally:
-            with suppress(Exception):  # a broken connection is dropped by the pool
-                self._pool.putconn(conn)
+            self._putconn(conn)
 
-    @contextmanager
-    def _read(self) -> Iterator[Any]:
-        """The connection for a read: the thread's transaction's, or a pooled one."""
+    def _query(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(conn)`` for a read: on the thread's transaction's connection, or as one
+        autocommit statement on a pooled one (retried once on a stale connection)."""
         tx = getattr(self._local, "tx", None)
         if tx is not None:
             self._check_open()
             with self._errors(tx.conn):
-                yield tx.conn
-            return
-        with self._pooled() as conn, self._errors(conn):
-            yield conn
+                return fn(tx.conn)
+        for attempt in (0, 1):
+            conn = self._getconn()
+            try:
+                return fn(conn)
+            except self._psycopg.Error as exc:
+                if attempt == 0 and self._stale(exc, conn):
+                    continue
+                raise self._map_error(exc, conn) from exc
+            finally:
+                self._putconn(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def _write(self, *, wait: bool = True) -> Iterator[_Tx]:
@@ -382,6 +407,21 @@ class PostgresStore:
             return
         with self.transaction(wait=wait):
             yield self._local.tx
+
+    def _begin(self, wait: bool) -> Any:
+        """A pooled connection in a new transaction (retried once on a stale one)."""
+        begin = "BEGIN" if wait else "BEGIN; SET LOCAL synchronous_commit TO OFF"
+        for attempt in (0, 1):
+            conn = self._getconn()
+            try:
+                conn.execute(begin)
+                return conn
+            except self._psycopg.Error as exc:
+                self._putconn(conn)
+                if attempt == 0 and self._stale(exc, conn):
+                    continue
+                raise self._map_error(exc, conn) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def transaction(self, *, wait: bool = True) -> Iterator[PostgresStore]:
@@ -397,17 +437,22 @@ class PostgresStore:
         if getattr(self._local, "tx", None) is not None:
             yield self
             return
-        with self._pooled() as conn:
-            tx = _Tx(conn)
-            self._local.tx = tx
+        conn = self._begin(wait)
+        tx = _Tx(conn)
+        self._local.tx = tx
+        try:
             try:
-                with self._errors(conn), conn.transaction():
-                    yield self
-                    # one round trip before the commit: the change notices, and for
-                    # wait=False the commit's own setting (read at commit time only)
-                    self._send_notices(conn, tx.changes, wait=wait)
-            finally:
-                self._local.tx = None
+                yield self
+            except BaseException:
+                if not (conn.closed or conn.broken):
+                    with suppress(Exception):
+                        conn.execute("ROLLBACK")
+                raise
+            with self._errors(conn):  # the notices and the commit: one round trip
+                conn.execute(self._commit_sql(tx.changes))
+        finally:
+            self._local.tx = None
+            self._putconn(conn)
         self._announce(tx.changes)
 
     # ------------------------------------------------------------------ schema
@@ -456,9 +501,8 @@ class PostgresStore:
 
     def schema_version(self) -> int | None:
         """The schema version recorded in the database."""
-        with self._read() as conn:
-            row = conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'schema_version'"
-                               ).fetchone()
+        row = self._query(lambda conn: conn.execute(
+            f"SELECT value FROM {META_TABLE} WHERE key = 'schema_version'").fetchone())
         return None if row is None else row[0]
 
     def register_table(self, schema: TableSchema) -> None:
@@ -634,24 +678,21 @@ class PostgresStore:
         self._schema(table)
         if not isinstance(doc_id, int) or not _INT8_MIN <= doc_id <= _INT8_MAX:
             return None
-        with self._read() as conn:
-            row = conn.execute(f"SELECT doc FROM {self._t(table)} WHERE doc_id = %s",
-                               (int(doc_id),)).fetchone()
+        row = self._query(lambda conn: conn.execute(
+            f"SELECT doc FROM {self._t(table)} WHERE doc_id = %s", (int(doc_id),)).fetchone())
         return None if row is None else Document(row[0], int(doc_id))
 
     def search(self, table: str, cond: Callable[[Mapping], bool] | Mapping) -> list[Document]:
         self._schema(table)
         plan = _cond_plan(cond)
-        with self._read() as conn:
-            rows = self._rows(conn, table, plan)
+        rows = self._query(lambda conn: self._rows(conn, table, plan))
         return [Document(d, i) for i, d in rows]
 
     def search_one(self, table: str, cond: Callable[[Mapping], bool] | Mapping
                    ) -> Document | None:
         self._schema(table)
         plan = _cond_plan(cond)
-        with self._read() as conn:
-            rows = self._rows(conn, table, plan, limit=1)
+        rows = self._query(lambda conn: self._rows(conn, table, plan, limit=1))
         return Document(rows[0][1], rows[0][0]) if rows else None
 
     def all(self, table: str) -> list[Document]:
@@ -660,12 +701,12 @@ class PostgresStore:
     def count(self, table: str, cond: Callable[[Mapping], bool] | Mapping | None = None) -> int:
         self._schema(table)
         plan = _Plan() if cond is None else _cond_plan(cond)
-        with self._read() as conn:
-            if plan.match is None:
-                row = conn.execute(f"SELECT count(*) FROM {self._t(table)} WHERE {plan.sql}",
-                                   plan.params).fetchone()
-                return int(row[0])
-            return len(self._rows(conn, table, plan))
+        if plan.match is None:
+            row = self._query(lambda conn: conn.execute(
+                f"SELECT count(*) FROM {self._t(table)} WHERE {plan.sql}", plan.params
+            ).fetchone())
+            return int(row[0])
+        return len(self._query(lambda conn: self._rows(conn, table, plan)))
 
     def get_many(self, table: str, doc_ids: Iterable[int]) -> list[Document]:
         """The documents of those ids that exist, in id order (one query)."""
@@ -673,9 +714,9 @@ class PostgresStore:
         ids = [i for i in _ids(doc_ids) if _INT8_MIN <= i <= _INT8_MAX]
         if not ids:
             return []
-        with self._read() as conn:
-            rows = conn.execute(f"SELECT doc_id, doc FROM {self._t(table)} "
-                                "WHERE doc_id = ANY(%s) ORDER BY doc_id", (ids,)).fetchall()
+        rows = self._query(lambda conn: conn.execute(
+            f"SELECT doc_id, doc FROM {self._t(table)} WHERE doc_id = ANY(%s) "
+            "ORDER BY doc_id", (ids,)).fetchall())
         return [Document(d, i) for i, d in rows]
 
     # ------------------------------------------------------------------ locks
@@ -715,18 +756,18 @@ class PostgresStore:
         if not names:
             return set()
         alive = {o for o in names if o == self.origin}
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT o FROM unnest(%s::text[]) AS o WHERE EXISTS (SELECT 1 FROM pg_locks l "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
-                "AND l.classid = %s::bigint::oid "
-                "AND l.objid = (hashtext(o)::bigint & 4294967295)::oid)",
-                (names, _PRESENCE_LOCK)).fetchall()
+        rows = self._query(lambda conn: conn.execute(
+            "SELECT o FROM unnest(%s::text[]) AS o WHERE EXISTS (SELECT 1 FROM pg_locks l "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+            "AND l.classid = %s::bigint::oid "
+            "AND l.objid = (hashtext(o)::bigint & 4294967295)::oid)",
+            (names, _PRESENCE_LOCK)).fetchall())
         return alive | {r[0] for r in rows}
 
     # ------------------------------------------------------------------ change notices
-    def _send_notices(self, conn: Any, changes: dict[str, set[int] | None], *,
-                      wait: bool = True) -> None:
+    def _commit_sql(self, changes: dict[str, set[int] | None]) -> Any:
+        """``pg_notify`` of each change notice, then ``COMMIT``: one simple query."""
+        sql = self._psycopg.sql
         payloads = []
         for table, ids in changes.items():
             head = f"{self.origin}|{table}|"
@@ -744,12 +785,12 @@ class PostgresStore:
                 size += len(text) + 1
             if chunk:
                 payloads.append(head + ",".join(chunk))
-        lazy = "" if wait else "set_config('synchronous_commit', 'off', true), "
-        if payloads:
-            conn.execute(f"SELECT {lazy}pg_notify('{CHANNEL}', p) "
-                         "FROM unnest(%s::text[]) AS p", (payloads,))
-        elif not wait:
-            conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+        if not payloads:
+            return "COMMIT"
+        notify = sql.SQL("SELECT pg_notify({}, {})")
+        return sql.SQL("; ").join(
+            [notify.format(sql.Literal(CHANNEL), sql.Literal(p)) for p in payloads]
+            + [sql.SQL("COMMIT")])
 
     def _announce(self, changes: dict[str, set[int] | None]) -> None:
         for table, ids in changes.items():
@@ -874,10 +915,9 @@ class PostgresStore:
         if self._closed:
             return out
         try:
-            with self._read() as conn:
-                rows = conn.execute(
-                    "SELECT relname, n_live_tup FROM pg_stat_user_tables "
-                    "WHERE relname LIKE 'olol\\_%'").fetchall()
+            rows = self._query(lambda conn: conn.execute(
+                "SELECT relname, n_live_tup FROM pg_stat_user_tables "
+                "WHERE relname LIKE 'olol\\_%'").fetchall())
         except jr.StoreError:
             return out
         known = {f"{TABLE_PREFIX}{t}": t for t in self.schemas}
