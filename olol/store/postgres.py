@@ -76,6 +76,7 @@ _SCHEMA_LOCK = 0x6F6C6F6C5F736368
 _UPSERT_LOCK = 0x6F6C6F6D
 _PRESENCE_LOCK = 0x6F6C6F70  # (this, hashtext(origin)): held while a process is alive
 _EXCLUSIVE_LOCK = 0x6F6C6F78  # (this, hashtext(name)): exclusive()
+_LISTEN_POLL_S = 0.25  # how often the listener looks at its stop flag
 _INT8_MIN, _INT8_MAX = -(1 << 63), (1 << 63) - 1
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 # a \u0000 escape that is not itself an escaped backslash followed by "u0000"
@@ -849,7 +850,7 @@ class PostgresStore:
                     for table in tables:
                         self._call_watchers(table, None, RELOAD_ORIGIN)
                 while not self._stop.is_set():
-                    for notice in conn.notifies(timeout=0.5):
+                    for notice in conn.notifies(timeout=_LISTEN_POLL_S):
                         self._receive(notice.payload)
                         if self._stop.is_set():
                             break
@@ -857,6 +858,8 @@ class PostgresStore:
                 if not self._stop.is_set():
                     log.warning("store listener on %s: %s; reconnecting in %.1f s",
                                 self.where, _one_line(exc), backoff)
+            except Exception:  # noqa: BLE001 - a bug must not end the notices for good
+                log.exception("store listener on %s failed; reconnecting", self.where)
             finally:
                 self._listen_connected = False
                 if conn is not None:
