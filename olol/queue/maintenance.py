@@ -20,7 +20,8 @@ class Transition(Protocol):
     """The queue's check-and-write of one record (``QueueManager._transition``)."""
 
     def __call__(self, request_id: str, allowed: Iterable[str],
-                 make_patch: Callable[[dict, float], dict | None]) -> dict | None: ...
+                 make_patch: Callable[[dict, float], dict | None], usage: dict | None = None,
+                 *, any_claim: bool = False) -> dict | None: ...
 
 
 class QueueMaintenance:
@@ -103,7 +104,10 @@ class QueueMaintenance:
                 return pending_patch(None) | {"error": LEASE_ERROR}
             return finish_patch("interrupted", now, LEASE_ERROR)
 
-        return sum(self._transition(rid, ("processing",), patch) is not None for rid in expired)
+        # any proxy's claim: on a shared store a lease that ran out is taken back by
+        # whichever proxy sees it (its claimer, alive, would have renewed it)
+        return sum(self._transition(rid, ("processing",), patch, any_claim=True) is not None
+                   for rid in expired)
 
 
     # ------------------------------------------------------------------ maintenance
@@ -161,4 +165,4 @@ def finish_patch(status: str, now: float, error: str | None) -> dict:
 def pending_patch(not_before: float | None) -> dict:
     return {"status": "pending", "not_before": not_before, "lease_until": None,
             "server_assigned": None, "batch_id": None, "started_at": None,
-            "started_ts": None}
+            "started_ts": None, "claimed_by": None}

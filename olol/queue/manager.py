@@ -86,6 +86,7 @@ class QueueManager:
         max_attempts: int | None = None,
         max_queued_bytes: int = 1 << 30,
         max_finished_sync: int = 2_000,
+        gone_after_s: float = 15.0,
     ):
         for name, value in (("max_depth", max_depth), ("max_depth_per_model", max_depth_per_model),
                             ("lease_s", lease_s), ("ageing_s", ageing_s),
@@ -120,6 +121,9 @@ class QueueManager:
         # in the records it admits and claims.
         self.shared = bool(getattr(db, "shared", False))
         self.owner = str(getattr(db, "origin", None) or "local")
+        #: how long another proxy must look gone before its work is taken back
+        self.gone_after_s = float(gone_after_s)
+        self._missing: dict[str, float] = {}  # proxy -> when first seen missing
         if self.shared:
             self._s.local_owner = self.owner
         self._upkeep = QueueMaintenance(db, self._s, self._cond, clock=clock,
@@ -191,9 +195,20 @@ class QueueManager:
                                              "claimed_by": e.claimed_by, "owner": e.owner}))
                     for e in self._s.entries.values() if e.status in ACTIVE]
         owners = {who for _, who in held if who is not None and who != self.owner}
-        if not owners and all(who == self.owner or who is None for _, who in held):
+        if not owners:
+            self._missing.clear()
             return out
-        alive = set(self.db.owners_alive(owners)) | {self.owner}
+        now = self.clock()
+        seen_alive = set(self.db.owners_alive(owners))
+        # A proxy looks gone while its store session reconnects (a database restart):
+        # only one missing for ``gone_after_s`` in a row is taken for stopped.
+        for who in list(self._missing):
+            if who in seen_alive or who not in owners:
+                del self._missing[who]
+        for who in owners - seen_alive:
+            self._missing.setdefault(who, now)
+        alive = {self.owner, *seen_alive, *(who for who, since in self._missing.items()
+                                           if now - since < self.gone_after_s)}
         limit = self.max_attempts
         now_error = "interrupted: the proxy that held this request stopped"
         kinds: dict[str, str] = {}
@@ -366,57 +381,57 @@ class QueueManager:
             return []
         bid = batch_id or uuid.uuid4().hex
         claimed: list[dict] = []
-        newer: list[dict] = []  # records another proxy changed before this claim
-        skipped: list[Entry] = []  # rows another proxy's transaction holds right now
         try:
+            # One compare-and-set write: only rows still pending are claimed; on a shared
+            # store a row another proxy holds right now is skipped, never waited for nor
+            # claimed twice (row locks that skip locked rows).
             # A sync claim does not wait for its journal sync: if the proxy dies before
             # it is on disk, the record is still "pending" there, and recovery treats a
             # pending request exactly like a claimed one (-> interrupted). Saves one
             # fsync on every request's critical path. A job's claim waits: its attempt
             # must be counted before it runs, or a job that kills the proxy would be
             # re-run forever.
-            with self.db.transaction(wait=any(e.kind == "job" for e in chosen)):
-                # Row locks: on a shared store a row another proxy is claiming (or
-                # changing) right now is skipped, never waited for nor claimed twice.
-                docs = {d.doc_id: d for d in self.db.lock(
-                    TABLE, [e.doc_id for e in chosen], skip_locked=True)}
-                for e in chosen:
-                    doc = docs.get(e.doc_id)
-                    if doc is None:
-                        skipped.append(e)
-                        continue
-                    if doc.get("status") != "pending":
-                        newer.append(doc)  # changed meanwhile (here, or by another proxy)
-                        continue
-                    patch = {
-                        "status": "processing", "lease_until": now + lease,
-                        "attempts": int_or_zero(doc.get("attempts")) + 1,
-                        "started_at": iso_utc(now), "started_ts": now,
-                        "server_assigned": server, "batch_id": bid, "not_before": None,
-                        "claimed_by": self.owner, "rev": rev_of(doc) + 1,
-                    }
-                    self.db.update(TABLE, patch, e.doc_id)
+            patch = {
+                "status": "processing", "lease_until": now + lease,
+                "started_at": iso_utc(now), "started_ts": now, "server_assigned": server,
+                "batch_id": bid, "not_before": None, "claimed_by": self.owner,
+            }
+            docs = {d.doc_id: d for d in self.db.update_if(
+                TABLE, [e.doc_id for e in chosen], patch, when={"status": ("pending",)},
+                incr=("attempts", "rev"), skip_locked=True,
+                wait=any(e.kind == "job" for e in chosen))}
+            for e in chosen:
+                doc = docs.get(e.doc_id)
+                if doc is not None:
                     doc = dict(doc)
-                    doc.update(patch)
                     if e.body is not None:
                         doc["body"] = e.body
                     claimed.append(doc)
         except BaseException:
-            with self._lock:  # the store rolled back: put the reservations back
+            with self._lock:  # nothing was written: put the reservations back
                 for e in chosen:
                     if e.status == "pending" and not self._s.index.is_ready(e):
                         self._s.index.add(e, now)
             raise
+        missed = [e for e in chosen if e.doc_id not in docs]
+        # On a shared store, read what another proxy made of the rows not claimed (its
+        # notice may still be on its way): a stale head must not be retried forever.
+        seen = ({d.doc_id: d for d in self.db.get_many(TABLE, [e.doc_id for e in missed])}
+                if missed and self.shared else {})
         with self._cond:
             for doc in claimed:
                 self._s.apply(self._s.entries[doc["id"]], doc, now)
-            for doc in newer:
-                e = self._s.entries.get(doc["id"])
-                if e is not None:
-                    self._s.apply(e, doc, now)  # ignored unless newer than RAM
-            for e in skipped:
-                if e.status == "pending" and not self._s.index.is_ready(e):
-                    self._s.index.add(e, now)  # still claimable here once its lock goes
+            for e in missed:
+                fresh = seen.get(e.doc_id)
+                if fresh is not None and fresh.get("id") == e.id:
+                    self._s.apply(e, dict(fresh), now)  # ignored unless newer than RAM
+            for e in chosen:
+                # Not claimed: changed meanwhile (its writer updates RAM), or held by
+                # another proxy's transaction right now (its notice will tell): while
+                # RAM still says pending it stays claimable here.
+                if e.doc_id not in docs and e.status == "pending" \
+                        and not self._s.index.is_ready(e):
+                    self._s.index.add(e, now)
             if claimed and self._s.index.ready_count > 0:
                 self._signal()  # more to claim: pass the wake-up on to another thread
         return claimed
@@ -516,10 +531,40 @@ class QueueManager:
             return None
         new = dict(doc)
         new.update(patch)
+        return self._written(e, doc.get("status"), new, now, usage)
+
+    def _set(self, request_id: str, allowed: Iterable[str],
+             fields: Callable[[Entry, float], dict], usage: dict | None = None, *,
+             any_claim: bool = False) -> dict | None:
+        """:meth:`_transition` for a change that does not depend on the stored record
+        (``fields(entry, now)``): one compare-and-set write, one round trip on
+        PostgreSQL. The same checks: status in ``allowed``; on a shared store, not
+        another proxy's claim unless ``any_claim``."""
+        with self._lock:
+            e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
+            if e is None or e.doc_id < 0:
+                return None
+            old = e.status
+        now = self.clock()
+        patch = fields(e, now)
+        if patch.get("status") in FINISHED and e.kind == "job":
+            patch["body"] = None  # a finished job's body: nothing can need it
+        when: dict[str, Iterable[Any]] = {"id": (request_id,), "status": tuple(allowed)}
+        if self.shared and not any_claim:
+            when["claimed_by"] = (None, self.owner)
+        got = self.db.update_if(TABLE, [e.doc_id], patch, when=when, incr=("rev",),
+                                wait=e.kind == "job")
+        if not got:
+            return None
+        return self._written(e, old, dict(got[0]), now, usage)
+
+    def _written(self, e: Entry, old: str | None, new: dict, now: float,
+                 usage: dict | None) -> dict:
+        """RAM, wake-ups, trimming and finish listeners after a record's write."""
         with self._cond:
             self._s.apply(e, new, now)
             if new["status"] == "pending" or (
-                doc.get("status") == "processing" and self._s.index.ready_count > 0
+                old == "processing" and self._s.index.ready_count > 0
             ):
                 self._signal()  # work to claim, or a node slot freed while work waits
             trim = (len(self._s.finished_sync) > self._trim_at() and not self._trimming)
@@ -527,7 +572,7 @@ class QueueManager:
                 self._trimming = True
         if trim:
             self._trim_finished_sync()
-        if new["status"] in FINISHED and doc.get("status") not in FINISHED:
+        if new["status"] in FINISHED and old not in FINISHED:
             self._tell_finished(new if usage is None else {**new, "usage": usage})
         return new
 
@@ -592,16 +637,16 @@ class QueueManager:
         if result is not None and not isinstance(result, dict):
             raise ValueError("result must be a dict or None")
 
-        def patch(doc: dict, now: float) -> dict:
+        def patch(e: Entry, now: float) -> dict:
             p = finish_patch(status, now, error)
             p["error_status"] = error_status
             if server is not None:
                 p["server_assigned"] = server
-            if doc.get("kind") == "job" and result is not None:
+            if e.kind == "job" and result is not None:
                 p["result"] = result
             return p
 
-        new = self._transition(request_id, ACTIVE, patch, usage=usage)
+        new = self._set(request_id, ACTIVE, patch, usage=usage)
         return new is not None
 
     def requeue(self, request_id: str, *, delay_s: float = 0.0, reason: str = "") -> bool:
@@ -611,17 +656,17 @@ class QueueManager:
             0 <= delay_s <= MAX_DELAY_S
         ):
             raise ValueError(f"delay_s must be a number in 0..{MAX_DELAY_S:g}")
-        return self._transition(
+        return self._set(
             request_id, ("processing",),
-            lambda doc, now: pending_patch(now + delay_s if delay_s > 0 else None)
+            lambda e, now: pending_patch(now + delay_s if delay_s > 0 else None)
             | {"error": reason or None},
         ) is not None
 
     def cancel(self, request_id: str) -> bool:
         """Pending or processing -> cancelled. Listeners (the dispatcher) hear of it, so
         a request already running on a node is stopped there."""
-        done = self._transition(
-            request_id, ACTIVE, lambda doc, now: finish_patch("cancelled", now, "cancelled"),
+        done = self._set(
+            request_id, ACTIVE, lambda e, now: finish_patch("cancelled", now, "cancelled"),
             any_claim=True,
         ) is not None
         if done:

@@ -467,6 +467,33 @@ class DatabaseManager:
         self._wait(seq)
         self._announce(changed)
 
+    # ------------------------------------------------------------------ compare and set
+    def update_if(self, table: str, doc_ids: Iterable[int], fields: Mapping[str, Any], *,
+                  when: Mapping[str, Iterable[Any]], incr: Iterable[str] = (),
+                  skip_locked: bool = False, wait: bool = True) -> list[Document]:
+        """Set ``fields`` on those of ``doc_ids`` whose every ``when`` field holds one of
+        its allowed values (a missing field counts as None), adding 1 to each ``incr``
+        field (a missing or non-integer one counts as 0), as one atomic step. Returns the
+        updated documents (as written, in id order). ``skip_locked``: rows another
+        transaction holds are left alone (PostgreSQL; never the case here)."""
+        rules = [(k, list(v)) for k, v in when.items()]
+        bumps = list(incr)
+        out: list[Document] = []
+        with self.transaction(wait=wait):
+            for doc in self.lock(table, doc_ids):
+                if not all(doc.get(k) in allowed for k, allowed in rules):
+                    continue
+                patch = dict(fields)
+                for name in bumps:
+                    value = doc.get(name)
+                    patch[name] = (value if isinstance(value, int)
+                                   and not isinstance(value, bool) else 0) + 1
+                self.update(table, patch, doc.doc_id)
+                new = dict(doc)
+                new.update(patch)
+                out.append(Document(new, doc.doc_id))
+        return out
+
     # ------------------------------------------------------------------ locks, watchers
     def lock(self, table: str, doc_ids: Iterable[int], *,
              skip_locked: bool = False) -> list[Document]:

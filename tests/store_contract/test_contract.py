@@ -428,6 +428,44 @@ def test_lock_outside_a_transaction_is_an_error(db):
             db.lock("nope", [doc_id])
 
 
+# ---------------------------------------------------------------------- compare and set
+@pytest.mark.parametrize("in_transaction", [False, True])
+@pytest.mark.parametrize("wait", [True, False])
+def test_update_if_writes_only_rows_that_pass_and_bumps_counters(db, in_transaction, wait):
+    ids = db.insert_many("config", [
+        {"key": "a", "value": "pending", "n": 2},
+        {"key": "b", "value": "done", "n": 5},
+        {"key": "c", "value": "pending"},  # no counter yet: counts as 0
+        {"key": "d", "value": "pending", "n": 1.5, "who": "x"},  # not an integer: 0
+    ])
+    calls = []
+    db.watch("config", lambda *a: calls.append(a))
+    if in_transaction:
+        with db.transaction(wait=wait):
+            got = db.update_if("config", [ids[3], ids[2], ids[1], ids[0], 999],
+                               {"value": "taken"}, when={"value": ["pending"],
+                                                         "who": [None, "y"]},
+                               incr=("n",), wait=wait)
+    else:
+        got = db.update_if("config", [ids[3], ids[2], ids[1], ids[0], 999],
+                           {"value": "taken"}, when={"value": ["pending"], "who": [None, "y"]},
+                           incr=("n",), wait=wait)
+    assert [(d.doc_id, d["value"], d["n"]) for d in got] == [(ids[0], "taken", 3),
+                                                              (ids[2], "taken", 1)]
+    assert db.get("config", ids[0])["n"] == 3 and db.get("config", ids[0])["value"] == "taken"
+    assert db.get("config", ids[1])["value"] == "done"  # did not pass: untouched
+    assert db.get("config", ids[3])["value"] == "pending"  # "who" is "x"
+    assert calls == [("config", [ids[0], ids[2]], db.origin)]
+    assert db.update_if("config", [ids[0]], {"value": "again"}, when={"value": ["pending"]}) == []
+    assert db.update_if("config", [], {"value": "x"}, when={}) == []
+
+
+def test_update_if_checks_the_schema(db):
+    doc_id = db.insert("servers", server("a:1"))
+    with pytest.raises(SchemaError):
+        db.update_if("servers", [doc_id], {"healthy": "yes"}, when={})
+
+
 # ---------------------------------------------------------------------- watch
 def test_watch_fires_after_each_commit(db):
     calls = []
