@@ -3,14 +3,17 @@
 The first test reads the file only. The others run it for real where haproxy and the
 PostgreSQL server are installed (``apt-get install haproxy postgresql``; skipped
 otherwise), as shipped but for its addresses and log target: HAProxy's own check of the
-file, streaming through it with the official client, a job submitted and read back
-through it (each call may reach either proxy), and the front still answering once one
-proxy has stopped.
+file, its health checks passing on the readiness probe, streaming through it with the
+official client, a job submitted and read back through it (each call may reach either
+proxy), and the front still answering once one proxy has stopped (its check failing).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -33,6 +36,21 @@ HAPROXY = shutil.which("haproxy") or next(
 MODEL = "llama3.2:1b"
 
 needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
+
+
+def server_checks(admin: Path) -> dict[str, tuple[str, str]]:
+    """``{server: (status, check_status)}`` of the backend, from HAProxy's admin socket
+    (``show stat``: status UP/DOWN, check_status L7OK when the probe answered 200)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(admin))
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+    return {r["svname"]: (r["status"], r["check_status"]) for r in rows
+            if r["pxname"] == "olol_proxies" and r["svname"] not in ("FRONTEND", "BACKEND")}
 
 
 def test_the_example_sends_to_both_proxies_and_checks_their_readiness():
@@ -65,7 +83,9 @@ def front(pg_server, tmp_path_factory):
     cfg = EXAMPLE.read_text()
     replaced = {"bind :11434": f"bind 127.0.0.1:{port}",
                 "127.0.0.1:11435": proxies[0].address, "127.0.0.1:11436": proxies[1].address,
-                "log /dev/log local0": "log stdout format raw local0"}
+                "log /dev/log local0": "log stdout format raw local0",
+                # test only: an admin socket to read the health checks' outcome
+                "maxconn 4096\n": f"maxconn 4096\n    stats socket {tmp}/admin.sock level admin\n"}
     for old, new in replaced.items():
         assert old in cfg, f"deploy/haproxy-two-proxies.cfg no longer has {old!r}"
         cfg = cfg.replace(old, new)
@@ -87,7 +107,11 @@ def front(pg_server, tmp_path_factory):
         if not wait_until(ready, timeout=30, step=0.1) or proc.poll() is not None:
             pytest.fail("haproxy did not serve with the example config: "
                         + (tmp / "haproxy.log").read_text(errors="replace")[-2000:])
-        yield url, proxies
+        # both proxies pass the example's check of their readiness probe
+        assert wait_until(lambda: all(v == ("UP", "L7OK") for v in
+                                      server_checks(tmp / "admin.sock").values()),
+                          timeout=30, step=0.2), server_checks(tmp / "admin.sock")
+        yield url, proxies, tmp / "admin.sock"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -103,7 +127,7 @@ def front(pg_server, tmp_path_factory):
 
 @needs_haproxy
 def test_the_official_client_chats_and_streams_through_the_front(front):
-    url, _ = front
+    url, _, _ = front
     client = ollama.Client(host=url)
     answer = client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert answer.done and answer.message.content
@@ -114,7 +138,7 @@ def test_the_official_client_chats_and_streams_through_the_front(front):
 
 @needs_haproxy
 def test_a_job_submitted_through_the_front_is_read_back_through_it(front):
-    url, _ = front
+    url, _, _ = front
     r = requests.post(url + "/olol/v1/jobs", timeout=10, json={"endpoint": "chat", "body": {
         "model": MODEL, "messages": [{"role": "user", "content": "a job"}]}})
     assert r.status_code == 202, r.text
@@ -131,7 +155,7 @@ def test_a_job_submitted_through_the_front_is_read_back_through_it(front):
 @needs_haproxy
 def test_the_front_still_answers_once_one_proxy_has_stopped(front):
     # last in this module: it stops one of the two proxies
-    url, proxies = front
+    url, proxies, admin = front
     proxies[0].stop(grace_s=2)
 
     def chats() -> bool:
@@ -145,3 +169,7 @@ def test_the_front_still_answers_once_one_proxy_has_stopped(front):
 
     assert wait_until(chats, timeout=30, step=0.2)
     assert requests.get(url + "/olol/v1/ready", timeout=5).status_code == 200
+    # HAProxy's checks take the stopped proxy out, and only that one
+    assert wait_until(lambda: server_checks(admin)["proxy1"][0] == "DOWN", timeout=30,
+                      step=0.2), server_checks(admin)
+    assert server_checks(admin)["proxy2"] == ("UP", "L7OK")
