@@ -22,8 +22,8 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from olol.placement import (
@@ -63,6 +63,17 @@ class Assignment:
 
 class NoNodeForModel(Exception):
     """No node in the cluster has the model: the request cannot run."""
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The lookahead window as placement reads it, at one version of the queue's
+    pending index (None: to be read again in full)."""
+
+    version: int | None
+    limit: int
+    work: tuple[tuple[str, WorkGroup], ...]  # (head id, group without avoid), dispatch order
+    counts: Mapping[str, int]  # requests per model in the window (read-only)
 
 
 class RequestScheduler:
@@ -116,6 +127,12 @@ class RequestScheduler:
         self._sessions: OrderedDict[str, str] = OrderedDict()
         self._avoid: OrderedDict[str, set[str]] = OrderedDict()  # request id -> nodes
         self._rr = itertools.count()
+        # the window, kept between decisions while the queue's pending index is unchanged
+        # (read again only where it changed); guarded by _win_lock, not _lock
+        self._win_lock = threading.Lock()
+        self._win: _Window | None = None
+        self._win_info: dict[str, dict] = {}  # request id -> summary, for the window's ids
+        self._win_groups: dict[str, tuple[tuple, list]] = {}  # batch key -> (made of, work)
 
     # ------------------------------------------------------------ inputs
     def _policy(self) -> Policy:
@@ -169,7 +186,7 @@ class RequestScheduler:
             load_s=load_s, service_s=service_s,
         )
 
-    def _snapshot(self, healthy: list[NodeState], models: set[str]) -> ClusterSnapshot:
+    def _snapshot(self, healthy: list[NodeState], models: Iterable[str]) -> ClusterSnapshot:
         """The cluster for one decision: usable nodes, plus the others (unusable) so
         that a model living only on nodes that are down waits instead of failing.
         Caller holds the lock."""
@@ -211,25 +228,90 @@ class RequestScheduler:
         work = []
         for g in groups:
             ids = [rid for rid in g["ids"] if rid in by_id]
-            if not ids:
-                continue
-            for endpoint_ids in _by_endpoint(ids, by_id):
-                units = split_group(endpoint_ids, g.get("coalesced") or {},
-                                    embed_merge=bool(g.get("embed_merge")),
-                                    batch_size=self.batch_size)
-                head = by_id[units[0].ids[0]]
-                work.append((head, WorkGroup(
-                    model_key=g["model_key"], units=units,
-                    priority=int(head.get("priority") or 0),
-                    oldest_ts=float(head.get("enqueued_ts") or 0.0),
-                    session=head.get("session") or None,
-                    avoid=frozenset(self._avoid.get(head["id"], ())),
-                )))
+            if ids:
+                work.extend(self._group_work(g, ids, by_id))
         order = {r["id"]: i for i, r in enumerate(window)}
-        work.sort(key=lambda hw: order[hw[0]["id"]])
-        demand: Counter[str] = Counter(r["model_key"] for r in window)
+        work.sort(key=lambda hw: order[hw[0]])
+        return self._queue_summary(work, Counter(r["model_key"] for r in window))
+
+    def _group_work(self, g: dict, ids: list[str],
+                    by_id: Mapping[str, dict]) -> list[tuple[str, WorkGroup]]:
+        """One group of ``batch_similar_requests`` (``ids``: its members in the window)
+        as placement's work groups, one per endpoint, each with its head's id; their
+        ``avoid`` is left empty (:meth:`_queue_summary` fills it)."""
+        out = []
+        for endpoint_ids in _by_endpoint(ids, by_id):
+            units = split_group(endpoint_ids, g.get("coalesced") or {},
+                                embed_merge=bool(g.get("embed_merge")),
+                                batch_size=self.batch_size)
+            head = by_id[units[0].ids[0]]
+            out.append((head["id"], WorkGroup(
+                model_key=g["model_key"], units=units,
+                priority=int(head.get("priority") or 0),
+                oldest_ts=float(head.get("enqueued_ts") or 0.0),
+                session=head.get("session") or None,
+            )))
+        return out
+
+    def _queue_summary(self, work: Iterable[tuple[str, WorkGroup]],
+                       counts: Mapping[str, int]) -> QueueSummary:
+        """Work groups in dispatch order, each with the nodes its head failed on, and
+        the demand: the window's requests per model plus our calls in flight. Caller
+        holds the lock."""
+        avoid = self._avoid
+        groups = tuple(wg if not avoid or hid not in avoid
+                       else replace(wg, avoid=frozenset(avoid[hid])) for hid, wg in work)
+        demand: Counter[str] = Counter(counts)
         demand.update(self._busy_models)
-        return QueueSummary(tuple(w for _, w in work), demand)
+        return QueueSummary(groups, demand)
+
+    def _window(self) -> _Window | None:
+        """The lookahead window, read again only where the queue changed: the last
+        one while the queue's pending index has the version it was read at; else the
+        window's new ids, with summaries for those not seen before, and groups from
+        ``batch_similar_requests`` of which only those whose members changed are split
+        again. None when the queue cannot tell its version (a plain ``SchedulingQueue``)."""
+        fetch = getattr(self.queue_manager, "pending_window", None)
+        if fetch is None:
+            return None
+        limit = self.lookahead
+        with self._win_lock:
+            cur = self._win
+            since = cur.version if cur is not None and cur.limit == limit else None
+            got = fetch(limit, since, self._win_info)
+            if got is None:
+                return cur  # nothing claimable was added, taken or became due
+            version, ids, fresh = got
+            old_info = self._win_info
+            info = {rid: fresh.get(rid) or old_info[rid] for rid in ids}
+            groups = self.queue_manager.batch_similar_requests(limit=limit) if ids else []
+            old_groups, kept = self._win_groups, {}
+            work: list[tuple[str, WorkGroup]] = []
+            seen = 0
+            for g in groups:
+                members = [rid for rid in g["ids"] if rid in info]
+                if not members:
+                    continue
+                seen += len(members)
+                gids = tuple(g["ids"])
+                made_of = (g["model_key"], gids,
+                           None if len(members) == len(gids) else tuple(members),
+                           bool(g.get("embed_merge")), self.batch_size)
+                prev = old_groups.get(g["batch_key"])
+                items = prev[1] if prev is not None and prev[0] == made_of else \
+                    self._group_work(g, members, info)
+                kept[g["batch_key"]] = (made_of, items)
+                work.extend(items)
+            if len(work) > 1:
+                order = {rid: i for i, rid in enumerate(ids)}
+                work.sort(key=lambda hw: order[hw[0]])
+            counts = Counter(r["model_key"] for r in info.values())
+            # the queue changed between the two reads: the groups miss some of the
+            # window's requests; read it all again next time
+            whole = seen == len(ids)
+            self._win = _Window(version if whole else None, limit, tuple(work), counts)
+            self._win_info, self._win_groups = info, kept
+            return self._win
 
     # ------------------------------------------------------------ placement
     def assign_server(self, request_batch: list[dict], *, demand: Counter | None = None) -> str | None:
@@ -325,14 +407,22 @@ class RequestScheduler:
 
     def _decide(self, only: str | None, now: float | None,
                 *, reserve: bool) -> tuple[Outcome, float] | None:
-        window = self.queue_manager.peek_summaries(self.lookahead)
-        if not window:
+        win = self._window()
+        window: list[dict] = []
+        if win is None:  # a queue without versions: read the whole window
+            window = self.queue_manager.peek_summaries(self.lookahead)
+            if not window:
+                return None
+            groups = self.queue_manager.batch_similar_requests(limit=self.lookahead)
+            models: Iterable[str] = {r["model_key"] for r in window}
+        elif not win.counts:
             return None
-        groups = self.queue_manager.batch_similar_requests(limit=self.lookahead)
+        else:
+            models = win.counts.keys()
         healthy = self.cluster_manager.healthy_nodes()  # one look at the cluster per pass
-        models = {r["model_key"] for r in window}
         with self._lock:
-            summary = self._summary(window, groups)
+            summary = (self._summary(window, groups) if win is None
+                       else self._queue_summary(win.work, win.counts))
             snap = self._snapshot(healthy, models)
             now = self.clock() if now is None else now
             out = place(snap, summary, now, self._policy(), only=only)
