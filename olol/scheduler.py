@@ -278,21 +278,32 @@ class RequestScheduler:
         with self._win_lock:
             cur = self._win
             since = cur.version if cur is not None and cur.limit == limit else None
-            got = fetch(limit, since, self._win_info)
+            got = fetch(limit, since, self._win_info if since is not None else {})
             if got is None:
                 return cur  # nothing claimable was added, taken or became due
             version, ids, fresh = got
-            old_info = self._win_info
-            info = {rid: fresh.get(rid) or old_info[rid] for rid in ids}
+            info = self._win_info  # becomes the new window's: drop who left, add who came
+            counts: Counter[str] = Counter() if since is None else Counter(cur.counts)
+            if since is None:
+                info.clear()
+            elif len(info) + len(fresh) != len(ids):  # some left the window
+                now_in = set(ids)
+                for rid in [rid for rid in info if rid not in now_in]:
+                    counts[info.pop(rid)["model_key"]] -= 1
+            for rid, summary in fresh.items():
+                info[rid] = summary
+                counts[summary["model_key"]] += 1
+            counts = +counts  # without the models that left
+            # Groups are read again in full (the roadmap's grouping); only those whose
+            # members changed are split again. A change between the two reads bumps the
+            # version past the one kept here: the next decision reads both again.
             groups = self.queue_manager.batch_similar_requests(limit=limit) if ids else []
             old_groups, kept = self._win_groups, {}
             work: list[tuple[str, WorkGroup]] = []
-            seen = 0
             for g in groups:
                 members = [rid for rid in g["ids"] if rid in info]
                 if not members:
                     continue
-                seen += len(members)
                 gids = tuple(g["ids"])
                 made_of = (g["model_key"], gids,
                            None if len(members) == len(gids) else tuple(members),
@@ -302,15 +313,14 @@ class RequestScheduler:
                     self._group_work(g, members, info)
                 kept[g["batch_key"]] = (made_of, items)
                 work.extend(items)
-            if len(work) > 1:
+            if len(work) > len(kept):
+                # a group of several endpoints (generate + chat) is several calls: order
+                # them by their heads (one call per group is in order already: a group
+                # comes in the order of its first member, which heads it)
                 order = {rid: i for i, rid in enumerate(ids)}
                 work.sort(key=lambda hw: order[hw[0]])
-            counts = Counter(r["model_key"] for r in info.values())
-            # the queue changed between the two reads: the groups miss some of the
-            # window's requests; read it all again next time
-            whole = seen == len(ids)
-            self._win = _Window(version if whole else None, limit, tuple(work), counts)
-            self._win_info, self._win_groups = info, kept
+            self._win = _Window(version, limit, tuple(work), counts)
+            self._win_groups = kept
             return self._win
 
     # ------------------------------------------------------------ placement
