@@ -9,6 +9,11 @@ the cluster (which models are loaded where is the
 scheduler adds only its own slot reservations and when it last sent each
 model to each node), calls ``place`` and claims what it returns in the queue.
 
+The lookahead window is kept between decisions: the queue's pending index counts
+its changes (``QueueManager.pending_window``), so a decision after no change reads
+nothing again, and one after a change reads only the new requests' summaries and
+splits again only the groups whose members changed.
+
 Load and service times per node×model are learned from the final records
 nodes return (:class:`olol.placement_learn.Timings`, fed by the dispatcher
 through :meth:`RequestScheduler.learn`).
