@@ -73,9 +73,9 @@ class NoNodeForModel(Exception):
 @dataclass(frozen=True)
 class _Window:
     """The lookahead window as placement reads it, at one version of the queue's
-    pending index (None: to be read again in full)."""
+    pending index."""
 
-    version: int | None
+    version: int
     limit: int
     work: tuple[tuple[str, WorkGroup], ...]  # (head id, group without avoid), dispatch order
     counts: Mapping[str, int]  # requests per model in the window (read-only)
@@ -286,47 +286,57 @@ class RequestScheduler:
             got = fetch(limit, since, self._win_info if since is not None else {})
             if got is None:
                 return cur  # nothing claimable was added, taken or became due
-            version, ids, fresh = got
-            info = self._win_info  # becomes the new window's: drop who left, add who came
-            counts: Counter[str] = Counter() if since is None else Counter(cur.counts)
-            if since is None:
-                info.clear()
-            elif len(info) + len(fresh) != len(ids):  # some left the window
-                now_in = set(ids)
-                for rid in [rid for rid in info if rid not in now_in]:
-                    counts[info.pop(rid)["model_key"]] -= 1
-            for rid, summary in fresh.items():
-                info[rid] = summary
-                counts[summary["model_key"]] += 1
-            counts = +counts  # without the models that left
-            # Groups are read again in full (the roadmap's grouping); only those whose
-            # members changed are split again. A change between the two reads bumps the
-            # version past the one kept here: the next decision reads both again.
-            groups = self.queue_manager.batch_similar_requests(limit=limit) if ids else []
-            old_groups, kept = self._win_groups, {}
-            work: list[tuple[str, WorkGroup]] = []
-            for g in groups:
-                members = [rid for rid in g["ids"] if rid in info]
-                if not members:
-                    continue
-                gids = tuple(g["ids"])
-                made_of = (g["model_key"], gids,
-                           None if len(members) == len(gids) else tuple(members),
-                           bool(g.get("embed_merge")), self.batch_size)
-                prev = old_groups.get(g["batch_key"])
-                items = prev[1] if prev is not None and prev[0] == made_of else \
-                    self._group_work(g, members, info)
-                kept[g["batch_key"]] = (made_of, items)
-                work.extend(items)
-            if len(work) > len(kept):
-                # a group of several endpoints (generate + chat) is several calls: order
-                # them by their heads (one call per group is in order already: a group
-                # comes in the order of its first member, which heads it)
-                order = {rid: i for i, rid in enumerate(ids)}
-                work.sort(key=lambda hw: order[hw[0]])
-            self._win = _Window(version, limit, tuple(work), counts)
-            self._win_groups = kept
-            return self._win
+            try:
+                return self._update_window(limit, since, cur, *got)
+            except BaseException:
+                self._win = None  # half updated: read it all again next time
+                self._win_info, self._win_groups = {}, {}
+                raise
+
+    def _update_window(self, limit: int, since: int | None, cur: _Window | None, version: int,
+                       ids: list[str], fresh: dict[str, dict]) -> _Window:
+        """The kept window brought to ``version`` (see :meth:`_window`). Caller holds
+        ``_win_lock``."""
+        info = self._win_info  # becomes the new window's: drop who left, add who came
+        counts: Counter[str] = Counter() if cur is None or since is None else Counter(cur.counts)
+        if since is None:
+            info.clear()
+        elif len(info) + len(fresh) != len(ids):  # some left the window
+            now_in = set(ids)
+            for rid in [rid for rid in info if rid not in now_in]:
+                counts[info.pop(rid)["model_key"]] -= 1
+        for rid, summary in fresh.items():
+            info[rid] = summary
+            counts[summary["model_key"]] += 1
+        counts = +counts  # without the models that left
+        # Groups are read again in full (the roadmap's grouping); only those whose
+        # members changed are split again. A change between the two reads bumps the
+        # version past the one kept here: the next decision reads both again.
+        groups = self.queue_manager.batch_similar_requests(limit=limit) if ids else []
+        old_groups, kept = self._win_groups, {}
+        work: list[tuple[str, WorkGroup]] = []
+        for g in groups:
+            members = [rid for rid in g["ids"] if rid in info]
+            if not members:
+                continue
+            gids = tuple(g["ids"])
+            made_of = (g["model_key"], gids,
+                       None if len(members) == len(gids) else tuple(members),
+                       bool(g.get("embed_merge")), self.batch_size)
+            prev = old_groups.get(g["batch_key"])
+            items = prev[1] if prev is not None and prev[0] == made_of else \
+                self._group_work(g, members, info)
+            kept[g["batch_key"]] = (made_of, items)
+            work.extend(items)
+        if len(work) > len(kept):
+            # a group of several endpoints (generate + chat) is several calls: order
+            # them by their heads (one call per group is in order already: a group
+            # comes in the order of its first member, which heads it)
+            order = {rid: i for i, rid in enumerate(ids)}
+            work.sort(key=lambda hw: order[hw[0]])
+        self._win = _Window(version, limit, tuple(work), counts)
+        self._win_groups = kept
+        return self._win
 
     # ------------------------------------------------------------ placement
     def assign_server(self, request_batch: list[dict], *, demand: Counter | None = None) -> str | None:

@@ -227,3 +227,27 @@ def test_a_claim_between_the_two_reads_is_not_kept(bench):
     # reading everything again finds x1's group
     assert b.queue.requeue("x1")
     assert b.head() == ("x1",)
+
+
+class FailingQueue(QueueManager):
+    """A queue whose grouping fails once (a store or programming error)."""
+
+    fail = False
+
+    def batch_similar_requests(self, limit: int | None = None, model: str | None = None
+                               ) -> list[dict]:
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("grouping failed")
+        return super().batch_similar_requests(limit, model)
+
+
+def test_a_failed_read_leaves_no_half_kept_window(bench):
+    b = bench(queue_cls=FailingQueue)
+    b.submit("f1")
+    assert b.head() == ("f1",)
+    b.submit("f2", model=OTHER, priority=2)
+    b.queue.fail = True
+    with pytest.raises(RuntimeError):
+        b.kept.plan_next(b.clock())
+    assert b.head() == ("f2",)  # f2 was seen by the failed read: it is read again
