@@ -4,6 +4,7 @@ built afresh on the same queue and cluster."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -251,3 +252,6 @@ def test_a_failed_read_leaves_no_half_kept_window(bench):
     with pytest.raises(RuntimeError):
         b.kept.plan_next(b.clock())
     assert b.head() == ("f2",)  # f2 was seen by the failed read: it is read again
+    # and counted once in the demand placement weighs evictions by
+    kept = b.kept._window()
+    assert dict(kept.counts) == dict(Counter(r["model_key"] for r in b.queue.peek_summaries(64)))
