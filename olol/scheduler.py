@@ -9,6 +9,11 @@ the cluster (which models are loaded where is the
 scheduler adds only its own slot reservations and when it last sent each
 model to each node), calls ``place`` and claims what it returns in the queue.
 
+The lookahead window is kept between decisions: the queue's pending index counts
+its changes (``QueueManager.pending_window``), so a decision after no change reads
+nothing again, and one after a change reads only the new requests' summaries and
+splits again only the groups whose members changed.
+
 Load and service times per node×model are learned from the final records
 nodes return (:class:`olol.placement_learn.Timings`, fed by the dispatcher
 through :meth:`RequestScheduler.learn`).
@@ -22,8 +27,8 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from olol.placement import (
@@ -63,6 +68,17 @@ class Assignment:
 
 class NoNodeForModel(Exception):
     """No node in the cluster has the model: the request cannot run."""
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The lookahead window as placement reads it, at one version of the queue's
+    pending index."""
+
+    version: int
+    limit: int
+    work: tuple[tuple[str, WorkGroup], ...]  # (head id, group without avoid), dispatch order
+    counts: Mapping[str, int]  # requests per model in the window (read-only)
 
 
 class RequestScheduler:
@@ -116,6 +132,12 @@ class RequestScheduler:
         self._sessions: OrderedDict[str, str] = OrderedDict()
         self._avoid: OrderedDict[str, set[str]] = OrderedDict()  # request id -> nodes
         self._rr = itertools.count()
+        # the window, kept between decisions while the queue's pending index is unchanged
+        # (read again only where it changed); guarded by _win_lock, not _lock
+        self._win_lock = threading.Lock()
+        self._win: _Window | None = None
+        self._win_info: dict[str, dict] = {}  # request id -> summary, for the window's ids
+        self._win_groups: dict[str, tuple[tuple, list]] = {}  # batch key -> (made of, work)
 
     # ------------------------------------------------------------ inputs
     def _policy(self) -> Policy:
@@ -169,7 +191,7 @@ class RequestScheduler:
             load_s=load_s, service_s=service_s,
         )
 
-    def _snapshot(self, healthy: list[NodeState], models: set[str]) -> ClusterSnapshot:
+    def _snapshot(self, healthy: list[NodeState], models: Iterable[str]) -> ClusterSnapshot:
         """The cluster for one decision: usable nodes, plus the others (unusable) so
         that a model living only on nodes that are down waits instead of failing.
         Caller holds the lock."""
@@ -211,25 +233,110 @@ class RequestScheduler:
         work = []
         for g in groups:
             ids = [rid for rid in g["ids"] if rid in by_id]
-            if not ids:
-                continue
-            for endpoint_ids in _by_endpoint(ids, by_id):
-                units = split_group(endpoint_ids, g.get("coalesced") or {},
-                                    embed_merge=bool(g.get("embed_merge")),
-                                    batch_size=self.batch_size)
-                head = by_id[units[0].ids[0]]
-                work.append((head, WorkGroup(
-                    model_key=g["model_key"], units=units,
-                    priority=int(head.get("priority") or 0),
-                    oldest_ts=float(head.get("enqueued_ts") or 0.0),
-                    session=head.get("session") or None,
-                    avoid=frozenset(self._avoid.get(head["id"], ())),
-                )))
+            if ids:
+                work.extend(self._group_work(g, ids, by_id))
         order = {r["id"]: i for i, r in enumerate(window)}
-        work.sort(key=lambda hw: order[hw[0]["id"]])
-        demand: Counter[str] = Counter(r["model_key"] for r in window)
+        work.sort(key=lambda hw: order[hw[0]])
+        return self._queue_summary(work, Counter(r["model_key"] for r in window))
+
+    def _group_work(self, g: dict, ids: list[str],
+                    by_id: Mapping[str, dict]) -> list[tuple[str, WorkGroup]]:
+        """One group of ``batch_similar_requests`` (``ids``: its members in the window)
+        as placement's work groups, one per endpoint, each with its head's id; their
+        ``avoid`` is left empty (:meth:`_queue_summary` fills it)."""
+        out = []
+        for endpoint_ids in _by_endpoint(ids, by_id):
+            units = split_group(endpoint_ids, g.get("coalesced") or {},
+                                embed_merge=bool(g.get("embed_merge")),
+                                batch_size=self.batch_size)
+            head = by_id[units[0].ids[0]]
+            out.append((head["id"], WorkGroup(
+                model_key=g["model_key"], units=units,
+                priority=int(head.get("priority") or 0),
+                oldest_ts=float(head.get("enqueued_ts") or 0.0),
+                session=head.get("session") or None,
+            )))
+        return out
+
+    def _queue_summary(self, work: Iterable[tuple[str, WorkGroup]],
+                       counts: Mapping[str, int]) -> QueueSummary:
+        """Work groups in dispatch order, each with the nodes its head failed on, and
+        the demand: the window's requests per model plus our calls in flight. Caller
+        holds the lock."""
+        avoid = self._avoid
+        groups = tuple(wg if not avoid or hid not in avoid
+                       else replace(wg, avoid=frozenset(avoid[hid])) for hid, wg in work)
+        demand: Counter[str] = Counter(counts)
         demand.update(self._busy_models)
-        return QueueSummary(tuple(w for _, w in work), demand)
+        return QueueSummary(groups, demand)
+
+    def _window(self) -> _Window | None:
+        """The lookahead window, read again only where the queue changed: the last
+        one while the queue's pending index has the version it was read at; else the
+        window's new ids, with summaries for those not seen before, and groups from
+        ``batch_similar_requests`` of which only those whose members changed are split
+        again. None when the queue cannot tell its version (a plain ``SchedulingQueue``)."""
+        fetch = getattr(self.queue_manager, "pending_window", None)
+        if fetch is None:
+            return None
+        limit = self.lookahead
+        with self._win_lock:
+            cur = self._win
+            since = cur.version if cur is not None and cur.limit == limit else None
+            got = fetch(limit, since, self._win_info if since is not None else {})
+            if got is None:
+                return cur  # nothing claimable was added, taken or became due
+            try:
+                return self._update_window(limit, since, cur, *got)
+            except BaseException:
+                self._win = None  # half updated: read it all again next time
+                self._win_info, self._win_groups = {}, {}
+                raise
+
+    def _update_window(self, limit: int, since: int | None, cur: _Window | None, version: int,
+                       ids: list[str], fresh: dict[str, dict]) -> _Window:
+        """The kept window brought to ``version`` (see :meth:`_window`). Caller holds
+        ``_win_lock``."""
+        info = self._win_info  # becomes the new window's: drop who left, add who came
+        counts: Counter[str] = Counter() if cur is None or since is None else Counter(cur.counts)
+        if since is None:
+            info.clear()
+        elif len(info) + len(fresh) != len(ids):  # some left the window
+            now_in = set(ids)
+            for rid in [rid for rid in info if rid not in now_in]:
+                counts[info.pop(rid)["model_key"]] -= 1
+        for rid, summary in fresh.items():
+            info[rid] = summary
+            counts[summary["model_key"]] += 1
+        counts = +counts  # without the models that left
+        # Groups are read again in full (the roadmap's grouping); only those whose
+        # members changed are split again. A change between the two reads bumps the
+        # version past the one kept here: the next decision reads both again.
+        groups = self.queue_manager.batch_similar_requests(limit=limit) if ids else []
+        old_groups, kept = self._win_groups, {}
+        work: list[tuple[str, WorkGroup]] = []
+        for g in groups:
+            members = [rid for rid in g["ids"] if rid in info]
+            if not members:
+                continue
+            gids = tuple(g["ids"])
+            made_of = (g["model_key"], gids,
+                       None if len(members) == len(gids) else tuple(members),
+                       bool(g.get("embed_merge")), self.batch_size)
+            prev = old_groups.get(g["batch_key"])
+            items = prev[1] if prev is not None and prev[0] == made_of else \
+                self._group_work(g, members, info)
+            kept[g["batch_key"]] = (made_of, items)
+            work.extend(items)
+        if len(work) > len(kept):
+            # a group of several endpoints (generate + chat) is several calls: order
+            # them by their heads (one call per group is in order already: a group
+            # comes in the order of its first member, which heads it)
+            order = {rid: i for i, rid in enumerate(ids)}
+            work.sort(key=lambda hw: order[hw[0]])
+        self._win = _Window(version, limit, tuple(work), counts)
+        self._win_groups = kept
+        return self._win
 
     # ------------------------------------------------------------ placement
     def assign_server(self, request_batch: list[dict], *, demand: Counter | None = None) -> str | None:
@@ -325,14 +432,22 @@ class RequestScheduler:
 
     def _decide(self, only: str | None, now: float | None,
                 *, reserve: bool) -> tuple[Outcome, float] | None:
-        window = self.queue_manager.peek_summaries(self.lookahead)
-        if not window:
+        win = self._window()
+        window: list[dict] = []
+        if win is None:  # a queue without versions: read the whole window
+            window = self.queue_manager.peek_summaries(self.lookahead)
+            if not window:
+                return None
+            groups = self.queue_manager.batch_similar_requests(limit=self.lookahead)
+            models: Iterable[str] = {r["model_key"] for r in window}
+        elif not win.counts:
             return None
-        groups = self.queue_manager.batch_similar_requests(limit=self.lookahead)
+        else:
+            models = win.counts.keys()
         healthy = self.cluster_manager.healthy_nodes()  # one look at the cluster per pass
-        models = {r["model_key"] for r in window}
         with self._lock:
-            summary = self._summary(window, groups)
+            summary = (self._summary(window, groups) if win is None
+                       else self._queue_summary(win.work, win.counts))
             snap = self._snapshot(healthy, models)
             now = self.clock() if now is None else now
             out = place(snap, summary, now, self._policy(), only=only)

@@ -18,8 +18,14 @@ from olol.queue.records import Entry
 
 
 class PendingIndex:
-    def __init__(self, ageing_s: float):
+    """:param version: where :attr:`version` starts (a rebuilt index continues the
+        count of the one it replaces, so a version never names two contents)."""
+
+    def __init__(self, ageing_s: float, version: int = 0):
         self.ageing_s = ageing_s
+        # bumped by every change to the ready lists (add, remove, promote): a reader
+        # that saw version v and sees v again knows the dispatch order is unchanged
+        self.version = version
         self._ready: list[tuple] = []
         self._by_model: dict[str, list[tuple]] = {}
         self._delayed: list[tuple] = []  # (not_before, seq, id)
@@ -57,6 +63,7 @@ class PendingIndex:
     def _add_ready(self, entry: Entry) -> int:
         key = entry.order_key(self.ageing_s)
         entry.ready_key = key
+        self.version += 1
         pos = bisect_right(self._ready, key)
         self._ready.insert(pos, key)
         insort(self._by_model.setdefault(entry.model_key, []), key)
@@ -69,6 +76,7 @@ class PendingIndex:
         key = entry.ready_key
         if key is not None:
             entry.ready_key = None
+            self.version += 1
             _discard(self._ready, key)
             lst = self._by_model.get(entry.model_key)
             if lst is not None:

@@ -893,6 +893,29 @@ class QueueManager:
             if everyone or self._s.index.ready_count > 0:
                 self._signal(everyone=everyone)
 
+    def pending_window(self, limit: int, since: int | None = None,
+                       known: dict[str, Any] | frozenset[str] = frozenset()
+                       ) -> tuple[int, list[str], dict[str, dict]] | None:
+        """The head of the dispatch order, for a scheduler that keeps its own copy of it.
+
+        Returns None when the claimable requests are as they were at version
+        ``since`` (nothing was added, claimed, cancelled, requeued or became due
+        since); else ``(version, ids, summaries)``: the ids of the first ``limit``
+        claimable requests in dispatch order, and the :meth:`peek_summaries` fields
+        of those whose id is not in ``known``. Ageing never changes the order (see
+        :meth:`~olol.queue.records.Entry.order_key`), so time alone changes nothing.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("limit must be a positive integer")
+        with self._lock:
+            self._promote(self.clock())
+            index = self._s.index
+            if since is not None and index.version == since:
+                return None
+            entries = index.head(limit)
+            return (index.version, [e.id for e in entries],
+                    {e.id: e.summary() for e in entries if e.id not in known})
+
 
 __all__ = ["QueueFullError", "QueueManager"]
 

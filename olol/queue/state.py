@@ -30,7 +30,8 @@ class QueueState:
 
     def reset(self) -> None:
         self.entries: dict[str, Entry] = {}
-        self.index = PendingIndex(self.ageing_s)
+        old = getattr(self, "index", None)  # a rebuilt index continues its version count
+        self.index = PendingIndex(self.ageing_s, 0 if old is None else old.version + 1)
         self.processing: dict[str, Entry] = {}
         self.status_counts: Counter[str] = Counter()
         self.active_total = 0
