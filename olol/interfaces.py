@@ -86,6 +86,16 @@ class Store(Protocol):
     def watch(self, table: str,
               callback: Callable[[str, list[int] | None, str], None]) -> None: ...
 
+    shared: bool  # several processes may write this store at once
+
+    def get_many(self, table: str, doc_ids: Iterable[int]) -> list[Any]: ...
+
+    def update_if(self, table: str, doc_ids: Iterable[int], fields: Mapping[str, Any], *,
+                  when: Mapping[str, Iterable[Any]], incr: Iterable[str] = (),
+                  skip_locked: bool = False, wait: bool = True) -> list[Any]: ...
+
+    def owners_alive(self, origins: Iterable[str]) -> set[str]: ...
+
     # upkeep and figures (maintenance jobs, /metrics)
     @property
     def durable(self) -> bool: ...

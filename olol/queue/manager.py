@@ -229,8 +229,8 @@ class QueueManager:
             kinds[doc["id"]] = "requeued"
             return pending_patch(None) | {"claimed_by": None}
 
-        for rid, who in held:
-            if who is not None and who not in alive:
+        for rid, holder in held:
+            if holder is not None and holder not in alive:
                 self._transition(rid, ACTIVE, patch, any_claim=True)
         for kind in kinds.values():
             out[kind] += 1

@@ -97,6 +97,8 @@ class ModelRegistry:
         self.pulls = PullPlacement(self.state, self.table, self.table_sync,
                                    max_parallel_pulls=max_parallel_pulls,
                                    max_operations=max_operations)
+        if getattr(db, "shared", False):
+            self.pulls.share(db)  # several proxies: one view of the pulls in progress
 
     # -- the settings, read through -------------------------------------------------
 

@@ -32,6 +32,8 @@ from olol.registry.pulls import PullOperation
 from olol.registry.sync import TableSync
 
 log = logging.getLogger(__name__)
+#: the ``config`` rows through which proxies on one shared store show their pulls
+PULL_KEY_PREFIX = "pull."
 
 
 class PullPlacement:
@@ -52,21 +54,69 @@ class PullPlacement:
         self._max_operations = max(1, max_operations)
         self._lock = threading.Lock()
         self._ops: dict[str, PullOperation] = {}
+        self._shared: Any = None  # the shared store, when several proxies use one
+
+    def share(self, db: Any) -> None:
+        """Several proxies on one store: publish this proxy's pulls in progress there
+        (a ``config`` row each, ``pull.<id>``, from start to end) and show theirs."""
+        self._shared = db
+
+    def _publish(self, op: PullOperation) -> None:
+        db = self._shared
+        key = PULL_KEY_PREFIX + op.id
+        try:
+            db.upsert("config", {"key": key, "value": {**op.summary(), "proxy": db.origin}},
+                      {"key": key})
+        except Exception:  # noqa: BLE001 - the pull runs anyway; only others' view lacks it
+            log.exception("pull %s: could not publish it to the other proxies", op.id)
+            return
+        op.on_finish(lambda op: self._unpublish(op.id))
+
+    def _unpublish(self, op_id: str) -> None:
+        try:
+            self._shared.remove("config", {"key": PULL_KEY_PREFIX + op_id})
+        except Exception:  # noqa: BLE001 - its proxy's end is noticed by the others anyway
+            log.exception("pull %s: could not withdraw it", op_id)
+
+    def _others(self) -> list[dict]:
+        """The pulls other live proxies published (a stopped proxy's are removed)."""
+        db = self._shared
+        if db is None:
+            return []
+        rows = db.search("config", lambda d: str(d.get("key", "")).startswith(PULL_KEY_PREFIX))
+        theirs = [(r, r.get("value") or {}) for r in rows]
+        theirs = [(r, v) for r, v in theirs if isinstance(v, dict) and v.get("proxy") != db.origin]
+        alive = db.owners_alive({str(v.get("proxy")) for _, v in theirs}) if theirs else set()
+        out = []
+        for row, value in theirs:
+            if value.get("proxy") in alive:
+                out.append(value)
+            else:
+                db.remove("config", row.doc_id)  # its proxy stopped with it running
+        return out
 
     # -- reading ---------------------------------------------------------------------
 
     def active(self) -> list[dict]:
+        """This proxy's pulls in progress, then (several proxies on one store) the
+        other proxies' (``proxy`` names which; their progress is as at their start)."""
         with self._lock:
             ops = [op for op in self._ops.values() if not op.done]
-        return [op.summary() for op in sorted(ops, key=lambda o: o.started_at)]
+        mine = [op.summary() for op in sorted(ops, key=lambda o: o.started_at)]
+        return mine + sorted(self._others(), key=lambda v: v.get("started_at") or 0)
 
     def pulling(self) -> dict[str, set[str]]:
-        """Per model key, the nodes a running pull has not finished on."""
+        """Per model key, the nodes a running pull has not finished on (another
+        proxy's: every node it targets)."""
         with self._lock:
             ops = [op for op in self._ops.values() if not op.done]
         out: dict[str, set[str]] = {}
         for op in ops:
             out.setdefault(op.model, set()).update(op.pending_nodes())
+        for value in self._others():
+            if isinstance(value.get("model"), str):
+                out.setdefault(value["model"], set()).update(
+                    str(n) for n in value.get("nodes") or ())
         return out
 
     # -- pull ------------------------------------------------------------------------
@@ -145,6 +195,8 @@ class PullPlacement:
             self._ops = {k: o for k, o in self._ops.items() if not o.done}
             self._ops[op.id] = op
         op.start_record(size)
+        if self._shared is not None:
+            self._publish(op)
         if not targets:
             if probe is not None:
                 probe[1].cancel()

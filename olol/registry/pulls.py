@@ -49,6 +49,7 @@ class PullOperation:
         self.clock = clock
         self.started_at = clock()
         self.finished_at: float | None = None
+        self._on_finish: list[Callable[[PullOperation], None]] = []
         self._cond = threading.Condition()
         self._events: list[dict] = []
         self._base = 0  # absolute index of self._events[0]
@@ -197,7 +198,20 @@ class PullOperation:
             self.final = final
             self.finished_at = self.clock()
             self._append(dict(final))
-            return final
+        for listener in list(self._on_finish):
+            try:
+                listener(self)
+            except Exception:  # a listener must not change the outcome
+                log.exception("pull %s: finish listener failed", self.id)
+        return final
+
+    def on_finish(self, listener: Callable[[PullOperation], None]) -> None:
+        """Call ``listener(self)`` once the final record is out (at once if it is)."""
+        with self._cond:
+            if self.final is None:
+                self._on_finish.append(listener)
+                return
+        listener(self)
 
     def register_stream(self, node: str, stream: Any) -> None:
         with self._cond:

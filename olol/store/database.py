@@ -467,6 +467,17 @@ class DatabaseManager:
         self._wait(seq)
         self._announce(changed)
 
+    def owners_alive(self, origins: Iterable[str]) -> set[str]:
+        """Which of these writers are alive: only this process writes here."""
+        return {o for o in origins if o == self.origin}
+
+    def exclusive(self, name: str) -> None:
+        """Inside a transaction: hold ``name`` until it ends (here the transaction
+        holds the store's lock already: nothing to do)."""
+        with self._lock:
+            if self._txn is None:
+                raise RuntimeError("exclusive() must be called inside store.transaction()")
+
     # ------------------------------------------------------------------ compare and set
     def update_if(self, table: str, doc_ids: Iterable[int], fields: Mapping[str, Any], *,
                   when: Mapping[str, Iterable[Any]], incr: Iterable[str] = (),

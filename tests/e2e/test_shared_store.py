@@ -225,3 +225,29 @@ def test_a_busy_node_sends_the_other_proxys_request_elsewhere(pg_dsn):
             x.stop(0)
         for s in (*sims, *sims2):
             s.stop()
+
+
+def test_a_pull_on_one_proxy_shows_on_the_other_until_it_ends(pg_dsn):
+    # qwen2.5:0.5b is 398 MB: at 400 MB/s the pull takes about a second
+    sims, agents = start_nodes(1, f"{MODEL}[tps=400]", pull_bytes_per_second=400e6)
+    proxies = []
+    try:
+        for _ in range(2):
+            config = ProxyConfig(listen="127.0.0.1:0", store=pg_dsn,
+                                 nodes=[agents[0].address], health_interval_s=1.0)
+            proxies.append(Proxy(config).start())
+        a, b = proxies
+        assert wait_until(lambda: a.cluster.healthy_nodes() and b.cluster.healthy_nodes())
+        op = a.registry.pull_model("qwen2.5:0.5b", [agents[0].address])
+        theirs = [p for p in b.registry.active_pulls() if p.get("id") == op.id]
+        assert theirs and theirs[0]["proxy"] == a.db.origin
+        assert theirs[0]["model"] == "qwen2.5:0.5b"
+        assert agents[0].address in b.registry.pulls.pulling().get("qwen2.5:0.5b", set())
+        assert op.wait(timeout=30)[agents[0].address].get("status") == "success"
+        assert wait_until(lambda: not [p for p in b.registry.active_pulls()
+                                       if p.get("id") == op.id], timeout=10)
+    finally:
+        for p in proxies:
+            p.stop(grace_s=2)
+        agents[0].stop(0)
+        sims[0].stop()
