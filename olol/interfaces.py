@@ -92,7 +92,8 @@ class Store(Protocol):
 
     def update_if(self, table: str, doc_ids: Iterable[int], fields: Mapping[str, Any], *,
                   when: Mapping[str, Iterable[Any]], incr: Iterable[str] = (),
-                  skip_locked: bool = False, wait: bool = True) -> list[Any]: ...
+                  skip_locked: bool = False, wait: bool = True,
+                  notify: bool = True) -> list[Any]: ...
 
     def owners_alive(self, origins: Iterable[str]) -> set[str]: ...
 

@@ -369,6 +369,9 @@ class Proxy:
             self.stats.close()
         except Exception:  # noqa: BLE001
             log.exception("closing the request statistics failed")
+        close_queue = getattr(self.queue, "close", None)
+        if close_queue is not None:
+            close_queue()  # its background writes first, then the store
         self.db.close()
         if get_db_default() is self.db:
             reset_default_db()

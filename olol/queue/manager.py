@@ -124,6 +124,7 @@ class QueueManager:
         #: how long another proxy must look gone before its work is taken back
         self.gone_after_s = float(gone_after_s)
         self._missing: dict[str, float] = {}  # proxy -> when first seen missing
+        self._writer: Any = None  # background claim writes (shared store), made lazily
         if self.shared:
             self._s.local_owner = self.owner
         self._upkeep = QueueMaintenance(db, self._s, self._cond, clock=clock,
@@ -285,8 +286,19 @@ class QueueManager:
                 # A sync request's body stays in RAM only: it is never re-run after a
                 # restart, so the journal and the snapshot need not carry it.
                 e.body = record.pop("body")
+                if self.shared:
+                    # Shared store: another proxy can never run it (its body and its
+                    # caller are here), so it lives in RAM, and its record is written
+                    # once, when it finishes (as history).
+                    e.record = dict(record)
             self._s.entries[rid] = e  # reserves the id and the capacity
             self._s.count(e, "pending", +1)
+        if e.record is not None:
+            with self._cond:
+                pos = self._s.index.add(e, now)
+                if wake:
+                    self._signal()
+                return rid, (pos if pos is not None else len(self._s.index)) + 1
         try:
             # A sync request does not wait for its journal sync: its caller waits on
             # an open connection that dies with the proxy, and recovery marks it
@@ -381,6 +393,17 @@ class QueueManager:
             return []
         bid = batch_id or uuid.uuid4().hex
         claimed: list[dict] = []
+        patch = {
+            "status": "processing", "lease_until": now + lease,
+            "started_at": iso_utc(now), "started_ts": now, "server_assigned": server,
+            "batch_id": bid, "not_before": None, "claimed_by": self.owner,
+        }
+        mine = [e for e in chosen if e.record is not None]
+        if mine:  # this proxy's own sync requests on a shared store: claimed in RAM
+            claimed = self._claim_in_ram(mine, patch, now)
+            chosen = [e for e in chosen if e.record is None]
+            if not chosen:
+                return claimed
         try:
             # One compare-and-set write: only rows still pending are claimed; on a shared
             # store a row another proxy holds right now is skipped, never waited for nor
@@ -391,15 +414,13 @@ class QueueManager:
             # fsync on every request's critical path. A job's claim waits: its attempt
             # must be counted before it runs, or a job that kills the proxy would be
             # re-run forever.
-            patch = {
-                "status": "processing", "lease_until": now + lease,
-                "started_at": iso_utc(now), "started_ts": now, "server_assigned": server,
-                "batch_id": bid, "not_before": None, "claimed_by": self.owner,
-            }
             docs = {d.doc_id: d for d in self.db.update_if(
                 TABLE, [e.doc_id for e in chosen], patch, when={"status": ("pending",)},
                 incr=("attempts", "rev"), skip_locked=True,
-                wait=any(e.kind == "job" for e in chosen))}
+                wait=any(e.kind == "job" for e in chosen),
+                # this proxy's own sync requests: nobody else can claim them, and they
+                # count as active for the others either way; their finish is announced
+                notify=any(e.kind == "job" for e in chosen))}
             for e in chosen:
                 doc = docs.get(e.doc_id)
                 if doc is not None:
@@ -435,6 +456,77 @@ class QueueManager:
             if claimed and self._s.index.ready_count > 0:
                 self._signal()  # more to claim: pass the wake-up on to another thread
         return claimed
+
+    def _claim_in_ram(self, entries: list[Entry], patch: dict, now: float) -> list[dict]:
+        """Claim requests that live in RAM (this proxy's sync requests, shared store)."""
+        out = []
+        with self._cond:
+            for e in entries:
+                doc = {**(e.record or {}), **patch, "attempts": e.attempts + 1,
+                       "rev": e.rev + 1}
+                e.record = doc
+                self._s.apply(e, doc, now)
+                out.append({**doc, "body": e.body} if e.body is not None else dict(doc))
+            if self._s.index.ready_count > 0:
+                self._signal()  # more to claim: pass the wake-up on to another thread
+        return out
+
+    def _change_in_ram(self, e: Entry, allowed: Iterable[str], make_patch: Patch,
+                       usage: dict | None) -> dict | None:
+        """:meth:`_transition` for a request that lives in RAM (this proxy's sync
+        request on a shared store): RAM is its only truth until it finishes; then its
+        final record is written, in the background, as history."""
+        now = self.clock()
+        with self._cond:
+            if e.record is None or e.status not in allowed \
+                    or self._s.entries.get(e.id) is not e:
+                return None
+            doc = {**e.record, "status": e.status}
+            patch = make_patch(doc, now)
+            if patch is None:
+                return None
+            old = e.status
+            new = {**doc, **patch, "rev": e.rev + 1}
+            final = new["status"] in FINISHED
+            new.pop("body", None)
+            e.record = None if final else new
+            self._s.apply(e, new, now)
+            if new["status"] == "pending" or (old == "processing"
+                                              and self._s.index.ready_count > 0):
+                self._signal()  # work to claim, or a node slot freed while work waits
+            if final:
+                if self._writer is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._writer = ThreadPoolExecutor(
+                        1, thread_name_prefix="olol-queue-history")
+                self._writer.submit(self._write_final, e, new)
+        if final:
+            self._tell_finished(new if usage is None else {**new, "usage": usage})
+        return new
+
+    def _write_final(self, e: Entry, record: dict) -> None:
+        """Write the final record of a request that lived in RAM (in the background)."""
+        try:
+            doc_id = self.db.insert(TABLE, record, wait=False)
+        except Exception:  # noqa: BLE001 - history only: the request itself is over
+            log.exception("queue: writing the record of %s failed", e.id)
+            return
+        with self._lock:
+            kept = self._s.entries.get(e.id) is e
+            if kept:
+                e.doc_id = doc_id
+        if not kept:  # trimmed from RAM meanwhile: the row would be an orphan
+            try:
+                self.db.remove(TABLE, doc_id)
+            except Exception:  # noqa: BLE001 - removed by a later clean-up anyway
+                log.exception("queue: removing the record of %s failed", e.id)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the background claim writes (shared store) and stop their thread."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True, cancel_futures=False)
 
     def is_next(self, request_id: str) -> bool:
         """True when the request is claimable and first in dispatch order."""
@@ -498,8 +590,10 @@ class QueueManager:
         claimer finishes, requeues or extends what it runs."""
         with self._lock:
             e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
-            if e is None or e.doc_id < 0:
+            if e is None or (e.doc_id < 0 and e.record is None):
                 return None
+        if e.record is not None:
+            return self._change_in_ram(e, allowed, make_patch, usage)
         now = self.clock()
         # A synchronous request's state changes need not wait for their sync: its
         # caller hears the outcome over its connection, and a crash before the line
@@ -542,9 +636,11 @@ class QueueManager:
         another proxy's claim unless ``any_claim``."""
         with self._lock:
             e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
-            if e is None or e.doc_id < 0:
+            if e is None or (e.doc_id < 0 and e.record is None):
                 return None
             old = e.status
+        if e.record is not None:
+            return self._change_in_ram(e, allowed, lambda doc, now: fields(e, now), usage)
         now = self.clock()
         patch = fields(e, now)
         if patch.get("status") in FINISHED and e.kind == "job":
@@ -690,6 +786,8 @@ class QueueManager:
     def get(self, request_id: str) -> dict | None:
         with self._lock:
             e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
+            if e is not None and e.record is not None:  # lives in RAM (shared store)
+                return _with_body({**e.record, "status": e.status}, e.body)
             if e is None or e.doc_id < 0:
                 return None
             doc_id, body = e.doc_id, e.body

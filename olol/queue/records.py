@@ -176,6 +176,10 @@ class Entry:
     # Another proxy's sync request: its body and its caller are there, so this proxy
     # never claims it (it is in the counts, never in the pending index).
     foreign: bool = False
+    attempts: int = 0  # claims so far, as last written
+    # Shared store, this proxy's own sync request while it is active: its record (no
+    # body), kept in RAM only; it is written once, when the request finishes.
+    record: dict | None = None
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any], doc_id: int, *, seq: int, now: float) -> Entry:
@@ -201,6 +205,7 @@ class Entry:
             body_bytes=_int(doc.get("body_bytes"), 0),
             owner=doc.get("owner"),
             claimed_by=doc.get("claimed_by"),
+            attempts=_int(doc.get("attempts"), 0),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -73,12 +73,16 @@ class QueueState:
         e.lease_until = doc.get("lease_until")
         e.completed_ts = doc.get("completed_ts")
         e.claimed_by = doc.get("claimed_by")
+        attempts = doc.get("attempts")
+        if isinstance(attempts, int) and not isinstance(attempts, bool):
+            e.attempts = attempts
         if new == "pending":
             self.index.add(e, now)
         elif new == "processing":
             self.processing[e.id] = e
         elif old not in FINISHED:
             e.body = None  # nothing can need it any more
+            e.record = None
             if e.kind == "sync":
                 self.finished_sync[e.id] = e
             finish = _finish_of(e, doc)

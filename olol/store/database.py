@@ -481,12 +481,14 @@ class DatabaseManager:
     # ------------------------------------------------------------------ compare and set
     def update_if(self, table: str, doc_ids: Iterable[int], fields: Mapping[str, Any], *,
                   when: Mapping[str, Iterable[Any]], incr: Iterable[str] = (),
-                  skip_locked: bool = False, wait: bool = True) -> list[Document]:
+                  skip_locked: bool = False, wait: bool = True,
+                  notify: bool = True) -> list[Document]:
         """Set ``fields`` on those of ``doc_ids`` whose every ``when`` field holds one of
         its allowed values (a missing field counts as None), adding 1 to each ``incr``
         field (a missing or non-integer one counts as 0), as one atomic step. Returns the
         updated documents (as written, in id order). ``skip_locked``: rows another
-        transaction holds are left alone (PostgreSQL; never the case here)."""
+        transaction holds are left alone (PostgreSQL; never the case here). ``notify``:
+        whether other processes hear of the change (PostgreSQL; there are none here)."""
         rules = [(k, list(v)) for k, v in when.items()]
         bumps = list(incr)
         out: list[Document] = []

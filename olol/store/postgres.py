@@ -78,7 +78,6 @@ _UPSERT_LOCK = 0x6F6C6F6D
 # RAM indexes): a GIN index over the whole document would cost more on each write
 # (about 0.3 ms of the server's time per claim) than it saves the rare field query.
 UNINDEXED_TABLES = frozenset({"inference_queue"})
-_EXPLAIN = False
 _PRESENCE_LOCK = 0x6F6C6F70  # (this, hashtext(origin)): held while a process is alive
 _EXCLUSIVE_LOCK = 0x6F6C6F78  # (this, hashtext(name)): exclusive()
 _LISTEN_POLL_S = 0.25  # how often the listener looks at its stop flag
@@ -588,15 +587,39 @@ class PostgresStore:
         self._check_open()
         if not encoded:
             return []
+        insert = (f"INSERT INTO {self._t(table)} (doc) SELECT v::jsonb FROM "
+                  "unnest(%s::text[]) WITH ORDINALITY AS u(v, n) ORDER BY n RETURNING doc_id")
+        values = [raw.decode() for raw in encoded]
+        if getattr(self._local, "tx", None) is None and len(values) <= 100:
+            # one statement, one round trip: the rows, their change notice, the commit
+            lazy = "" if wait else ", set_config('synchronous_commit', 'off', true)"
+            sql = (f"WITH i AS ({insert}), n AS (SELECT pg_notify('{CHANNEL}', %s::text || "
+                   "string_agg(doc_id::text, ',' ORDER BY doc_id)) FROM i) "
+                   f"SELECT i.doc_id, (SELECT count(*) FROM n){lazy} FROM i")
+            rows = self._autocommit(sql, [values, f"{self.origin}|{table}|"])
+            ids = sorted(r[0] for r in rows)
+            self._announce({table: set(ids)})
+            return ids
         with self._write(wait=wait) as tx:
-            rows = tx.conn.execute(
-                f"INSERT INTO {self._t(table)} (doc) SELECT v::jsonb FROM "
-                "unnest(%s::text[]) WITH ORDINALITY AS u(v, n) ORDER BY n RETURNING doc_id",
-                ([raw.decode() for raw in encoded],),
-            ).fetchall()
+            rows = tx.conn.execute(insert, (values,)).fetchall()
             ids = sorted(r[0] for r in rows)
             self._note(tx, table, ids)
         return ids
+
+    def _autocommit(self, sql: str, args: list) -> list:
+        """One statement as its own transaction on a pooled connection (retried once on
+        a connection found dead at its first statement); its rows."""
+        for attempt in (0, 1):
+            conn = self._getconn()
+            try:
+                return conn.execute(sql, args).fetchall()
+            except self._psycopg.Error as exc:
+                if attempt == 0 and self._stale(exc, conn):
+                    continue
+                raise self._map_error(exc, conn) from exc
+            finally:
+                self._putconn(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def update(self, table: str, fields: Any, where: Any) -> list[int]:
         """Set ``fields`` (a mapping, or a callable that edits a copy) on matching docs."""
@@ -734,10 +757,14 @@ class PostgresStore:
     # ------------------------------------------------------------------ compare and set
     def update_if(self, table: str, doc_ids: Iterable[int], fields: Mapping[str, Any], *,
                   when: Mapping[str, Iterable[Any]], incr: Iterable[str] = (),
-                  skip_locked: bool = False, wait: bool = True) -> list[Document]:
+                  skip_locked: bool = False, wait: bool = True,
+                  notify: bool = True) -> list[Document]:
         """As :meth:`DatabaseManager.update_if`, in one statement (one round trip outside
         a transaction: the row locks, the check, the write, the change notice and the
-        commit). With ``skip_locked``, rows another transaction holds are left alone."""
+        commit). With ``skip_locked``, rows another transaction holds are left alone.
+        ``notify=False`` (outside a transaction): other processes are not told of this
+        change (they learn the row's state with its next change); for writes only this
+        process acts on."""
         schema = self._schema(table)
         raw = encode_fields(table, fields)
         _check_text(table, raw)
@@ -773,25 +800,14 @@ class PostgresStore:
                 self._note(wtx, table, [r[0] for r in rows])
             return [Document(d, i) for i, d in sorted(rows)]
         lazy = "" if wait else ", set_config('synchronous_commit', 'off', true)"
-        sql = (f"WITH u AS ({update}), n AS (SELECT pg_notify('{CHANNEL}', %s::text || "
-               "string_agg(doc_id::text, ',' ORDER BY doc_id)) FROM u HAVING count(*) > 0) "
-               f"SELECT u.doc_id, u.doc, (SELECT count(*) FROM n){lazy} FROM u")
-        head = f"{self.origin}|{table}|"
-        if _EXPLAIN:
-            with self._pooled() as c:
-                for r in c.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, [*args, head]).fetchall():
-                    print(r[0])
-        for attempt in (0, 1):
-            conn = self._getconn()
-            try:
-                rows = conn.execute(sql, [*args, head]).fetchall()
-                break
-            except self._psycopg.Error as exc:
-                if attempt == 0 and self._stale(exc, conn):
-                    continue
-                raise self._map_error(exc, conn) from exc
-            finally:
-                self._putconn(conn)
+        if notify:
+            sql = (f"WITH u AS ({update}), n AS (SELECT pg_notify('{CHANNEL}', %s::text || "
+                   "string_agg(doc_id::text, ',' ORDER BY doc_id)) FROM u HAVING count(*) > 0) "
+                   f"SELECT u.doc_id, u.doc, (SELECT count(*) FROM n){lazy} FROM u")
+            rows = self._autocommit(sql, [*args, f"{self.origin}|{table}|"])
+        else:
+            rows = self._autocommit(f"WITH u AS ({update}) SELECT u.doc_id, u.doc{lazy} FROM u",
+                                    args)
         done = sorted((r[0], r[1]) for r in rows)
         if done:
             self._announce({table: {i for i, _ in done}})
