@@ -105,6 +105,8 @@ class Store(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
+    def close(self, *, checkpoint: bool = True) -> None: ...
+
 
 class Queue(Protocol):
     """The durable request queue, as the front door, the metrics and the jobs use it."""

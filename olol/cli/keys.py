@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olol.cli.client import Api, CliError
 from olol.keys import KeyStore
 from olol.store import journal as jr
 from olol.store.database import DatabaseManager, default_data_dir
+
+if TYPE_CHECKING:
+    from olol.interfaces import Store
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument(
         "--url", help="manage the keys of the proxy running at this URL (admin key from "
         "$OLOL_API_KEY); also used when a running proxy owns the data folder"
+    )
+    common.add_argument(
+        "--store", default=os.environ.get("OLOL_STORE") or None,
+        help="the proxies' shared store, a postgresql:// URL (default: $OLOL_STORE); "
+        "works while proxies run (docs/postgresql.md)"
     )
 
     p = sub.add_parser("create", parents=[common], help="create a key and print it once")
@@ -65,10 +74,20 @@ class _Remote(Api):
 _Failed = CliError
 
 
-def _open(args: argparse.Namespace) -> DatabaseManager | _Remote | None:
+def _open(args: argparse.Namespace) -> Store | _Remote | None:
     """The store, or the running proxy that owns it (or that ``--url`` names)."""
     if args.url:
         return _Remote(args.url)
+    if args.store:
+        from olol.address import redact_url
+        from olol.store import open_store
+
+        try:
+            return open_store(args.store)
+        except (jr.StoreError, ValueError) as exc:
+            print(f"olol keys: cannot open the store at {redact_url(args.store)}: {exc}",
+                  file=sys.stderr)
+            return None
     try:
         return DatabaseManager(default_data_dir(args.data_dir), background_checkpoints=False)
     except jr.StoreLockedError as exc:

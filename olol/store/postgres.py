@@ -242,6 +242,9 @@ class PostgresStore:
         max_waiting: int = 1024,
     ) -> None:
         psycopg, psycopg_pool = _driver()
+        # The pool logs each failed connection attempt over several lines; the store
+        # reports the outage itself (StoreUnavailableError, the listener's warnings).
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._psycopg, self._pool_mod = psycopg, psycopg_pool
         self.clock = clock
         self.origin = origin or secrets.token_hex(8)

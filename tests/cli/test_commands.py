@@ -7,6 +7,8 @@ import json
 import signal
 from pathlib import Path
 
+import requests
+
 from olol.sim import SimConfig, Simulator, parse_models_spec
 from tests.cli.conftest import fails_in_one_line, message_lines
 
@@ -170,3 +172,24 @@ def test_worker_and_node_status(olol):
             proc.wait(timeout=10)
         sim.stop()
     fails_in_one_line(olol("worker", "--listen", "127.0.0.1:99999"), 2, "99999")
+
+
+def test_keys_on_the_shared_store_while_a_proxy_runs(olol, pg_dsn):
+    from olol.context import ProxyConfig
+    from olol.proxy import Proxy
+
+    proxy = Proxy(ProxyConfig(listen="127.0.0.1:0", store=pg_dsn, keys_enabled=True)).start()
+    try:
+        made = json.loads(ok(olol("keys", "create", "ops", "--admin", "--json",
+                                  "--store", pg_dsn)))
+        head = {"Authorization": f"Bearer {made['key']}"}
+        assert requests.get(proxy.url + "/olol/v1/keys", headers=head, timeout=5).ok
+        # the same through $OLOL_STORE; a revoked key is refused at its next request
+        assert made["id"] in ok(olol("keys", "ls", OLOL_STORE=pg_dsn))
+        ok(olol("keys", "revoke", made["id"], OLOL_STORE=pg_dsn))
+        assert requests.get(proxy.url + "/olol/v1/keys", headers=head,
+                            timeout=5).status_code == 401
+    finally:
+        proxy.stop(grace_s=2)
+    fails_in_one_line(olol("keys", "ls", "--store", "postgresql://nobody@127.0.0.1:1/x"),
+                      1, "cannot open the store")
