@@ -251,3 +251,28 @@ def test_a_pull_on_one_proxy_shows_on_the_other_until_it_ends(pg_dsn):
             p.stop(grace_s=2)
         agents[0].stop(0)
         sims[0].stop()
+
+
+def test_statistics_of_both_proxies_add_up_in_the_shared_rows(two_in_process):
+    from olol.stats import Finished
+
+    a = two_in_process()
+    b = two_in_process()
+    for _ in range(30):
+        for proxy, model in ((a, "shared-m"), (b, "shared-m")):
+            proxy.stats.add(Finished("chat", model=model))
+    for _ in range(3):  # roll-ups of both at once, again and again: none may be lost
+        for proxy in (a, b):
+            proxy.stats.add(Finished("chat", model="shared-m"))
+        rollers = [threading.Thread(target=p.stats.roll_up, name=f"roll-{i}")
+                   for i, p in enumerate((a, b))]
+        for t in rollers:
+            t.start()
+        for t in rollers:
+            t.join(timeout=30)
+    for proxy in (a, b):
+        rows = requests.get(proxy.url + "/olol/v1/stats", timeout=10,
+                            params={"period": "hourly", "by": "model"}).json()["rows"]
+        assert sum(r["requests"] for r in rows if r["model"] == "shared-m") == 66
+    # one row per series and period, whichever proxy wrote first
+    assert a.db.count("request_stats", {"model": "shared-m", "period": "hourly"}) == 1
