@@ -522,9 +522,11 @@ class QueueManager:
             except Exception:  # noqa: BLE001 - removed by a later clean-up anyway
                 log.exception("queue: removing the record of %s failed", e.id)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Finish the background claim writes (shared store) and stop their thread."""
-        writer, self._writer = self._writer, None
+    def close(self) -> None:
+        """Write the final records still on their way (shared store), then stop the
+        thread that writes them. Each write is bounded by the store's own timeouts."""
+        with self._lock:
+            writer, self._writer = self._writer, None
         if writer is not None:
             writer.shutdown(wait=True, cancel_futures=False)
 
