@@ -124,7 +124,7 @@ class QueueManager:
         #: how long another proxy must look gone before its work is taken back
         self.gone_after_s = float(gone_after_s)
         self._missing: dict[str, float] = {}  # proxy -> when first seen missing
-        self._writer: Any = None  # background claim writes (shared store), made lazily
+        self._writer: Any = None  # writes final records of RAM-only requests, made lazily
         if self.shared:
             self._s.local_owner = self.owner
         self._upkeep = QueueMaintenance(db, self._s, self._cond, clock=clock,
@@ -185,9 +185,11 @@ class QueueManager:
     def sweep_stopped_proxies(self) -> dict[str, int]:
         """Shared store: repair what proxies that stopped held, as :meth:`recover` does
         after a restart: their claimed jobs go back to pending (or fail after
-        ``max_attempts`` claims), their sync requests (pending or running: the caller's
-        connection died with that proxy) become ``interrupted``. A proxy is alive while
-        its store session is (:meth:`PostgresStore.owners_alive`)."""
+        ``max_attempts`` claims), and sync requests of theirs still active in the store
+        (only an older olol wrote those: sync requests now live in their proxy's RAM)
+        become ``interrupted``. A proxy is alive while its store session is
+        (:meth:`PostgresStore.owners_alive`); one missing for ``gone_after_s`` in a row
+        is taken for stopped."""
         out = {"interrupted": 0, "requeued": 0, "failed": 0}
         if not self.shared:
             return out
@@ -197,19 +199,21 @@ class QueueManager:
                     for e in self._s.entries.values() if e.status in ACTIVE]
         owners = {who for _, who in held if who is not None and who != self.owner}
         if not owners:
-            self._missing.clear()
+            with self._lock:
+                self._missing.clear()
             return out
         now = self.clock()
         seen_alive = set(self.db.owners_alive(owners))
         # A proxy looks gone while its store session reconnects (a database restart):
         # only one missing for ``gone_after_s`` in a row is taken for stopped.
-        for who in list(self._missing):
-            if who in seen_alive or who not in owners:
-                del self._missing[who]
-        for who in owners - seen_alive:
-            self._missing.setdefault(who, now)
-        alive = {self.owner, *seen_alive, *(who for who, since in self._missing.items()
-                                           if now - since < self.gone_after_s)}
+        with self._lock:  # two jobs may sweep at once (queue-leases, registry-sync)
+            for who in list(self._missing):
+                if who in seen_alive or who not in owners:
+                    del self._missing[who]
+            for who in owners - seen_alive:
+                self._missing.setdefault(who, now)
+            alive = {self.owner, *seen_alive, *(who for who, since in self._missing.items()
+                                               if now - since < self.gone_after_s)}
         limit = self.max_attempts
         now_error = "interrupted: the proxy that held this request stopped"
         kinds: dict[str, str] = {}
