@@ -276,3 +276,29 @@ def test_statistics_of_both_proxies_add_up_in_the_shared_rows(two_in_process):
         assert sum(r["requests"] for r in rows if r["model"] == "shared-m") == 66
     # one row per series and period, whichever proxy wrote first
     assert a.db.count("request_stats", {"model": "shared-m", "period": "hourly"}) == 1
+
+
+def test_with_the_database_down_sync_requests_are_served_and_jobs_get_503(pg_own_server,
+                                                                         nodes):
+    sims, agents = nodes
+    dsn = pg_own_server.create_database("down")
+    proxy = Proxy(ProxyConfig(listen="127.0.0.1:0", store=dsn, health_interval_s=1.0,
+                              nodes=[a.address for a in agents])).start()
+    try:
+        assert wait_until(lambda: proxy.cluster.healthy_nodes())
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                "stream": False}
+        pg_own_server.stop()
+        # a sync request lives in the proxy's RAM: it needs no database (keys off)
+        r = requests.post(proxy.url + "/api/chat", json=chat, timeout=30)
+        assert r.status_code == 200 and r.json()["done"]
+        # a job must be on disk before its 202: refused, in Ollama's error shape
+        r = requests.post(proxy.url + "/olol/v1/jobs", json={"endpoint": "chat",
+                                                              "body": chat}, timeout=30)
+        assert r.status_code == 503 and "unavailable" in r.json()["error"]
+        pg_own_server.start()
+        assert wait_until(lambda: requests.post(
+            proxy.url + "/olol/v1/jobs", json={"endpoint": "chat", "body": chat},
+            timeout=30).status_code == 202, timeout=30)
+    finally:
+        proxy.stop(grace_s=2)
