@@ -810,9 +810,7 @@ class RequestStats:
                 with self.db.transaction():
                     # several proxies on one shared store add to the same rows: one
                     # roll-up at a time, or one would overwrite the other's counts
-                    exclusive = getattr(self.db, "exclusive", None)
-                    if exclusive is not None:
-                        exclusive("request_stats")
+                    self.db.exclusive("request_stats")
                     written = self._write_rows(pending)
                     if durable:
                         where = {"key": CURSOR_KEY}

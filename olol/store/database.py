@@ -106,6 +106,19 @@ class StoreUnavailableError(jr.StoreError):
 WatchCallback = Callable[[str, "list[int] | None", str], None]
 
 
+def schema_of(schemas: Mapping[str, TableSchema], table: Any) -> TableSchema:
+    """The schema of ``table`` among a store's ``schemas``.
+
+    :raises UnknownTableError: not a string, or not one of them.
+    """
+    if not isinstance(table, str):
+        raise UnknownTableError(f"table name must be a string, got {type(table).__name__}")
+    schema = schemas.get(table)
+    if schema is None:
+        raise UnknownTableError(f"unknown table {table!r}; tables: {', '.join(sorted(schemas))}")
+    return schema
+
+
 class DatabaseManager:
     """Thread-safe CRUD over the olol tables, durable when given a folder."""
 
@@ -232,14 +245,7 @@ class DatabaseManager:
 
     # ------------------------------------------------------------------ helpers
     def _schema(self, table: str) -> TableSchema:
-        if not isinstance(table, str):
-            raise UnknownTableError(f"table name must be a string, got {type(table).__name__}")
-        schema = self.schemas.get(table)
-        if schema is None:
-            raise UnknownTableError(
-                f"unknown table {table!r}; tables: {', '.join(sorted(self.schemas))}"
-            )
-        return schema
+        return schema_of(self.schemas, table)
 
     def _rows(self, table: str) -> dict[int, dict]:
         self._schema(table)

@@ -51,13 +51,13 @@ from olol.store.database import (
     encode_fields,
     encode_new_docs,
     iso_utc,
+    schema_of,
 )
 from olol.store.schema import (
     DEFAULT_SCHEMAS,
     SCHEMA_VERSION,
     SchemaError,
     TableSchema,
-    UnknownTableError,
 )
 
 log = logging.getLogger(__name__)
@@ -531,14 +531,7 @@ class PostgresStore:
             self._create(conn, schema.name)
 
     def _schema(self, table: str) -> TableSchema:
-        if not isinstance(table, str):
-            raise UnknownTableError(f"table name must be a string, got {type(table).__name__}")
-        schema = self.schemas.get(table)
-        if schema is None:
-            raise UnknownTableError(
-                f"unknown table {table!r}; tables: {', '.join(sorted(self.schemas))}"
-            )
-        return schema
+        return schema_of(self.schemas, table)
 
     def tables(self) -> list[str]:
         return sorted(self.schemas)
@@ -610,19 +603,9 @@ class PostgresStore:
         return ids
 
     def _autocommit(self, sql: str, args: list) -> list:
-        """One statement as its own transaction on a pooled connection (retried once on
-        a connection found dead at its first statement); its rows."""
-        for attempt in (0, 1):
-            conn = self._getconn()
-            try:
-                return conn.execute(sql, args).fetchall()
-            except self._psycopg.Error as exc:
-                if attempt == 0 and self._stale(exc, conn):
-                    continue
-                raise self._map_error(exc, conn) from exc
-            finally:
-                self._putconn(conn)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One statement as its own transaction on a pooled connection (callers make
+        sure no transaction of this thread is open); its rows."""
+        return self._query(lambda conn: conn.execute(sql, args).fetchall())
 
     def update(self, table: str, fields: Any, where: Any) -> list[int]:
         """Set ``fields`` (a mapping, or a callable that edits a copy) on matching docs."""
@@ -993,16 +976,6 @@ class PostgresStore:
                 grouped[key] = ids
         for (origin, table), got in grouped.items():
             self._call_watchers(table, None if got is None else sorted(got), origin)
-
-    def _receive(self, payload: str) -> None:
-        try:
-            origin, table, rest = payload.split("|", 2)
-            ids = None if rest == "*" else [int(i) for i in rest.split(",")]
-        except ValueError:
-            log.warning("store listener: malformed notice %r", payload[:200])
-            return
-        if origin != self.origin:  # own changes were announced after their commit
-            self._call_watchers(table, ids, origin)
 
     # ------------------------------------------------------------------ upkeep
     @property
