@@ -78,7 +78,7 @@ class ClusterManager:
     :param db: the store (``servers`` table).
     :param clock: seconds since the epoch; circuit timers and ``last_check`` use it.
     :param client_factory: ``factory(address) -> client``; by default a
-        :class:`olol.rpc.client.NodeClient` with ``token`` and ``tls``.
+        :class:`olol.rpc.client.NodeClient` with ``token``, ``tls`` and ``mux``.
     :param outliers: the :class:`~olol.outliers.OutlierDetector` that ejects a
         node×model failing where its peers succeed (default: one with its default
         settings on ``clock``).
@@ -89,7 +89,7 @@ class ClusterManager:
 
     def __init__(self, db: Any, *, clock: Callable[[], float] = time.time,
                  client_factory: Callable[[str], Any] | None = None,
-                 token: str | None = None, tls: Any = None,
+                 token: str | None = None, tls: Any = None, mux: bool = True,
                  outliers: OutlierDetector | None = None,
                  sync_manager: SyncManager | None = None) -> None:
         self.db = db
@@ -97,7 +97,7 @@ class ClusterManager:
             db, tables=("servers", "models"))
         self.clock = clock
         self.outliers = outliers if outliers is not None else OutlierDetector(clock=clock)
-        self._token, self._tls = token, tls
+        self._token, self._tls, self._mux = token, tls, mux
         self._factory = client_factory or self._default_client
         self._lock = threading.RLock()
         self._nodes: dict[str, NodeState] = {}
@@ -111,7 +111,7 @@ class ClusterManager:
     def _default_client(self, address: str) -> Any:
         from olol.rpc.client import NodeClient
 
-        return NodeClient(address, token=self._token, tls=self._tls)
+        return NodeClient(address, token=self._token, tls=self._tls, mux=self._mux)
 
     # -- membership -------------------------------------------------------------------
 

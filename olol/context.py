@@ -110,6 +110,10 @@ class ProxyConfig:
     node_progress: bool = opt(True, "Agents build non-streamed answers from a stream and "
                               "send progress, so that deadlines tell a hung node from a "
                               "long answer (needs agents of this version).")
+    node_mux: bool = opt(True, "Send generate and chat calls to each node on one "
+                         "multiplexed gRPC call, the records of its parallel slots "
+                         "sharing messages (agents of an older version get one call "
+                         "each).")
     # -- nodes -------------------------------------------------------------------------
     nodes: list[str] = opt(help="Node agents (HOST:PORT) to dispatch to; more are added "
                            "with `olol nodes add`.", factory=list)

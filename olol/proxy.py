@@ -169,7 +169,7 @@ class Proxy:
             self.recovered = self.queue.recover()
             self.hub = ResponseHub()
             kw: dict[str, Any] = {"clock": clock, "token": node_token_of(config),
-                                  "tls": node_tls_of(config)}
+                                  "tls": node_tls_of(config), "mux": config.node_mux}
             if client_factory is not None:
                 kw["client_factory"] = client_factory
             kw["outliers"] = OutlierDetector(

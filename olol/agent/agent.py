@@ -155,6 +155,7 @@ class Agent:
         self._health: health.HealthServicer | None = None
         self._status_pool: ThreadPoolExecutor | None = None
         self._rpc_pool: ThreadPoolExecutor | None = None
+        self._mux_pool: ThreadPoolExecutor | None = None
         self.servicer: BudgetedServicer | None = None
         self.port = 0
 
@@ -172,6 +173,9 @@ class Agent:
         if self._hardware is None:
             self._hardware = HardwareProbe(cfg.models_dir, NvmlProbe())
         self._status_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="olol-agent-status")
+        # the calls opened on Mux sessions (one thread each, like a plain call's)
+        self._mux_pool = ThreadPoolExecutor(max_workers=cfg.rpc_threads,
+                                            thread_name_prefix="olol-agent-mux")
         self.servicer = BudgetedServicer(
             self._ollama,
             self._hardware,
@@ -181,6 +185,8 @@ class Agent:
             clock=self._clock,
             disk_budget=cfg.disk_budget,
             memory_budget=cfg.memory_budget,
+            mux_pool=self._mux_pool,
+            mux_calls=cfg.rpc_threads,
         )
         threads = cfg.rpc_threads
         self._rpc_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="olol-agent-rpc")
@@ -242,6 +248,8 @@ class Agent:
             return
         if self._health is not None:
             self._health.enter_graceful_shutdown()
+        if self.servicer is not None:
+            self.servicer.drain_mux()
         done = self._server.stop(grace)
         done.wait(grace + 5.0)
         self._server = None
@@ -249,6 +257,8 @@ class Agent:
             self._rpc_pool.shutdown(wait=False, cancel_futures=True)
         if self._status_pool is not None:
             self._status_pool.shutdown(wait=False, cancel_futures=True)
+        if self._mux_pool is not None:
+            self._mux_pool.shutdown(wait=False, cancel_futures=True)
         if self._ollama is not None:
             self._ollama.close()
         _LOG.info("node agent stopped")

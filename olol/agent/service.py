@@ -19,8 +19,9 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -29,6 +30,7 @@ from olol import __version__
 from olol.agent.aggregate import AggregateError, Aggregator
 from olol.agent.forward import forward
 from olol.agent.hardware import HardwareProbe
+from olol.agent.mux import WINDOW_BYTES, MuxSession
 from olol.agent.ollama import (
     OllamaCall,
     OllamaClient,
@@ -150,6 +152,11 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
     :param status_pool: a small executor used to query Ollama concurrently for the status.
     :param status_timeout: seconds each Ollama query of the status may take.
     :param clock: wall clock (``time.time``); ``monotonic`` measures uptime.
+    :param mux_pool: runs the calls opened on ``Mux`` sessions (None: ``Mux`` is
+        answered UNIMPLEMENTED and coordinators use Generate and Chat).
+    :param mux_calls: calls open at once on one ``Mux`` session.
+    :param mux_window: bytes of one multiplexed call's records sent and not yet
+        acknowledged before its relay stops reading Ollama.
     """
 
     def __init__(
@@ -162,8 +169,17 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         status_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        mux_pool: Executor | None = None,
+        mux_calls: int = 64,
+        mux_window: int = WINDOW_BYTES,
     ) -> None:
         self._ollama = ollama
+        self._mux_pool = mux_pool
+        self._mux_calls = mux_calls
+        self._mux_window = mux_window
+        self._mux_sessions: weakref.WeakSet[MuxSession] = weakref.WeakSet()
+        self._mux_lock = threading.Lock()
+        self._mux_draining = False
         self._hardware = hardware
         self._parallel = parallel
         self._status_pool = status_pool
@@ -392,6 +408,36 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         """A GET or POST olol has no typed call for, relayed as bytes
         (:mod:`olol.agent.forward` says what is refused)."""
         return forward(self._ollama, self.in_flight, request, context)
+
+    def Mux(self, request_iterator, context):
+        """Generate and Chat multiplexed on one call (:mod:`olol.agent.mux`)."""
+        pool = self._mux_pool
+        if pool is None:
+            _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Mux is not served by this agent", 501)
+            return None
+        session = MuxSession(self._mux_relay, pool, self._mux_calls, self._mux_window)
+        with self._mux_lock:
+            if self._mux_draining:
+                _abort(context, grpc.StatusCode.UNAVAILABLE, "the agent is stopping", 503)
+            self._mux_sessions.add(session)
+        return session.serve(request_iterator, context)
+
+    def _mux_relay(self, context: Any, path: str, request: Any) -> Iterator[node_pb2.OllamaChunk]:
+        return self._stream(context, path, request, track=True)
+
+    def mux_sessions(self) -> list[MuxSession]:
+        """The ``Mux`` sessions being served."""
+        with self._mux_lock:
+            return list(self._mux_sessions)
+
+    def drain_mux(self) -> None:
+        """The agent is stopping: sessions take no new calls and end once their
+        open calls are over."""
+        with self._mux_lock:
+            self._mux_draining = True
+            sessions = list(self._mux_sessions)
+        for session in sessions:
+            session.drain()
 
     # -- status -------------------------------------------------------------
 

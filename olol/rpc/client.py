@@ -25,7 +25,9 @@ import grpc.experimental
 import orjson
 from google.protobuf.json_format import MessageToDict
 
-from olol.rpc import node_pb2, node_pb2_grpc
+import olol.rpc.node_pb2 as node_pb2
+import olol.rpc.node_pb2_grpc as node_pb2_grpc
+from olol.rpc.mux import MuxChannel, MuxStream
 
 STATUS_METADATA = "x-ollama-status"
 STREAM_ERROR_METADATA = "x-ollama-stream-error"
@@ -43,6 +45,9 @@ _HTTP_FOR_CODE = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 499,
 }
+
+
+_MUX_PATHS = {"Generate": "/api/generate", "Chat": "/api/chat"}
 
 
 class NodeError(Exception):
@@ -324,6 +329,8 @@ class NodeClient:
     :param tls: a :class:`TLSConfig`; None means a plaintext channel.
     :param timeout: default deadline in seconds for unary calls; streamed calls have
         none unless given (a generation may legitimately run for minutes).
+    :param mux: send Generate and Chat on one multiplexed call (:mod:`olol.rpc.mux`)
+        instead of one call each; an agent that does not serve it gets plain calls.
     """
 
     def __init__(
@@ -333,6 +340,7 @@ class NodeClient:
         tls: TLSConfig | None = None,
         timeout: float = 30.0,
         options: Iterable[tuple[str, Any]] = (),
+        mux: bool = True,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -367,6 +375,9 @@ class NodeClient:
         else:
             self._channel = grpc.insecure_channel(address, options=opts)
         self._stub = node_pb2_grpc.NodeAgentStub(self._channel)
+        self._mux = MuxChannel(self._stub, self._metadata, address,
+                               lambda code: _HTTP_FOR_CODE.get(code, 500), node_error,
+                               NodeError) if mux else None
 
     # -- plumbing -------------------------------------------------------------
 
@@ -388,13 +399,22 @@ class NodeClient:
         return _decode(reply.body)
 
     def _stream(self, name: str, body: dict | bytes | None, timeout: float | None,
-                raw: bool, aggregate: float | None = None) -> NodeStream:
+                raw: bool, aggregate: float | None = None) -> NodeStream | MuxStream:
+        if aggregate is not None and isinstance(body, dict):
+            body = {**body, "stream": True}
+        data, model = _encode(body)
+        mux = self._mux
+        if mux is not None and mux.supported and name in _MUX_PATHS:
+            return mux.open(_MUX_PATHS[name], model, data, raw=raw, timeout=timeout,
+                            aggregate=aggregate,
+                            reopen=lambda: self._plain(name, data, model, timeout, raw, aggregate))
+        return self._plain(name, data, model, timeout, raw, aggregate)
+
+    def _plain(self, name: str, data: bytes, model: str, timeout: float | None, raw: bool,
+               aggregate: float | None) -> NodeStream:
         metadata = self._metadata
         if aggregate is not None:
-            if isinstance(body, dict):
-                body = {**body, "stream": True}
             metadata = (*(metadata or ()), (AGGREGATE_METADATA, f"{max(0.01, aggregate):g}"))
-        data, model = _encode(body)
         call = getattr(self._stub, name)(
             node_pb2.OllamaRequest(model=model, body=data), timeout=timeout,
             metadata=metadata,
@@ -404,7 +424,7 @@ class NodeClient:
     # -- relayed Ollama endpoints -------------------------------------------
 
     def generate(self, body: dict | bytes, timeout: float | None = None,
-                 raw: bool = False, aggregate: float | None = None) -> NodeStream:
+                 raw: bool = False, aggregate: float | None = None) -> NodeStream | MuxStream:
         """``/api/generate``: the records Ollama writes (one when ``stream`` is false).
 
         ``aggregate`` (seconds; ``body`` a dict): for a caller that wants one
@@ -416,7 +436,7 @@ class NodeClient:
         return self._stream("Generate", body, timeout, raw, aggregate)
 
     def chat(self, body: dict | bytes, timeout: float | None = None,
-             raw: bool = False, aggregate: float | None = None) -> NodeStream:
+             raw: bool = False, aggregate: float | None = None) -> NodeStream | MuxStream:
         """``/api/chat``: the records Ollama writes (one when ``stream`` is false);
         ``aggregate`` as for :meth:`generate`."""
         return self._stream("Chat", body, timeout, raw, aggregate)
@@ -567,6 +587,8 @@ class NodeClient:
         return ForwardStream(call)
 
     def close(self) -> None:
+        if self._mux is not None:
+            self._mux.close()
         self._channel.close()
 
     def __enter__(self) -> NodeClient:

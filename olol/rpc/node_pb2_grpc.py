@@ -124,6 +124,11 @@ class NodeAgentStub:
                 request_serializer=olol_dot_node_dot_v1_dot_node__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=olol_dot_node_dot_v1_dot_node__pb2.ForwardChunk.FromString,
                 _registered_method=True)
+        self.Mux = channel.stream_stream(
+                '/olol.node.v1.NodeAgent/Mux',
+                request_serializer=olol_dot_node_dot_v1_dot_node__pb2.MuxUp.SerializeToString,
+                response_deserializer=olol_dot_node_dot_v1_dot_node__pb2.MuxDown.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -253,6 +258,14 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Mux(self, request_iterator, context):
+        """Generate and Chat multiplexed on one call per coordinator connection (see
+        MuxOpen). Same records, errors and cancellation as the calls themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -345,6 +358,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=olol_dot_node_dot_v1_dot_node__pb2.ForwardRequest.FromString,
                     response_serializer=olol_dot_node_dot_v1_dot_node__pb2.ForwardChunk.SerializeToString,
+            ),
+            'Mux': grpc.stream_stream_rpc_method_handler(
+                    servicer.Mux,
+                    request_deserializer=olol_dot_node_dot_v1_dot_node__pb2.MuxUp.FromString,
+                    response_serializer=olol_dot_node_dot_v1_dot_node__pb2.MuxDown.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -833,6 +851,33 @@ class NodeAgent:
             '/olol.node.v1.NodeAgent/Forward',
             olol_dot_node_dot_v1_dot_node__pb2.ForwardRequest.SerializeToString,
             olol_dot_node_dot_v1_dot_node__pb2.ForwardChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Mux(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/olol.node.v1.NodeAgent/Mux',
+            olol_dot_node_dot_v1_dot_node__pb2.MuxUp.SerializeToString,
+            olol_dot_node_dot_v1_dot_node__pb2.MuxDown.FromString,
             options,
             channel_credentials,
             insecure,

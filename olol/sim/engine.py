@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -196,7 +197,10 @@ class Engine:
                                 ("tool_call", plan.tool_calls)):
                 for item in items:
                     if count and interval:
-                        due = t_prompt + count * interval
+                        # Ollama's runner decodes one token of every running sequence
+                        # per step: the generations of a model advance on one grid
+                        # of steps, and their records leave at the same moments
+                        due = math.ceil((t_prompt + count * interval) / interval) * interval
                         waiter.sleep(due - self.clock())
                     elif waiter.aborted():
                         raise Aborted()

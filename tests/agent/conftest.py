@@ -51,9 +51,10 @@ def agent(sim):
     a.stop(0)
 
 
-@pytest.fixture(scope="module")
-def client(agent):
-    c = NodeClient(agent.address, timeout=10.0)
+@pytest.fixture(scope="module", params=[True, False], ids=["mux", "plain"])
+def client(agent, request):
+    """Generate and Chat on the multiplexed call, and as plain calls: the same answers."""
+    c = NodeClient(agent.address, timeout=10.0, mux=request.param)
     yield c
     c.close()
 
@@ -65,9 +66,9 @@ def slow_agent(slow_sim):
     a.stop(0)
 
 
-@pytest.fixture(scope="module")
-def slow_client(slow_agent):
-    c = NodeClient(slow_agent.address, timeout=10.0)
+@pytest.fixture(scope="module", params=[True, False], ids=["mux", "plain"])
+def slow_client(slow_agent, request):
+    c = NodeClient(slow_agent.address, timeout=10.0, mux=request.param)
     yield c
     c.close()
 

@@ -118,8 +118,9 @@ def test_model_command_streams_progress(client):
     assert out[-1]["status"] == "success" and len(out) > 2
 
 
-def test_blob_upload_then_exists(client):
-    data = b"GGUF" + bytes(range(256)) * 64
+def test_blob_upload_then_exists(client, request):
+    # a blob of its own per run (the module's simulator keeps what earlier runs uploaded)
+    data = b"GGUF" + request.node.name.encode() + bytes(range(256)) * 64
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     assert client.blob_exists(digest) is False
     status = client.upload_blob(digest, [data[:1000], data[1000:]], size=len(data))
