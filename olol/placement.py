@@ -32,6 +32,7 @@ models are ignored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -357,22 +358,32 @@ def _choose(idx: _Index, group: WorkGroup, demand: Mapping[str, int], now: float
 def _worth_spreading(idx: _Index, loaded: list[NodeView], target: NodeView, demand: int,
                      model: str, policy: Policy) -> bool:
     """Whether loading another copy on ``target`` beats waiting for the nodes that have
-    it: demand above ``spread_factor`` times their slots, and the backlog's wait
-    shortened by more than what the copy costs: its load, plus the reload of the
-    model it evicts when no other node keeps that one resident."""
+    it: demand above ``spread_factor`` times their slots, and the backlog ending
+    sooner with the copy, counting its load (during which the nodes that have the
+    model keep serving), by more than the reload of the model it evicts when no
+    other node keeps that one resident."""
     capacity = sum(_slots(n) for n in loaded)
     if demand <= policy.spread_factor * capacity:
         return False
-    service = min(n.service_s.get(model, policy.default_service_s) for n in loaded)
-    cost = target.load_s.get(model, policy.default_load_s)
+    service = max(1e-6, min(n.service_s.get(model, policy.default_service_s) for n in loaded))
+    added = _slots(target)
+    load = target.load_s.get(model, policy.default_load_s)
+    # Calls are whole: the backlog ends after ceil(demand / capacity) rounds. The
+    # nodes that have the model go on serving while the copy loads; the copy helps
+    # only with what is left when it is ready.
+    now_ends = math.ceil(demand / capacity) * service
+    left = demand - math.floor(load / service) * capacity
+    if left <= 0:
+        return False
+    copy_ends = load + math.ceil(left / (capacity + added)) * service
+    cost = 0.0
     res = idx.resident(target)
     if res and len(res) >= max(1, target.capacity):
         evicted = min(res, key=lambda m: res[m])
         if not any(n is not target and evicted in idx.resident(n)
                    for n in idx.holders(evicted)):
-            cost += target.load_s.get(evicted, policy.default_load_s)
-    saved = demand * service * (1.0 / capacity - 1.0 / (capacity + _slots(target)))
-    return saved > cost
+            cost = target.load_s.get(evicted, policy.default_load_s)  # its reload, later
+    return now_ends - copy_ends > cost
 
 
 def _eviction_key(idx: _Index, n: NodeView) -> tuple:

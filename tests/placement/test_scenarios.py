@@ -85,6 +85,17 @@ SCENARIOS = [
                   node("n2", has=["a"], load_s={"a": 1.0})],
                  [group("a", "r1", "r2")], {"demand": {"a": 3}}, ["n2 <- r1"],
                  id="second-copy-when-calls-are-long-and-the-load-short"),
+    # a long backlog on three full nodes: the idle fourth loads a copy (the three keep
+    # serving while it loads, and plenty is left for it when it is ready)
+    pytest.param([node(f"n{i}", slots=4, loaded=["a"], busy={"a": 4}, service_s={"a": 0.5})
+                  for i in range(3)] + [node("n3", slots=4, has=["a"])],
+                 [group("a", "r1", "r2")], {"demand": {"a": 64}}, ["n3 <- r1"],
+                 id="a-long-backlog-spreads-to-the-idle-node"),
+    # the same backlog, but the load outlasts it: no copy
+    pytest.param([node(f"n{i}", slots=4, loaded=["a"], busy={"a": 4}, service_s={"a": 0.5})
+                  for i in range(3)] + [node("n3", slots=4, has=["a"], load_s={"a": 3.0})],
+                 [group("a", "r1", "r2")], {"demand": {"a": 64}}, [],
+                 id="no-copy-when-the-backlog-ends-before-its-load"),
     # --- cold loads and eviction ------------------------------------------------------
     pytest.param([node("n1", loaded=["b"]), node("n2", has=["a"])],
                  [group("a", "r1"), group("b", "r2")], {}, ["n2 <- r1"],
