@@ -159,6 +159,31 @@ class StreamRelay(Relay):
             yield from rest  # the answer, carried over to another node
             return
 
+    def push(self, write: Callable[[bytes], bool], render: Callable[[bytes, bool], bytes]) -> bool:
+        """From now on, let the thread that receives the node's messages write them
+        to the client itself (``write(render(records, False))``), doing the upkeep
+        :meth:`messages` does, while the reader of :meth:`messages` waits. The final
+        message, a failure, or a write that cannot be made at once (``write`` says
+        False) go to :meth:`messages` as before. False when the stream cannot push
+        (a plain node call): nothing changed."""
+        set_sink = getattr(self._stream, "set_sink", None)
+        if set_sink is None:
+            return False
+
+        def sink(body: bytes) -> bool:
+            if self._settled or self._stalled:
+                return False
+            data = render(body, False)
+            if data and not write(data):
+                return False
+            self.last_record = self._monotonic()
+            if self.transcript is not None:
+                self.transcript.add(body, self.last_record)
+            self._on_record()
+            return True
+
+        return bool(set_sink(sink))
+
     # ------------------------------------------------------------------ settling
     def _complete(self, body: bytes) -> None:
         if not self._claim():

@@ -1,32 +1,44 @@
 """The agent's side of ``rpc Mux``: Generate and Chat calls multiplexed on one call.
 
 A :class:`MuxSession` serves one ``Mux`` call. A thread named
-``olol-agent-mux-in`` reads the coordinator's messages: each ``MuxOpen`` runs the
-servicer's own Generate/Chat relay (:meth:`NodeAgentServicer._stream`) on the
-worker pool with a :class:`CallContext` standing in for a gRPC context, so the
-records, errors, in-flight counts and cancellation are exactly those of the
-plain calls. The handler's thread sends: whenever it is free it takes every part
-the workers have queued and sends them as one ``MuxDown``. Nothing waits for
-more: a paced stream is sent record by record, and the records of the node's
-parallel slots, written by Ollama at the same decode step, share a message.
+``olol-agent-mux-in`` reads the coordinator's messages; each ``MuxOpen`` goes to
+the worker pool, which opens the call to Ollama with the servicer's own code
+(:meth:`NodeAgentServicer._mux_start`) and a :class:`CallContext` standing in for
+a gRPC context, so records, errors, in-flight counts and cancellation are those
+of the plain calls. A streamed answer is then read by the handler's thread,
+together with every other streamed answer of the session: it waits on all their
+sockets at once, reads each one that is ready and sends the records of all of
+them as one ``MuxDown``. Ollama's runner decodes one token of every running
+request per step, so the records of a node's busy slots arrive together and
+cross as one message, read with one wake-up. Nothing waits for more: a lone
+paced stream is sent record by record. Other answers (non-streamed, or built by
+the agent) are relayed by their worker.
 
 Bounds: at most ``max_calls`` calls open at once on a session (more are answered
-503 at once); each call may have :data:`WINDOW_BYTES` of records sent and not yet
-acknowledged (``MuxAck``) before its worker stops reading Ollama, so a slow
-caller holds its own call back and nobody else's.
+503 at once); each call may have its window (1 MiB) of records sent and not yet
+acknowledged (``MuxAck``) before the agent stops reading its answer, so a slow
+caller holds back its own call and nobody else's.
 """
 
 from __future__ import annotations
 
 import logging
+import selectors
+import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from olol.agent.ollama import (
+    MAX_LINE_BYTES,
+    ChunkedLines,
+    OllamaCall,
+    classify_line,
+)
 from olol.rpc import node_pb2
 
 _LOG = logging.getLogger(__name__)
@@ -37,10 +49,23 @@ PATHS = ("/api/generate", "/api/chat")
 STATUS_METADATA = "x-ollama-status"
 STREAM_ERROR_METADATA = "x-ollama-stream-error"
 AGGREGATE_METADATA = "x-olol-aggregate"
-#: How many times the sender lets ready workers run before it sends.
-YIELDS = 3
-#: How often a waiting sender checks that the session is still alive.
+#: How often a waiting session checks that its call is still alive.
 CHECK_S = 1.0
+READ_SIZE = 65536
+TRUNCATED_MESSAGE = "ollama ended the stream without its final record"
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+
+
+@dataclass
+class MuxStart:
+    """How one call goes on once opened: ``chunks`` (its worker relays them), or
+    ``call``, a chunked stream the session reads, and ``release`` (once, when it
+    is over)."""
+
+    chunks: Iterator[Any] | None = None
+    call: OllamaCall | None = None
+    release: Callable[[], None] | None = None
 
 
 class CallAborted(Exception):
@@ -98,28 +123,48 @@ class CallContext:
 
 
 class _Call:
-    __slots__ = ("ctx", "sent", "acked")
+    __slots__ = ("ctx", "sent", "acked", "stream")
 
     def __init__(self, ctx: CallContext) -> None:
         self.ctx = ctx
         self.sent = 0
         self.acked = 0
+        self.stream: _Stream | None = None  # once the session reads its answer
+
+
+class _Stream:
+    """A streamed answer the session reads (one call's socket and decoder)."""
+
+    __slots__ = ("cid", "call", "ollama", "sock", "decoder", "release", "finished",
+                 "registered", "over")
+
+    def __init__(self, cid: int, call: _Call, ollama: OllamaCall, sock: socket.socket,
+                 release: Callable[[], None]) -> None:
+        self.cid = cid
+        self.call = call
+        self.ollama = ollama
+        self.sock = sock
+        self.decoder = ChunkedLines(MAX_LINE_BYTES)
+        self.release = release
+        self.finished = False  # the final record went out
+        self.registered = False
+        self.over = False
 
 
 class MuxSession:
     """One ``Mux`` call (see the module's docstring).
 
-    :param relay: ``relay(context, path, request)`` yields the ``OllamaChunk``s of
-        one call (the servicer's Generate/Chat relay).
+    :param start: ``start(context, path, request)`` opens one call and says how it
+        goes on (:class:`MuxStart`).
     :param workers: runs one call each (the agent's RPC pool).
     :param max_calls: calls open at once on this session.
     :param window: bytes of one call's records sent and not yet acknowledged.
     :ivar messages: ``MuxDown`` messages sent so far; ``parts``: the parts they carried.
     """
 
-    def __init__(self, relay: Callable[[Any, str, Any], Iterator[Any]], workers: Executor,
+    def __init__(self, start: Callable[[Any, str, Any], MuxStart], workers: Executor,
                  max_calls: int, window: int = WINDOW_BYTES) -> None:
-        self._relay = relay
+        self._start = start
         self._window = window
         self.messages = 0
         self.parts = 0
@@ -131,10 +176,18 @@ class MuxSession:
         self._input_over = False
         self._closed = False
         self._draining = False
+        self._handed: list[_Stream] = []  # streams to register with the selector
+        self._streams: set[_Stream] = set()  # streams read by the session, not over
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
     # ------------------------------------------------------------------ serving
     def serve(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        """The handler's body: start the reader, then send until the session is over."""
+        """The handler's body: start the reader, then read the streams and send
+        until the session is over."""
         context.add_callback(self.close)
         reader = threading.Thread(target=self._read, args=(requests,),
                                   name="olol-agent-mux-in", daemon=True)
@@ -142,30 +195,40 @@ class MuxSession:
         try:
             while True:
                 with self._cond:
-                    while not self._parts:
-                        if self._closed or ((self._input_over or self._draining)
-                                            and not self._calls):
-                            return
-                        self._cond.wait(CHECK_S)
-                        if not context.is_active():
-                            return
-                    for _ in range(YIELDS):
-                        if len(self._parts) >= len(self._calls):
-                            break
-                        # let the workers that are ready add theirs (a decode step
-                        # writes every slot's record at once); no timed wait
-                        self._cond.release()
-                        time.sleep(0)
-                        self._cond.acquire()
                     parts, self._parts = self._parts, []
+                    handed, self._handed = self._handed, []
+                    over = self._closed or ((self._input_over or self._draining)
+                                            and not self._calls)
+                for stream in handed:
+                    self._watch(stream)
+                if parts:
                     self.messages += 1
                     self.parts += len(parts)
-                if self.messages == 1:
-                    yield node_pb2.MuxDown(parts=parts, window=self._window)
-                else:
-                    yield node_pb2.MuxDown(parts=parts)
+                    if self.messages == 1:
+                        yield node_pb2.MuxDown(parts=parts, window=self._window)
+                    else:
+                        yield node_pb2.MuxDown(parts=parts)
+                    continue
+                if over:
+                    return
+                events = self._selector.select(CHECK_S)
+                for key, _ in events:
+                    if key.data is None:
+                        self._drain_wake()
+                    else:
+                        self._pump(key.data)
+                if not events and not context.is_active():
+                    return
         finally:
             self.close()
+            with self._cond:
+                left = list(self._streams)
+                self._handed = []
+            for stream in left:
+                self._finish(stream, None)
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
             reader.join(timeout=CHECK_S)
 
     def _read(self, requests: Iterator[Any]) -> None:
@@ -186,6 +249,7 @@ class MuxSession:
             with self._cond:
                 self._input_over = True
                 self._cond.notify_all()
+            self._wake()
 
     def drain(self) -> None:
         """Take no new calls (they are answered 503, which the coordinator retries
@@ -193,6 +257,7 @@ class MuxSession:
         with self._cond:
             self._draining = True
             self._cond.notify_all()
+        self._wake()
 
     def close(self) -> None:
         """The session is over: cancel every call still open (idempotent)."""
@@ -201,6 +266,7 @@ class MuxSession:
             calls = list(self._calls.values())
             self._calls.clear()
             self._cond.notify_all()
+        self._wake()
         for call in calls:
             call.ctx.cancel()
 
@@ -239,7 +305,12 @@ class MuxSession:
         ctx = call.ctx
         final = node_pb2.MuxPart(id=cid, end=True)
         try:
-            for chunk in self._relay(ctx, path, request):
+            start = self._start(ctx, path, request)
+            if start.call is not None:
+                self._hand_over(cid, call, start)
+                return
+            assert start.chunks is not None
+            for chunk in start.chunks:
                 if not self._send(cid, call, chunk.body, chunk.done):
                     return  # cancelled: the relay's callbacks closed Ollama's request
         except CallAborted as exc:
@@ -250,9 +321,167 @@ class MuxSession:
                 stream_error=ctx.trailing.get(STREAM_ERROR_METADATA) == "1")
         except Exception as exc:  # noqa: BLE001 - one call's bug must end that call only
             _LOG.exception("multiplexed %s call failed", path)
-            final = node_pb2.MuxPart(id=cid, end=True, code=grpc.StatusCode.INTERNAL.value[0],
+            final = node_pb2.MuxPart(id=cid, end=True, code=INTERNAL,
                                      error=f"agent error: {type(exc).__name__}", http_status=500)
         self._end(cid, call, final)
+
+    # ------------------------------------------------------------------ read by the session
+    def _hand_over(self, cid: int, call: _Call, start: MuxStart) -> None:
+        """A streamed answer: read its first piece here (what the HTTP reader may
+        already hold), then give its socket to the session's thread."""
+        ollama = start.call
+        assert ollama is not None and start.release is not None
+        resp = ollama._response
+        conn = ollama._conn
+        sock = conn.sock if conn is not None else None
+        stream = _Stream(cid, call, ollama, sock, start.release)  # type: ignore[arg-type]
+        if sock is None or resp is None or resp.fp is None:
+            self._fail(stream, UNAVAILABLE, "request cancelled", 502)
+            return
+        try:
+            data = resp.fp.read1(READ_SIZE)  # empties the reader's buffer
+        except (OSError, ValueError) as exc:
+            self._fail(stream, UNAVAILABLE, ollama._describe(exc), 502)
+            return
+        if not self._feed(stream, data, wake=True):
+            return
+        try:
+            sock.setblocking(False)
+        except OSError as exc:
+            self._fail(stream, UNAVAILABLE, ollama._describe(exc), 502)
+            return
+        with self._cond:
+            if self._calls.get(cid) is not call:
+                over = True
+            else:
+                over = False
+                call.stream = stream
+                self._streams.add(stream)
+                self._handed.append(stream)
+        if over:  # cancelled meanwhile
+            self._finish(stream, None)
+            return
+        self._wake()
+
+    def _watch(self, stream: _Stream) -> None:
+        # on the session's thread
+        if stream.over or stream.registered:
+            return
+        if not stream.call.ctx.is_active():
+            self._finish(stream, None)  # cancelled while paused
+            return
+        with self._cond:
+            full = stream.call.sent - stream.call.acked > self._window
+        if full:
+            return  # _ack hands it back once the coordinator caught up
+        try:
+            self._selector.register(stream.sock, selectors.EVENT_READ, stream)
+            stream.registered = True
+        except (OSError, ValueError, KeyError):
+            self._finish(stream, None)
+
+    def _pump(self, stream: _Stream) -> None:
+        # on the session's thread: the socket is readable
+        try:
+            data = stream.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if stream.ollama.aborted or not stream.call.ctx.is_active():
+                self._finish(stream, None)
+            else:
+                self._fail(stream, UNAVAILABLE, stream.ollama._describe(exc), 502)
+            return
+        if stream.ollama.aborted or not stream.call.ctx.is_active():
+            self._finish(stream, None)  # cancelled: nothing more to say
+            return
+        if self._feed(stream, data, wake=False):
+            with self._cond:
+                full = stream.call.sent - stream.call.acked > self._window
+            if full and stream.registered:
+                self._selector.unregister(stream.sock)
+                stream.registered = False
+
+    def _feed(self, stream: _Stream, data: bytes, wake: bool) -> bool:
+        """Decode ``data`` and queue its records; False once the stream is over."""
+        if not data:
+            self._fail(stream, UNAVAILABLE, "ollama closed the stream before its end", 502)
+            return False
+        try:
+            lines = stream.decoder.feed(data)
+            if stream.decoder.finished and stream.decoder.tail:
+                lines.append(stream.decoder.tail)
+        except ValueError as exc:
+            self._fail(stream, UNAVAILABLE, f"ollama sent a malformed stream: {exc}", 502)
+            return False
+        good: list[bytes] = []
+        done = False
+        for line in lines:
+            done, error = classify_line(line)
+            if error is not None:
+                if good:
+                    self._queue(stream, b"\n".join(good), False, wake)
+                self._fail(stream, INTERNAL, error, 500, stream_error=True)
+                return False
+            good.append(line)
+            stream.finished = stream.finished or done
+        if good:
+            self._queue(stream, b"\n".join(good), done, wake)
+        if stream.decoder.finished:
+            if stream.finished:
+                self._finish(stream, node_pb2.MuxPart(id=stream.cid, end=True),
+                             reusable=not stream.decoder.extra)
+            else:
+                self._fail(stream, UNAVAILABLE, TRUNCATED_MESSAGE, 502)
+            return False
+        return True
+
+    def _queue(self, stream: _Stream, body: bytes, done: bool, wake: bool) -> None:
+        with self._cond:
+            stream.call.sent += len(body)
+            first = not self._parts
+            self._parts.append(node_pb2.MuxPart(id=stream.cid, body=body, done=done))
+        if wake and first:
+            self._wake()
+
+    def _fail(self, stream: _Stream, code: int, message: str, status: int,
+              stream_error: bool = False) -> None:
+        self._finish(stream, node_pb2.MuxPart(id=stream.cid, end=True, code=code, error=message,
+                                              http_status=status, stream_error=stream_error))
+
+    def _finish(self, stream: _Stream, part: Any, reusable: bool = False) -> None:
+        """The stream is over: stop reading it, release its connection and its
+        in-flight count, and send ``part`` (None: nothing, it was cancelled)."""
+        with self._cond:
+            if stream.over:
+                return
+            stream.over = True
+            self._streams.discard(stream)
+        if stream.registered:
+            try:
+                self._selector.unregister(stream.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+            stream.registered = False
+        resp = stream.ollama._response
+        if reusable and resp is not None:
+            resp.close()
+        stream.ollama.close(reusable=reusable)
+        stream.release()
+        if part is not None:
+            with self._cond:
+                if self._calls.get(stream.cid) is stream.call:
+                    del self._calls[stream.cid]
+                    first = not self._parts
+                    self._parts.append(part)
+                else:
+                    first = False
+            if first:
+                self._wake()
+        else:
+            with self._cond:
+                if self._calls.get(stream.cid) is stream.call:
+                    del self._calls[stream.cid]
 
     def _send(self, cid: int, call: _Call, body: bytes, done: bool) -> bool:
         """Queue one part; waits while the call's window is full. False once the
@@ -277,7 +506,21 @@ class MuxSession:
         # under self._cond
         self._parts.append(part)
         if len(self._parts) == 1:
-            self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the session's thread (it waits on the sockets)."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full (a wake-up is pending anyway) or closed (the session is over)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
 
     def unacked(self) -> dict[int, int]:
         """Bytes sent and not yet acknowledged, per open call."""
@@ -285,15 +528,25 @@ class MuxSession:
             return {cid: call.sent - call.acked for cid, call in self._calls.items()}
 
     def _ack(self, cid: int, total: int) -> None:
+        resume = False
         with self._cond:
             call = self._calls.get(cid)
             if call is not None and total > call.acked:
                 call.acked = total
                 self._cond.notify_all()
+                stream = call.stream
+                if stream is not None and not stream.registered and not stream.over:
+                    self._handed.append(stream)  # the session reads it again
+                    resume = True
+        if resume:
+            self._wake()
 
     def _cancel(self, cid: int) -> None:
         with self._cond:
             call = self._calls.pop(cid, None)
             self._cond.notify_all()
+            if call is not None and call.stream is not None and not call.stream.registered:
+                self._handed.append(call.stream)  # paused: the session finishes it
         if call is not None:
             call.ctx.cancel()
+            self._wake()

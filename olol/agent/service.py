@@ -30,7 +30,7 @@ from olol import __version__
 from olol.agent.aggregate import AggregateError, Aggregator
 from olol.agent.forward import forward
 from olol.agent.hardware import HardwareProbe
-from olol.agent.mux import WINDOW_BYTES, MuxSession
+from olol.agent.mux import WINDOW_BYTES, MuxSession, MuxStart
 from olol.agent.ollama import (
     OllamaCall,
     OllamaClient,
@@ -219,38 +219,73 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
             call = self._open(context, "POST", path, request.body or None)
             if call is None:
                 return
-            interval = _aggregate_interval(context) if track else None
-            try:
-                if interval is not None:
-                    yield from self._aggregated(context, call, path == "/api/chat", interval)
-                    return
-                finished = False
-                for batch in call.arrived():
-                    good: list[bytes] = []
-                    done = False
-                    for line in batch:
-                        done, error = classify_line(line)
-                        if error is not None:
-                            if good:
-                                yield node_pb2.OllamaChunk(body=b"\n".join(good), done=False)
-                            call.close(reusable=False)
-                            _abort(context, grpc.StatusCode.INTERNAL, error, 500,
-                                   stream_error=True)
-                        good.append(line)
-                    finished = finished or done
-                    yield node_pb2.OllamaChunk(body=b"\n".join(good), done=done)
-                if track and not finished and context.is_active():
-                    # A clean end with no final record (or no record at all) is a cut
-                    # stream all the same: the answer is incomplete.
-                    _abort_unavailable(context, OllamaUnavailable(TRUNCATED_MESSAGE))
-            except OllamaUnavailable as exc:
-                if context.is_active():
-                    _abort_unavailable(context, exc)
+            yield from self._records(context, call, path, track)
         finally:
             if call is not None:
                 call.close(reusable=False)
             if track:
                 self.in_flight.leave(model)
+
+    def _records(self, context: Any, call: OllamaCall, path: str,
+                 track: bool) -> Iterator[node_pb2.OllamaChunk]:
+        """The chunks of an open call's answer (see :meth:`_stream`)."""
+        interval = _aggregate_interval(context) if track else None
+        try:
+            if interval is not None:
+                yield from self._aggregated(context, call, path == "/api/chat", interval)
+                return
+            finished = False
+            for batch in call.arrived():
+                good: list[bytes] = []
+                done = False
+                for line in batch:
+                    done, error = classify_line(line)
+                    if error is not None:
+                        if good:
+                            yield node_pb2.OllamaChunk(body=b"\n".join(good), done=False)
+                        call.close(reusable=False)
+                        _abort(context, grpc.StatusCode.INTERNAL, error, 500,
+                               stream_error=True)
+                    good.append(line)
+                finished = finished or done
+                yield node_pb2.OllamaChunk(body=b"\n".join(good), done=done)
+            if track and not finished and context.is_active():
+                # A clean end with no final record (or no record at all) is a cut
+                # stream all the same: the answer is incomplete.
+                _abort_unavailable(context, OllamaUnavailable(TRUNCATED_MESSAGE))
+        except OllamaUnavailable as exc:
+            if context.is_active():
+                _abort_unavailable(context, exc)
+
+    def _mux_start(self, context: Any, path: str, request: Any) -> MuxStart:
+        """Open one multiplexed Generate or Chat call. A chunked stream (Ollama's
+        streamed answer) is handed to the session, which reads it with the others;
+        anything else (a non-streamed answer, one the agent builds) is relayed by
+        the worker as :meth:`_stream` relays it."""
+        if _aggregate_interval(context) is not None:
+            return MuxStart(chunks=self._stream(context, path, request, track=True))
+        model = request.model
+        self.in_flight.enter(model)
+        try:
+            call = self._open(context, "POST", path, request.body or None)
+        except BaseException:
+            self.in_flight.leave(model)
+            raise
+        if call is None:
+            self.in_flight.leave(model)
+            return MuxStart(chunks=iter(()))
+        resp = call._response
+        if resp is not None and resp.chunked and resp.fp is not None:
+            return MuxStart(call=call, release=lambda: self.in_flight.leave(model))
+
+        def rest() -> Iterator[node_pb2.OllamaChunk]:
+            try:
+                yield from self._records(context, call, path, True)
+            finally:
+                call.close(reusable=False)
+                self.in_flight.leave(model)
+
+        return MuxStart(chunks=rest())
 
     def _aggregated(self, context: grpc.ServicerContext, call: OllamaCall, chat: bool,
                     interval: float) -> Iterator[node_pb2.OllamaChunk]:
@@ -415,15 +450,12 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         if pool is None:
             _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Mux is not served by this agent", 501)
             return None
-        session = MuxSession(self._mux_relay, pool, self._mux_calls, self._mux_window)
+        session = MuxSession(self._mux_start, pool, self._mux_calls, self._mux_window)
         with self._mux_lock:
             if self._mux_draining:
                 _abort(context, grpc.StatusCode.UNAVAILABLE, "the agent is stopping", 503)
             self._mux_sessions.add(session)
         return session.serve(request_iterator, context)
-
-    def _mux_relay(self, context: Any, path: str, request: Any) -> Iterator[node_pb2.OllamaChunk]:
-        return self._stream(context, path, request, track=True)
 
     def mux_sessions(self) -> list[MuxSession]:
         """The ``Mux`` sessions being served."""

@@ -75,6 +75,7 @@ class MuxStream:
         self._last_done = False
         self._done = False
         self._received = 0
+        self._sink: Callable[[bytes], bool] | None = None
 
     @property
     def done(self) -> bool:
@@ -87,11 +88,42 @@ class MuxStream:
         return self._received + (self._plain.received if self._plain is not None else 0)
 
     # ------------------------------------------------------------------ fed by the channel
+    def set_sink(self, sink: Callable[[bytes], bool] | None) -> bool:
+        """Hand the records of later messages to ``sink(body)`` on the channel's
+        reader thread instead of queueing them: a message is queued as before when
+        it ends the call, when it carries nothing, or when ``sink`` says False (it
+        did nothing; no sink is used after that). False when messages are already
+        queued (read them first)."""
+        with self._cond:
+            if sink is not None and (self._parts or self._ended or self._plain is not None):
+                return False
+            self._sink = sink
+            return True
+
     def deliver(self, part: Any) -> None:
+        sink = self._sink
+        if sink is not None:
+            if part.body and not part.done and not part.end and not self._parts:
+                try:
+                    taken = sink(part.body)
+                except Exception:  # noqa: BLE001 - the reader thread serves every call
+                    log.exception("writing a relayed record failed")
+                    taken = False
+                if taken:
+                    self._received += 1
+                    self._account(part.body)
+                    return
+            self._sink = None
         with self._cond:
             self._parts.append(part)
             if len(self._parts) == 1:
                 self._cond.notify()
+
+    def _account(self, body: bytes) -> None:
+        self._taken += len(body)
+        if self._taken - self._acked >= self._channel.ack_bytes:
+            self._acked = self._taken
+            self._channel.ack(self.id, self._taken)
 
     def fail(self, error: Any, reopen: bool = False) -> None:
         """The ``Mux`` call is over: end this stream with ``error``; ``reopen``: go
@@ -154,10 +186,7 @@ class MuxStream:
                 if part.code:
                     raise _error_of(part, self._channel)
             if part.body:
-                self._taken += len(part.body)
-                if self._taken - self._acked >= self._channel.ack_bytes:
-                    self._acked = self._taken
-                    self._channel.ack(self.id, self._taken)
+                self._account(part.body)
             if part.body or part.done:
                 if part.done:
                     self._finish()

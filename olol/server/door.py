@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
+from waitress.task import WSGITask
 from waitress.utilities import Error, RequestEntityTooLarge
 
 from olol.api.errors import ApiError
@@ -219,6 +220,40 @@ class GatedParser(HTTPRequestParser):
         return len(data)  # what is left of this read is body: dropped unparsed
 
 
+#: WSGI environ key of :meth:`DirectTask.write_direct`.
+DIRECT_WRITE = "olol.write_direct"
+#: Most bytes a client may have unsent before direct writes stop (the response's
+#: own thread then writes, and may wait for the client).
+DIRECT_BACKLOG = 256 * 1024
+
+
+class DirectTask(WSGITask):
+    """A waitress task whose response body may also be written by another thread
+    while its own thread waits in the app iterator (``environ[DIRECT_WRITE]``):
+    a node's records go to the client from the thread that received them, with no
+    hand-off to the response's thread for each one."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ = super().get_environment()
+        environ[DIRECT_WRITE] = self.write_direct
+        return environ
+
+    def write_direct(self, data: bytes) -> bool:
+        """Write ``data`` as the next piece of the body; False, with nothing written,
+        before the headers went out, when the client is gone, or when it has more
+        than :data:`DIRECT_BACKLOG` bytes unsent (a write would wait for it). Only
+        while the response's thread waits for the iterator's next piece."""
+        channel = self.channel
+        if (not self.wrote_header or not channel.connected or channel.will_close
+                or channel.total_outbufs_len > DIRECT_BACKLOG):
+            return False
+        try:
+            self.write(data)
+        except Exception:  # noqa: BLE001 - ClientDisconnected: the response's thread sees it
+            return False
+        return True
+
+
 class GatedChannel(HTTPChannel):
     """A waitress channel whose requests go through :class:`GatedParser`; once a request
     has been refused, what the client still sends is dropped until the answer is out
@@ -229,6 +264,8 @@ class GatedChannel(HTTPChannel):
     body_timeout_s: float = 60.0
     clock: Callable[[], float] = time.monotonic
     refusing = False
+
+    task_class = DirectTask
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)

@@ -36,6 +36,7 @@ from olol.server.common import (
     request_priority,
     request_session,
 )
+from olol.server.door import DIRECT_WRITE
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,8 @@ class EventStream:
         self.render_raw = render_raw
         self._completed = False
         self._relay: Any = first.data if first.kind == RELAY else None
+        self._direct_write: Callable[[bytes], bool] | None = (
+            request.environ.get(DIRECT_WRITE) if has_request_context() else None)
 
     def __iter__(self) -> Iterator[bytes]:
         if self._relay is not None:
@@ -391,6 +394,7 @@ class EventStream:
     def _run_relay(self) -> Iterator[bytes]:
         relay = self._relay
         render_raw = self.render_raw
+        write = self._direct_write if render_raw is not None else None
         try:
             for body, done in relay.messages():
                 if render_raw is not None:
@@ -401,6 +405,12 @@ class EventStream:
                     self._completed = True
                 if data:
                     yield data
+                if write is not None and not done:
+                    # the headers and a first piece are out: the node's next records
+                    # go to the client from the thread that receives them
+                    assert render_raw is not None
+                    relay.push(write, render_raw)
+                    write = None
         except NodeError as exc:
             self._completed = True
             yield self.render_error(exc.message, exc.http_status)
