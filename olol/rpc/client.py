@@ -14,6 +14,7 @@ one place a ``grpc.StatusCode`` becomes an HTTP status.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -329,8 +330,10 @@ class NodeClient:
     :param tls: a :class:`TLSConfig`; None means a plaintext channel.
     :param timeout: default deadline in seconds for unary calls; streamed calls have
         none unless given (a generation may legitimately run for minutes).
-    :param mux: send Generate and Chat on one multiplexed call (:mod:`olol.rpc.mux`)
-        instead of one call each; an agent that does not serve it gets plain calls.
+    :param mux: send Generate and Chat calls that overlap on one multiplexed call
+        (:mod:`olol.rpc.mux`); a call with no other in flight goes on its own, and an
+        agent that does not serve ``Mux`` gets plain calls.
+    :param mux_lone: a lone call goes on the multiplexed call too.
     """
 
     def __init__(
@@ -341,6 +344,7 @@ class NodeClient:
         timeout: float = 30.0,
         options: Iterable[tuple[str, Any]] = (),
         mux: bool = True,
+        mux_lone: bool = False,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -375,6 +379,9 @@ class NodeClient:
         else:
             self._channel = grpc.insecure_channel(address, options=opts)
         self._stub = node_pb2_grpc.NodeAgentStub(self._channel)
+        self._count_lock = threading.Lock()
+        self._plain_open = 0  # plain Generate/Chat calls not over yet
+        self._mux_lone = mux_lone
         self._mux = MuxChannel(self._stub, self._metadata, address,
                                lambda code: _HTTP_FOR_CODE.get(code, 500), node_error,
                                NodeError) if mux else None
@@ -404,7 +411,10 @@ class NodeClient:
             body = {**body, "stream": True}
         data, model = _encode(body)
         mux = self._mux
-        if mux is not None and mux.supported and name in _MUX_PATHS:
+        if (mux is not None and mux.supported and name in _MUX_PATHS
+                and (self._mux_lone or self._plain_open or mux.open_count())):
+            # calls that overlap share the multiplexed call (fewest messages); a
+            # lone call goes on its own (fewest thread hand-offs)
             return mux.open(_MUX_PATHS[name], model, data, raw=raw, timeout=timeout,
                             aggregate=aggregate,
                             reopen=lambda: self._plain(name, data, model, timeout, raw, aggregate))
@@ -419,7 +429,15 @@ class NodeClient:
             node_pb2.OllamaRequest(model=model, body=data), timeout=timeout,
             metadata=metadata,
         )
+        if name in _MUX_PATHS:
+            with self._count_lock:
+                self._plain_open += 1
+            call.add_done_callback(self._plain_over)
         return NodeStream(call, raw=raw)
+
+    def _plain_over(self, _call: Any) -> None:
+        with self._count_lock:
+            self._plain_open -= 1
 
     # -- relayed Ollama endpoints -------------------------------------------
 

@@ -345,6 +345,10 @@ class MuxChannel:
         for s in orphans:
             s.fail(error, reopen=unimplemented)
 
+    def open_count(self) -> int:
+        """Streams open on the call."""
+        return len(self._streams)
+
     # ------------------------------------------------------------------ from streams
     def ack(self, cid: int, total: int) -> None:
         self._send(node_pb2.MuxUp(ack=[node_pb2.MuxAck(id=cid, bytes=total)]))

@@ -54,7 +54,7 @@ def agent(sim):
 @pytest.fixture(scope="module", params=[True, False], ids=["mux", "plain"])
 def client(agent, request):
     """Generate and Chat on the multiplexed call, and as plain calls: the same answers."""
-    c = NodeClient(agent.address, timeout=10.0, mux=request.param)
+    c = NodeClient(agent.address, timeout=10.0, mux=request.param, mux_lone=True)
     yield c
     c.close()
 
@@ -68,7 +68,7 @@ def slow_agent(slow_sim):
 
 @pytest.fixture(scope="module", params=[True, False], ids=["mux", "plain"])
 def slow_client(slow_agent, request):
-    c = NodeClient(slow_agent.address, timeout=10.0, mux=request.param)
+    c = NodeClient(slow_agent.address, timeout=10.0, mux=request.param, mux_lone=True)
     yield c
     c.close()
 

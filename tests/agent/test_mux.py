@@ -52,7 +52,7 @@ def test_parallel_streams_share_one_call_and_its_messages(paced_sim, paced_agent
     prompts = [f"question {i}" for i in range(4)]
     with NodeClient(paced_agent.address, mux=False) as plain:
         expected = {p: [r["message"]["content"] for r in plain.chat(chat(p, 20))] for p in prompts}
-    with NodeClient(paced_agent.address) as client:
+    with NodeClient(paced_agent.address, mux_lone=True) as client:
         out: dict = {}
         threads = [threading.Thread(target=_run, args=(client, chat(p, 20), out, p)) for p in prompts]
         for t in threads:
@@ -70,7 +70,7 @@ def test_parallel_streams_share_one_call_and_its_messages(paced_sim, paced_agent
 
 
 def test_cancelling_one_stream_leaves_the_others_running(paced_sim, paced_agent):
-    with NodeClient(paced_agent.address) as client:
+    with NodeClient(paced_agent.address, mux_lone=True) as client:
         before = paced_sim.stats()["generations_cancelled"]
         doomed = client.chat(chat("cancel me", 500))
         other = client.chat(chat("keep me", 30))
@@ -87,7 +87,7 @@ def test_cancelling_one_stream_leaves_the_others_running(paced_sim, paced_agent)
 
 def test_an_agent_without_mux_gets_plain_calls(paced_agent):
     paced_agent.servicer._mux_pool = None  # as an agent older than Mux answers: UNIMPLEMENTED
-    with NodeClient(paced_agent.address) as client:
+    with NodeClient(paced_agent.address, mux_lone=True) as client:
         records = list(client.chat(chat("old agent", 5)))
         assert records[-1]["done"] is True and len(records) == 6
         assert client._mux is not None and client._mux.supported is False
@@ -106,7 +106,7 @@ def test_a_slow_reader_holds_back_its_own_call_only():
     try:
         agent.start()
         agent.servicer._mux_window = window
-        with NodeClient(agent.address) as client:
+        with NodeClient(agent.address, mux_lone=True) as client:
             held = client.chat(chat("a long answer", 2000))
             assert next(held)["done"] is False
             session = agent.servicer.mux_sessions()[0]
@@ -129,7 +129,7 @@ def test_a_slow_reader_holds_back_its_own_call_only():
 
 def test_calls_beyond_the_session_bound_get_503(paced_agent):
     paced_agent.servicer._mux_calls = 2
-    with NodeClient(paced_agent.address) as client:
+    with NodeClient(paced_agent.address, mux_lone=True) as client:
         first, second = client.chat(chat("a", 200)), client.chat(chat("b", 200))
         next(first), next(second)
         with pytest.raises(NodeError) as info:
@@ -141,7 +141,7 @@ def test_calls_beyond_the_session_bound_get_503(paced_agent):
 
 
 def test_a_stopping_agent_finishes_open_calls_and_refuses_new_ones(paced_agent):
-    with NodeClient(paced_agent.address) as client:
+    with NodeClient(paced_agent.address, mux_lone=True) as client:
         running = client.chat(chat("finish me", 15))
         assert next(running)["done"] is False
         paced_agent.servicer.drain_mux()
@@ -154,7 +154,7 @@ def test_a_stopping_agent_finishes_open_calls_and_refuses_new_ones(paced_agent):
 
 def test_an_agent_that_goes_away_fails_its_streams_as_retryable(paced_sim):
     agent = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=paced_sim.url)).start()
-    with NodeClient(agent.address) as client:
+    with NodeClient(agent.address, mux_lone=True) as client:
         stream = client.chat(chat("interrupted", 500))
         assert next(stream)["done"] is False
         agent.stop(0)
@@ -169,7 +169,7 @@ def test_cancelling_a_held_stream_releases_its_ollama_request():
     try:
         agent.start()
         agent.servicer._mux_window = 4096
-        with NodeClient(agent.address) as client:
+        with NodeClient(agent.address, mux_lone=True) as client:
             held = client.chat(chat("a long answer", 2000))
             assert next(held)["done"] is False
             session = agent.servicer.mux_sessions()[0]
@@ -181,3 +181,17 @@ def test_cancelling_a_held_stream_releases_its_ollama_request():
     finally:
         agent.stop(0)
         sim.stop()
+
+
+def test_a_lone_call_goes_on_its_own_and_overlapping_ones_share_the_mux(paced_agent):
+    """The proxy's client: a call with no other in flight takes a plain call (fewest
+    thread hand-offs); one that overlaps another goes on the multiplexed call."""
+    with NodeClient(paced_agent.address) as client:
+        assert list(client.chat(chat("alone", 3)))[-1]["done"] is True
+        assert paced_agent.servicer.mux_sessions() == []
+        first = client.chat(chat("first", 30))
+        next(first)
+        second = client.chat(chat("second", 3))
+        assert list(second)[-1]["done"] is True
+        assert len(paced_agent.servicer.mux_sessions()) == 1
+        assert list(first)[-1]["done"] is True
