@@ -76,6 +76,9 @@ class MuxStream:
         self._done = False
         self._received = 0
         self._sink: Callable[[bytes], bool] | None = None
+        # held while the sink writes: the reader of the stream takes it before it
+        # writes anything itself (an error line after a cancel or a deadline)
+        self._sink_lock = threading.Lock()
 
     @property
     def done(self) -> bool:
@@ -94,26 +97,34 @@ class MuxStream:
         it ends the call, when it carries nothing, or when ``sink`` says False (it
         did nothing; no sink is used after that). False when messages are already
         queued (read them first)."""
-        with self._cond:
+        with self._sink_lock, self._cond:
             if sink is not None and (self._parts or self._ended or self._plain is not None):
                 return False
             self._sink = sink
             return True
 
+    def _stop_sink(self) -> None:
+        """No more direct writes; returns once one in progress is over."""
+        if self._sink is not None:
+            with self._sink_lock:
+                self._sink = None
+
     def deliver(self, part: Any) -> None:
-        sink = self._sink
-        if sink is not None:
-            if part.body and not part.done and not part.end and not self._parts:
-                try:
-                    taken = sink(part.body)
-                except Exception:  # noqa: BLE001 - the reader thread serves every call
-                    log.exception("writing a relayed record failed")
-                    taken = False
-                if taken:
-                    self._received += 1
-                    self._account(part.body)
-                    return
-            self._sink = None
+        if self._sink is not None:
+            with self._sink_lock:
+                sink = self._sink
+                if (sink is not None and part.body and not part.done and not part.end
+                        and not self._parts):
+                    try:
+                        taken = sink(part.body)
+                    except Exception:  # noqa: BLE001 - the reader thread serves every call
+                        log.exception("writing a relayed record failed")
+                        taken = False
+                    if taken:
+                        self._received += 1
+                        self._account(part.body)
+                        return
+                self._sink = None
         with self._cond:
             self._parts.append(part)
             if len(self._parts) == 1:
@@ -142,6 +153,11 @@ class MuxStream:
         with self._cond:
             while not self._parts:
                 if self._cancelled:
+                    self._cond.release()
+                    try:
+                        self._stop_sink()
+                    finally:
+                        self._cond.acquire()
                     raise error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!", 499)
                 if self._failure is not None:
                     kind, error = self._failure
@@ -159,6 +175,7 @@ class MuxStream:
                 self._cond.wait(left)
             else:
                 return self._parts.popleft()
+        self._stop_sink()
         self.cancel()
         raise error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", 504)
 

@@ -112,3 +112,14 @@ def test_no_sink_while_records_wait_for_the_reader():
     assert stream.set_sink(lambda body: True) is False
     assert stream.next_message() == (b"r1", False)
     assert stream.set_sink(lambda body: True) is True
+
+
+def test_after_a_deadline_nothing_more_is_written_directly():
+    stream = MuxStream(_MuxChannel(), 1, True, 0.0, reopen=lambda: None)  # type: ignore[arg-type]
+    taken: list[bytes] = []
+    assert stream.set_sink(lambda body: taken.append(body) is None)
+    with pytest.raises(NodeError) as info:
+        stream.next_message()
+    assert info.value.http_status == 504
+    stream.deliver(_part(b"late"))
+    assert taken == []
