@@ -13,9 +13,10 @@ side by side in one run, never at the same time:
   with ``git archive`` into a temporary folder and run from there with the same
   interpreter.
 
-The simulators are the same processes for all arms of a cell and come from the
-baseline revision (``$OLOL_BENCH_SIM_REV=<rev>``, or ``worktree`` for this tree),
-so that changes to the simulator do not move the reference. Each olol arm gets
+The simulators are the same processes for all arms of a cell and come from a fixed
+revision, ``$OLOL_BENCH_SIM_REV`` (default ``ea6bf96``, the first whose parallel
+slots decode in step as Ollama's runner does; ``worktree`` for this tree), so that
+later changes to the simulator do not move the reference. Each olol arm gets
 fresh agents and a fresh proxy with a new data folder.
 
 Cells:
@@ -53,6 +54,7 @@ from tests.bench.common import bars_table, fmt, pct, table
 from tests.bench.procs import ROOT, Proc, export_tree, git, start_proxy, start_sim, start_worker
 
 DEFAULT_BASELINE = "ca13e08"
+DEFAULT_SIM = "ea6bf96"
 MODEL = "llama3.2:1b"
 LINE_TOKENS = 100  # tokens per answer in the line-rate cell
 LINE_TPS = 200
@@ -566,7 +568,7 @@ def main(quick: bool = False) -> str:
             exports.append(cur_root)
         base_label, base_root, base_short = revision("OLOL_BENCH_BASELINE", DEFAULT_BASELINE)
         exports.append(base_root)
-        sim_rev = os.environ.get("OLOL_BENCH_SIM_REV", base_short)
+        sim_rev = os.environ.get("OLOL_BENCH_SIM_REV", DEFAULT_SIM)
         if sim_rev == "worktree":
             sim_root, sim_label = ROOT, "the working tree"
         elif sim_rev == base_short:
