@@ -37,7 +37,7 @@ from olol.agent.ollama import (
     MAX_LINE_BYTES,
     ChunkedLines,
     OllamaCall,
-    classify_line,
+    sort_records,
 )
 from olol.rpc import node_pb2
 
@@ -414,17 +414,13 @@ class MuxSession:
         except ValueError as exc:
             self._fail(stream, UNAVAILABLE, f"ollama sent a malformed stream: {exc}", 502)
             return False
-        good: list[bytes] = []
-        done = False
-        for line in lines:
-            done, error = classify_line(line)
-            if error is not None:
-                if good:
-                    self._queue(stream, b"\n".join(good), False, wake)
-                self._fail(stream, INTERNAL, error, 500, stream_error=True)
-                return False
-            good.append(line)
-            stream.finished = stream.finished or done
+        good, done, error = sort_records(lines)
+        if error is not None:
+            if good:
+                self._queue(stream, b"\n".join(good), False, wake)
+            self._fail(stream, INTERNAL, error, 500, stream_error=True)
+            return False
+        stream.finished = stream.finished or done
         if good:
             self._queue(stream, b"\n".join(good), done, wake)
         if stream.decoder.finished:

@@ -110,6 +110,20 @@ def classify_line(line: bytes) -> tuple[bool, str | None]:
     return data.get("done") is True, None
 
 
+def sort_records(lines: list[bytes]) -> tuple[list[bytes], bool, str | None]:
+    """``(good, done, error)``: the records before the first error record, whether
+    the last of them is the final one, and that error's message (None: none)."""
+    good: list[bytes] = []
+    done = False
+    for line in lines:
+        final, error = classify_line(line)
+        if error is not None:
+            return good, False, error
+        good.append(line)
+        done = final
+    return good, done, None
+
+
 class ChunkedLines:
     """Decodes an HTTP/1.1 chunked body fed in arbitrary pieces into NDJSON records.
 

@@ -36,8 +36,8 @@ from olol.agent.ollama import (
     OllamaClient,
     OllamaHTTPError,
     OllamaUnavailable,
-    classify_line,
     grpc_code_for_status,
+    sort_records,
 )
 from olol.rpc import node_pb2, node_pb2_grpc
 
@@ -236,17 +236,12 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
                 return
             finished = False
             for batch in call.arrived():
-                good: list[bytes] = []
-                done = False
-                for line in batch:
-                    done, error = classify_line(line)
-                    if error is not None:
-                        if good:
-                            yield node_pb2.OllamaChunk(body=b"\n".join(good), done=False)
-                        call.close(reusable=False)
-                        _abort(context, grpc.StatusCode.INTERNAL, error, 500,
-                               stream_error=True)
-                    good.append(line)
+                good, done, error = sort_records(batch)
+                if error is not None:
+                    if good:
+                        yield node_pb2.OllamaChunk(body=b"\n".join(good), done=False)
+                    call.close(reusable=False)
+                    _abort(context, grpc.StatusCode.INTERNAL, error, 500, stream_error=True)
                 finished = finished or done
                 yield node_pb2.OllamaChunk(body=b"\n".join(good), done=done)
             if track and not finished and context.is_active():

@@ -43,7 +43,8 @@ def start_nodes(n: int, models: str = MODELS, parallel: int = 4, **sim_kw):
 def make_cluster(tmp_path):
     made: list[Cluster] = []
 
-    def make(nodes: int = 2, models: str = MODELS, parallel: int = 4, sim_kw=None, **config_kw):
+    def make(nodes: int = 2, models: str = MODELS, parallel: int = 4, sim_kw=None,
+             client_factory=None, **config_kw):
         sims, agents = start_nodes(nodes, models, parallel, **(sim_kw or {}))
         config = ProxyConfig(
             listen="127.0.0.1:0", data_dir=tmp_path / f"data{len(made)}",
@@ -52,7 +53,7 @@ def make_cluster(tmp_path):
         )
         for k, v in config_kw.items():
             setattr(config, k, v)
-        proxy = Proxy(config).start()
+        proxy = Proxy(config, client_factory=client_factory).start()
         cluster = Cluster(sims, agents, proxy, config.data_dir)
         made.append(cluster)
         return cluster

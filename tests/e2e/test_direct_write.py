@@ -12,34 +12,14 @@ import time
 import httpx
 import pytest
 
-from olol.context import ProxyConfig
-from olol.proxy import Proxy
 from olol.rpc.client import NodeClient
-from tests.e2e.conftest import MODELS, Cluster, start_nodes
 from tests.support import wait_until
 
 
-@pytest.fixture
-def mux_cluster(tmp_path):
-    """One node whose calls all take the multiplexed path (the proxy's own client
-    sends a lone call on a plain one)."""
-    made: list[Cluster] = []
-
-    def make(**sim_kw) -> Cluster:
-        sims, agents = start_nodes(1, MODELS, 4, **sim_kw)
-        config = ProxyConfig(listen="127.0.0.1:0", data_dir=tmp_path / "data",
-                             nodes=[a.address for a in agents], health_interval_s=1.0)
-        proxy = Proxy(config, client_factory=lambda address: NodeClient(address, mux_lone=True))
-        made.append(Cluster(sims, agents, proxy.start(), config.data_dir))
-        return made[-1]
-
-    yield make
-    for c in made:
-        c.proxy.stop(grace_s=2)
-        for a in c.agents:
-            a.stop(0)
-        for s in c.sims:
-            s.stop()
+def _mux_client(address: str) -> NodeClient:
+    """The proxy's node client with every call on the multiplexed path (it sends a
+    lone call on a plain one)."""
+    return NodeClient(address, mux_lone=True)
 
 
 def _chat(content: str, tokens: int | None = None) -> dict:
@@ -58,18 +38,19 @@ def _records(url: str, body: dict) -> list[dict]:
 
 
 @pytest.mark.parametrize("mux", [True, False], ids=["mux", "plain"])
-def test_streams_are_the_same_on_both_node_paths(make_cluster, mux_cluster, mux):
-    sim_kw = {"tokens_per_second": 400.0}
-    c = mux_cluster(**sim_kw) if mux else make_cluster(nodes=1, node_mux=False, sim_kw=sim_kw)
+def test_streams_are_the_same_on_both_node_paths(make_cluster, mux):
+    c = make_cluster(nodes=1, node_mux=mux, sim_kw={"tokens_per_second": 400.0},
+                     client_factory=_mux_client if mux else None)
     got = _records(c.proxy.url, _chat("same answer", 40))
     assert got[-1]["done"] is True and sum(r["done"] for r in got) == 1
     assert "".join(r["message"]["content"] for r in got[:-1])
     assert len(got) == got[-1]["eval_count"] + 1
 
 
-def test_a_client_that_does_not_read_holds_back_nobody(mux_cluster):
+def test_a_client_that_does_not_read_holds_back_nobody(make_cluster):
     # long answers written as fast as the node can: the unread one fills its socket
-    c = mux_cluster(response_tokens=(30000, 30000))
+    c = make_cluster(nodes=1, sim_kw={"response_tokens": (30000, 30000)},
+                     client_factory=_mux_client)
     host, port = c.proxy.address.rsplit(":", 1)
     sleeper = socket.create_connection((host, int(port)))
     try:
