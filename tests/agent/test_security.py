@@ -30,6 +30,20 @@ def test_token_refused_and_accepted(locked):
         assert list(c.generate({"model": "llama3.2:1b", "prompt": "x", "stream": False}))
 
 
+def test_the_multiplexed_call_needs_the_token_too(locked):
+    body = {"model": "llama3.2:1b", "prompt": "x", "stream": True}
+    for token in (None, "wrong"):
+        with NodeClient(locked.address, token=token, mux_lone=True) as c, \
+                pytest.raises(NodeError) as info:
+            list(c.generate(body))
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.http_status == 401
+        assert c._mux is not None and c._mux.supported  # refused, not unknown
+    with NodeClient(locked.address, token="s3cret", mux_lone=True) as c:
+        assert list(c.generate(body))[-1]["done"] is True
+        assert len(locked.servicer.mux_sessions()) == 1
+
+
 def test_health_stays_open(locked):
     with grpc.insecure_channel(locked.address) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
