@@ -246,6 +246,18 @@ class ClusterManager:
                 client = self._clients[address] = self._factory(address)
             return client
 
+    def mux_stats(self) -> dict[str, tuple[int, int, int]]:
+        """Per node with a client: ``(messages, parts with records, calls open)`` of its
+        multiplexed call (see :meth:`olol.rpc.client.NodeClient.mux_stats`)."""
+        with self._lock:
+            clients = list(self._clients.items())
+        out = {}
+        for address, client in clients:
+            stats = getattr(client, "mux_stats", None)
+            if callable(stats):
+                out[address] = stats()
+        return out
+
     def close(self) -> None:
         """Close every cached client (membership is kept)."""
         with self._lock:

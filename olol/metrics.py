@@ -94,6 +94,7 @@ METRIC_NAMES = frozenset({
     "olol_node_models_loaded", "olol_node_models_available", "olol_node_poll_latency_seconds",
     "olol_node_consecutive_failures", "olol_node_ejected_models", "olol_node_ejections_total",
     "olol_node_readmissions_total", "olol_node_ejections_cancelled_total",
+    "olol_node_mux_messages_total", "olol_node_mux_record_parts_total", "olol_node_mux_calls_open",
     "olol_node_state_changes_total", "olol_node_generated_tokens_total",
     "olol_node_generation_seconds_total", "olol_model_loads_total",
     "olol_model_evictions_total", "olol_model_load_seconds", "olol_model_pulls_active",
@@ -577,6 +578,24 @@ class LiveCollector:
             failures.add_metric([a], n.consecutive_failures)
             ejected.add_metric([a], len(n.ejected))
         yield from (up, state, slots, busy, loaded, available, latency, failures, ejected)
+        mux_stats = getattr(m.cluster, "mux_stats", None)
+        if callable(mux_stats):
+            members = {n.address for n in nodes}
+            messages = CounterMetricFamily(
+                "olol_node_mux_messages", "Messages received on the node's multiplexed "
+                "call (generate and chat calls that overlap).", labels=["node"])
+            parts = CounterMetricFamily(
+                "olol_node_mux_record_parts", "Calls' records in those messages (one per "
+                "call and message): divided by the messages, how many calls' records the "
+                "node sent together.", labels=["node"])
+            calls = GaugeMetricFamily("olol_node_mux_calls_open", "Calls open on the node's "
+                                      "multiplexed call.", labels=["node"])
+            for address, (n_messages, n_parts, n_open) in sorted(mux_stats().items()):
+                if address in members:
+                    messages.add_metric([address], n_messages)
+                    parts.add_metric([address], n_parts)
+                    calls.add_metric([address], n_open)
+            yield from (messages, parts, calls)
         outliers = getattr(m.cluster, "outliers", None)
         if outliers is not None:
             families = {

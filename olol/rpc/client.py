@@ -435,6 +435,15 @@ class NodeClient:
             call.add_done_callback(self._plain_over)
         return NodeStream(call, raw=raw)
 
+    def mux_stats(self) -> tuple[int, int, int]:
+        """``(messages, parts with records, calls open)`` of the multiplexed call so
+        far; ``(0, 0, 0)`` without one. Records per message show how much the node's
+        records are batched."""
+        mux = self._mux
+        if mux is None:
+            return 0, 0, 0
+        return mux.messages, mux.records, mux.open_count()
+
     def _plain_over(self, _call: Any) -> None:
         with self._count_lock:
             self._plain_open -= 1

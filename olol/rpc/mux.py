@@ -294,6 +294,8 @@ class MuxChannel:
         self.supported = True
         self._closed = False
         self.ack_bytes = ACK_BYTES
+        self.messages = 0  # MuxDown messages received (the reader thread counts)
+        self.records = 0  # parts with records among them
 
     def open(self, path: str, model: str, body: bytes, *, raw: bool,
              timeout: float | None, aggregate: float | None,
@@ -340,7 +342,10 @@ class MuxChannel:
             for down in call:
                 if down.window:
                     self.ack_bytes = max(1, down.window // 4)
+                self.messages += 1
                 for part in down.parts:
+                    if part.body:
+                        self.records += 1
                     stream = streams.get(part.id)
                     if stream is not None:
                         stream.deliver(part)

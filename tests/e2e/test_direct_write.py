@@ -63,6 +63,15 @@ def test_a_client_that_does_not_read_holds_back_nobody(make_cluster):
         others = [_records(c.proxy.url, _chat(f"short {i}", 20)) for i in range(3)]
         for got in others:
             assert got[-1]["done"] is True and len(got) == 21
+        # the node's multiplexed call shows in the metrics
+        metrics = {}
+        for line in httpx.get(c.proxy.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("olol_node_mux_"):
+                name, _, value = line.rpartition(" ")
+                metrics[name.split("{")[0]] = float(value)
+        assert metrics["olol_node_mux_messages_total"] > 0
+        assert metrics["olol_node_mux_record_parts_total"] >= metrics["olol_node_mux_messages_total"]
+        assert "olol_node_mux_calls_open" in metrics
         # now read the long one: complete, in order, ending with its final record
         sleeper.settimeout(30)
         data = bytearray()
