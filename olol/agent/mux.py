@@ -212,13 +212,16 @@ class MuxSession:
                 if over:
                     return
                 events = self._selector.select(CHECK_S)
-                for key, _ in events:
-                    if key.data is None:
-                        self._drain_wake()
-                    else:
-                        self._pump(key.data)
                 if not events and not context.is_active():
                     return
+                while events:
+                    for key, _ in events:
+                        if key.data is None:
+                            self._drain_wake()
+                        else:
+                            self._pump(key.data)
+                    # what became ready meanwhile goes in the same message (no wait)
+                    events = self._selector.select(0)
         finally:
             self.close()
             with self._cond:
