@@ -87,6 +87,7 @@ class CallContext:
         self._callbacks: list[Callable[[], Any]] = []
         self._active = True
         self.trailing: dict[str, str] = {}
+        # not ``> 0`` (a NaN among them): a plain stream
         self._metadata = ((AGGREGATE_METADATA, f"{aggregate_s:g}"),) if aggregate_s > 0 else ()
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -251,7 +252,6 @@ class MuxSession:
         finally:
             with self._cond:
                 self._input_over = True
-                self._cond.notify_all()
             self._wake()
 
     def drain(self) -> None:
@@ -259,7 +259,6 @@ class MuxSession:
         elsewhere); the session ends once its open calls are over."""
         with self._cond:
             self._draining = True
-            self._cond.notify_all()
         self._wake()
 
     def close(self) -> None:
@@ -268,10 +267,11 @@ class MuxSession:
             self._closed = True
             calls = list(self._calls.values())
             self._calls.clear()
-            self._cond.notify_all()
         self._wake()
         for call in calls:
             call.ctx.cancel()
+        with self._cond:
+            self._cond.notify_all()  # a worker waiting on a full window sees it cancelled
 
     # ------------------------------------------------------------------ calls
     def _open(self, op: Any) -> None:
@@ -294,15 +294,15 @@ class MuxSession:
                 self._post(node_pb2.MuxPart(id=cid, end=True, code=code.value[0], error=message,
                                             http_status=status))
                 return
-            call = _Call(CallContext(op.aggregate_s if op.aggregate_s == op.aggregate_s else 0.0))
+            call = _Call(CallContext(op.aggregate_s))
             self._calls[cid] = call
         request = node_pb2.OllamaRequest(model=op.model, body=op.body)
         try:
             self._workers.submit(self._run, cid, call, op.path, request)
         except RuntimeError:  # the pool is shut down: the agent is stopping
             self._end(cid, call, node_pb2.MuxPart(
-                id=cid, end=True, code=grpc.StatusCode.UNAVAILABLE.value[0],
-                error="the agent is stopping", http_status=503))
+                id=cid, end=True, code=UNAVAILABLE, error="the agent is stopping",
+                http_status=503))
 
     def _run(self, cid: int, call: _Call, path: str, request: Any) -> None:
         ctx = call.ctx
@@ -438,10 +438,7 @@ class MuxSession:
     def _queue(self, stream: _Stream, body: bytes, done: bool, wake: bool) -> None:
         with self._cond:
             stream.call.sent += len(body)
-            first = not self._parts
-            self._parts.append(node_pb2.MuxPart(id=stream.cid, body=body, done=done))
-        if wake and first:
-            self._wake()
+            self._post(node_pb2.MuxPart(id=stream.cid, body=body, done=done), wake)
 
     def _fail(self, stream: _Stream, code: int, message: str, status: int,
               stream_error: bool = False) -> None:
@@ -467,20 +464,7 @@ class MuxSession:
             resp.close()
         stream.ollama.close(reusable=reusable)
         stream.release()
-        if part is not None:
-            with self._cond:
-                if self._calls.get(stream.cid) is stream.call:
-                    del self._calls[stream.cid]
-                    first = not self._parts
-                    self._parts.append(part)
-                else:
-                    first = False
-            if first:
-                self._wake()
-        else:
-            with self._cond:
-                if self._calls.get(stream.cid) is stream.call:
-                    del self._calls[stream.cid]
+        self._end(stream.cid, stream.call, part)
 
     def _send(self, cid: int, call: _Call, body: bytes, done: bool) -> bool:
         """Queue one part; waits while the call's window is full. False once the
@@ -495,16 +479,19 @@ class MuxSession:
             return True
 
     def _end(self, cid: int, call: _Call, part: Any) -> None:
+        """The call is over; ``part`` (None: nothing) is its last word, unless it was
+        cancelled (the coordinator expects nothing more)."""
         with self._cond:
             if self._calls.get(cid) is not call:
-                return  # cancelled: the coordinator expects nothing more
+                return
             del self._calls[cid]
-            self._post(part)
+            if part is not None:
+                self._post(part)
 
-    def _post(self, part: Any) -> None:
-        # under self._cond
+    def _post(self, part: Any, wake: bool = True) -> None:
+        # under self._cond; ``wake``: not from the session's own thread
         self._parts.append(part)
-        if len(self._parts) == 1:
+        if wake and len(self._parts) == 1:
             self._wake()
 
     def _wake(self) -> None:
@@ -543,9 +530,11 @@ class MuxSession:
     def _cancel(self, cid: int) -> None:
         with self._cond:
             call = self._calls.pop(cid, None)
-            self._cond.notify_all()
-            if call is not None and call.stream is not None and not call.stream.registered:
+            if call is None:
+                return
+            if call.stream is not None and not call.stream.registered:
                 self._handed.append(call.stream)  # paused: the session finishes it
-        if call is not None:
-            call.ctx.cancel()
-            self._wake()
+        call.ctx.cancel()
+        self._wake()
+        with self._cond:
+            self._cond.notify_all()  # a worker waiting on a full window sees it cancelled

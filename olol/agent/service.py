@@ -14,6 +14,7 @@ and trailing metadata ``x-ollama-stream-error: 1``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import socket
@@ -211,18 +212,34 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
                 track: bool = False) -> Iterator[node_pb2.OllamaChunk]:
         """Relay a streamed answer. ``track``: an inference call (generate, chat),
         counted in flight, whose stream must end with a final record."""
-        model = request.model
+        call = self._open_counted(context, path, request, track)
+        if call is not None:
+            yield from self._relay_call(context, call, path, request.model, track)
+
+    def _open_counted(self, context: Any, path: str, request: Any,
+                      track: bool) -> OllamaCall | None:
+        """:meth:`_open` a POST; ``track``: count it in flight (uncounted again when
+        opening fails)."""
         if track:
-            self.in_flight.enter(model)
-        call = None
+            self.in_flight.enter(request.model)
         try:
             call = self._open(context, "POST", path, request.body or None)
-            if call is None:
-                return
+        except BaseException:
+            if track:
+                self.in_flight.leave(request.model)
+            raise
+        if call is None and track:
+            self.in_flight.leave(request.model)
+        return call
+
+    def _relay_call(self, context: Any, call: OllamaCall, path: str, model: str,
+                    track: bool) -> Iterator[node_pb2.OllamaChunk]:
+        """The chunks of an open call's answer; then the call is closed and, with
+        ``track``, no longer counted in flight."""
+        try:
             yield from self._records(context, call, path, track)
         finally:
-            if call is not None:
-                call.close(reusable=False)
+            call.close(reusable=False)
             if track:
                 self.in_flight.leave(model)
 
@@ -257,30 +274,15 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         streamed answer) is handed to the session, which reads it with the others;
         anything else (a non-streamed answer, one the agent builds) is relayed by
         the worker as :meth:`_stream` relays it."""
-        if _aggregate_interval(context) is not None:
-            return MuxStart(chunks=self._stream(context, path, request, track=True))
-        model = request.model
-        self.in_flight.enter(model)
-        try:
-            call = self._open(context, "POST", path, request.body or None)
-        except BaseException:
-            self.in_flight.leave(model)
-            raise
+        call = self._open_counted(context, path, request, True)
         if call is None:
-            self.in_flight.leave(model)
             return MuxStart(chunks=iter(()))
         resp = call._response
-        if resp is not None and resp.chunked and resp.fp is not None:
-            return MuxStart(call=call, release=lambda: self.in_flight.leave(model))
-
-        def rest() -> Iterator[node_pb2.OllamaChunk]:
-            try:
-                yield from self._records(context, call, path, True)
-            finally:
-                call.close(reusable=False)
-                self.in_flight.leave(model)
-
-        return MuxStart(chunks=rest())
+        if (_aggregate_interval(context) is None and resp is not None and resp.chunked
+                and resp.fp is not None):
+            return MuxStart(call=call, release=functools.partial(self.in_flight.leave,
+                                                                 request.model))
+        return MuxStart(chunks=self._relay_call(context, call, path, request.model, True))
 
     def _aggregated(self, context: grpc.ServicerContext, call: OllamaCall, chat: bool,
                     interval: float) -> Iterator[node_pb2.OllamaChunk]:

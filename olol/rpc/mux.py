@@ -149,7 +149,7 @@ class MuxStream:
     def _next_part(self) -> Any:
         """The next part; None when the call went on as a plain call. Raises the
         call's failure, CANCELLED after :meth:`cancel`, DEADLINE_EXCEEDED."""
-        error = self._channel.error
+        make_error = self._channel.error
         with self._cond:
             while not self._parts:
                 if self._cancelled:
@@ -158,14 +158,15 @@ class MuxStream:
                         self._stop_sink()
                     finally:
                         self._cond.acquire()
-                    raise error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!", 499)
+                    raise make_error(grpc.StatusCode.CANCELLED, "Locally cancelled by application!",
+                                     499)
                 if self._failure is not None:
-                    kind, error = self._failure
+                    kind, failure = self._failure
                     if kind == "reopen" and not self._received:
                         self._plain = self._reopen()
                         return None
                     self._ended = True
-                    raise error
+                    raise failure
                 if self._deadline is None:
                     self._cond.wait()
                     continue
@@ -177,7 +178,7 @@ class MuxStream:
                 return self._parts.popleft()
         self._stop_sink()
         self.cancel()
-        raise error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", 504)
+        raise make_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", 504)
 
     def next_message(self) -> tuple[bytes, bool]:
         """As :meth:`olol.rpc.client.NodeStream.next_message`."""
@@ -247,13 +248,11 @@ class MuxStream:
             self._plain.cancel()
             return
         with self._cond:
-            if self._ended or self._cancelled:
-                self._cancelled = True
-                self._cond.notify()
-                return
+            open_ = not (self._ended or self._cancelled)
             self._cancelled = True
             self._cond.notify()
-        self._channel.cancel(self.id)
+        if open_:
+            self._channel.cancel(self.id)
 
     close = cancel
 
