@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import heapq
+import itertools
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -141,6 +145,130 @@ def make_plan(job: Job, token_range: tuple[int, int]) -> Plan:
     return Plan(thinking, content, tool_calls, done_reason, prompt_tokens)
 
 
+class _Step:
+    __slots__ = ("fn", "ex", "data", "started", "cancelled", "handback", "error", "done")
+
+    def __init__(self, fn: Callable[[], None], ex: Exchange | None) -> None:
+        self.fn = fn
+        self.ex = ex
+        self.data = b""
+        self.handback = False
+        self.started = False
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class Stepper:
+    """One decode step's records leave together, from one thread.
+
+    Ollama's runner decodes one token of every running sequence per step and
+    hands them out at once, so a node's records of one step reach the network
+    within microseconds of each other. Generations here run on their own threads,
+    which wake from their sleeps up to hundreds of microseconds apart on a loaded
+    machine; so each one hands the write of its next record, due at a step of the
+    grid, to this thread. At each step it first builds every record due then, and
+    then sends them back to back. A write that could block (a client that does not
+    read, an armed fault) goes back to its generation's thread, so that it holds
+    back nobody else.
+
+    The thread (``olol-sim-step``) starts on first use and ends with ``stop``.
+    """
+
+    #: writes due within this much of the step being run go with it
+    TOLERANCE_S = 0.0002
+
+    def __init__(self, stop: threading.Event,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._stop = stop
+        self._monotonic = monotonic
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Step]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def run_at(self, delay: float, fn: Callable[[], None], waiter: Waiter,
+               ex: Exchange | None = None) -> None:
+        """Run ``fn`` ``delay`` seconds from now with the other writes due then, on
+        the step thread, and return once it ran (re-raising what it raised). What
+        ``fn`` writes to ``ex`` is sent with the step's other records, or by the
+        calling thread when the write could block then. Raises :class:`Aborted` if
+        the waiter is aborted before it started."""
+        step = _Step(fn, ex)
+        with self._cond:
+            if self._stop.is_set():
+                raise Aborted()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="olol-sim-step",
+                                                daemon=True)
+                self._thread.start()
+            deadline = self._monotonic() + max(0.0, delay)
+            heapq.heappush(self._heap, (deadline, next(self._seq), step))
+            if self._heap[0][2] is step:
+                self._cond.notify()
+        while not step.done.wait(Waiter.SLICE):
+            if waiter.aborted():
+                with self._cond:
+                    if not step.started:
+                        step.cancelled = True
+                        raise Aborted()
+                step.done.wait(Waiter.SLICE * 20)  # a write in progress ends first
+                break
+        if step.error is not None:
+            raise step.error
+        if not step.done.is_set():
+            raise Aborted()
+        if step.handback:
+            fn()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                now = self._monotonic()
+                if not self._heap or self._heap[0][0] > now:
+                    wait = self._heap[0][0] - now if self._heap else 0.5
+                    self._cond.wait(min(wait, 0.5))
+                    continue
+                batch = []
+                limit = now + self.TOLERANCE_S
+                while self._heap and self._heap[0][0] <= limit:
+                    step = heapq.heappop(self._heap)[2]
+                    if not step.cancelled:
+                        step.started = True
+                        batch.append(step)
+            for step in batch:  # build the step's records...
+                try:
+                    ex = step.ex
+                    if ex is None:
+                        step.fn()
+                    elif ex.can_write_now():
+                        step.data = ex.capture(step.fn)
+                    else:
+                        step.handback = True
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the generation's thread
+                    step.error = exc
+            for step in batch:  # ...then send them together
+                try:
+                    if step.data and step.ex is not None:
+                        step.ex.send_captured(step.data)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the generation's thread
+                    step.error = exc
+                finally:
+                    step.done.set()
+        with self._cond:  # stopping: nobody waits on a write that will not run
+            left, self._heap = self._heap, []
+        for _, _, step in left:
+            step.error = Aborted()
+            step.done.set()
+
+    def join(self, timeout: float) -> None:
+        with self._cond:
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=timeout)
+
+
 class Engine:
     """Runs jobs: acquires a slot, paces tokens, counts stats, frees the slot."""
 
@@ -157,6 +285,7 @@ class Engine:
         self.token_range = token_range
         self._active_lock = threading.Lock()
         self._active: dict[int, str] = {}  # id(exchange) -> the prompt's last part
+        self.stepper = Stepper(stop)
 
     def active(self) -> list[str]:
         """The last part of the prompt (``role: content``) of every generation in
@@ -198,13 +327,16 @@ class Engine:
                 for item in items:
                     if count and interval:
                         # Ollama's runner decodes one token of every running sequence
-                        # per step: the generations of a model advance on one grid
-                        # of steps, and their records leave at the same moments
+                        # per step: the generations advance on one grid of steps, and
+                        # the records of a step leave together (Stepper)
                         due = math.ceil((t_prompt + count * interval) / interval) * interval
-                        waiter.sleep(due - self.clock())
-                    elif waiter.aborted():
-                        raise Aborted()
-                    emitter.piece(kind, item)
+                        self.stepper.run_at(due - self.clock(),
+                                            functools.partial(emitter.piece, kind, item), waiter,
+                                            ex)
+                    else:
+                        if waiter.aborted():
+                            raise Aborted()
+                        emitter.piece(kind, item)
                     count += 1
             end = self.clock()
             result = Result(

@@ -77,6 +77,7 @@ class Exchange:
         self.records = 0
         self.stream_fault: Any = None  # an armed olol.sim.faults.StreamFault
         self._body: bytes | None = None
+        self._held: list[bytes] | None = None  # writes kept by capture()
 
     # -- request -----------------------------------------------------------------------
 
@@ -103,12 +104,35 @@ class Exchange:
         """True when the client has closed its end of the connection."""
         sock = self._h.connection
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
+            if not _ready(sock, select.POLLIN):
                 return False
             return sock.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
+
+    def capture(self, fn: Callable[[], None]) -> bytes:
+        """Run ``fn``, keeping what it writes instead of sending it; returns those
+        bytes (for :meth:`send_captured`)."""
+        self._held = []
+        try:
+            fn()
+            return b"".join(self._held)
+        finally:
+            self._held = None
+
+    def send_captured(self, data: bytes) -> None:
+        self._write(data)
+
+    def can_write_now(self) -> bool:
+        """True when a record's write would not wait: no stream fault is due and the
+        socket has room."""
+        fault = self.stream_fault
+        if fault is not None and self.records >= fault.after:
+            return False
+        try:
+            return _ready(self._h.connection, select.POLLOUT)
+        except (OSError, ValueError):
+            return False  # the write itself reports it
 
     # -- response ----------------------------------------------------------------------
 
@@ -187,11 +211,22 @@ class Exchange:
             pass
 
     def _write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            held.append(data)
+            return
         try:
             self._h.wfile.write(data)
         except (OSError, ValueError) as exc:
             self._h.close_connection = True
             raise ClientGone(str(exc)) from None
+
+
+def _ready(sock: socket.socket, event: int) -> bool:
+    """Whether ``sock`` is ready for ``event`` now (poll: any descriptor number)."""
+    poller = select.poll()
+    poller.register(sock, event)
+    return bool(poller.poll(0))
 
 
 def _reason(status: int) -> str:

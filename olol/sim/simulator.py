@@ -181,6 +181,7 @@ class Simulator:
             server.close_connections(timeout / 2)
         for t in self._threads:
             t.join(timeout=timeout / 2)
+        self.engine.stepper.join(timeout / 2)
 
     def _reap(self) -> None:
         while not self.stop_event.wait(0.25):
