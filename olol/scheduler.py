@@ -25,12 +25,12 @@ import itertools
 import logging
 import threading
 import time
-import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from olol.ids import new_id
 from olol.placement import (
     STRATEGIES,
     ClusterSnapshot,
@@ -399,7 +399,7 @@ class RequestScheduler:
             self._unplaceable([rid for u in group.units for rid in u.ids])
         if decision is None:
             return None
-        batch_id = uuid.uuid4().hex
+        batch_id = new_id()
         claimed = self.queue_manager.dequeue(
             len(decision.ids), ids=list(decision.ids), server=decision.node, batch_id=batch_id
         )

@@ -18,10 +18,10 @@ import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from olol.ids import new_id
 from olol.queue.grouping import group_similar
 from olol.queue.maintenance import (
     SEQ_FLOOR_KEY,
@@ -395,7 +395,7 @@ class QueueManager:
                 self._s.index.remove(e)  # reserved: no other caller can see them now
         if not chosen:
             return []
-        bid = batch_id or uuid.uuid4().hex
+        bid = batch_id or new_id()
         claimed: list[dict] = []
         patch = {
             "status": "processing", "lease_until": now + lease,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from olol.api.names import InvalidModelName, normalize_model_name
+from olol.ids import new_id
 
 TABLE = "inference_queue"
 
@@ -103,7 +103,7 @@ def build_record(request: Any, *, seq: int, now: float) -> dict[str, Any]:
         raise ValueError("queue request: 'stream' must be a boolean")
     request_id = request.get("id")
     if request_id is None:
-        request_id = uuid.uuid4().hex
+        request_id = new_id()
     elif not isinstance(request_id, str) or not request_id or len(request_id) > MAX_ID_CHARS:
         raise ValueError(
             f"queue request: 'id' must be a non-empty string of at most {MAX_ID_CHARS} chars"

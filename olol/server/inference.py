@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from olol.api.errors import ApiError
 from olol.api.validation import ValidatedRequest
 from olol.context import Services
 from olol.hub import CHUNK, DONE, ERROR, RELAY, Event, HubFullError
+from olol.ids import new_id
 from olol.queue import QueueFullError
 from olol.rpc.client import NodeError
 from olol.server.common import (
@@ -212,7 +212,7 @@ def submit(
     priority = request_priority()
     session = request_session()
     key = current_key()
-    request_id = uuid.uuid4().hex
+    request_id = new_id()
     # the record first: whatever fails while it is built leaves no channel behind
     record = build_record(
         request_id, validated, body, kind="sync", api=api, stream=stream,

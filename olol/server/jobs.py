@@ -7,13 +7,13 @@ When keys are enabled a non-admin key sees only the jobs it submitted.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from flask import Blueprint, Response, request
 
 from olol.api.errors import ApiError
 from olol.api.validation import VALIDATORS
+from olol.ids import new_id
 from olol.server.common import current_key, get_ctx, json_response, read_json_body, request_priority
 from olol.server.inference import build_record, check_admitting, check_model_known, enqueue
 
@@ -66,7 +66,7 @@ def submit_job() -> Response:
     check_model_known(ctx, validated)
     priority = request_priority(envelope.get("priority"))
     key = current_key()
-    job_id = uuid.uuid4().hex
+    job_id = new_id()
     record = build_record(
         job_id, validated, body, kind="job", api="ollama", stream=False,
         priority=priority, session=None, key_id=key.id if key else None,
