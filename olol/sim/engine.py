@@ -253,8 +253,8 @@ class Stepper:
                         step.ex.send_captured(step.data)
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the generation's thread
                     step.error = exc
-                finally:
-                    step.done.set()
+            for step in batch:  # and only then wake the generations (they would take
+                step.done.set()  # the GIL between two sends)
         with self._cond:  # stopping: nobody waits on a write that will not run
             left, self._heap = self._heap, []
         for _, _, step in left:
