@@ -132,9 +132,13 @@ class StreamRelay(Relay):
         self._first = None
         while True:
             if done:
-                self._complete(body)
-                yield body, True
-                self._stream.drain()  # after the client has the final record
+                try:
+                    yield body, True
+                finally:
+                    # settled once the client has the final record (or has left):
+                    # the bookkeeping is not on the answer's path
+                    self._complete(body)
+                self._stream.drain()
                 return
             yield body, False
             try:
