@@ -74,6 +74,26 @@ def test_a_stream_read_to_its_end_settles_completed_once_with_the_final_record()
     assert stream.cancels == 0
 
 
+def test_the_final_record_reaches_the_client_before_the_bookkeeping():
+    relay, settled = make_relay(FakeStream([(rec(1, done=True), True)]))
+    messages = relay.messages()
+    assert next(messages) == (rec(0), False)
+    assert next(messages) == (rec(1, True), True)
+    assert settled == []  # the final record is handed out first...
+    assert list(messages) == []
+    assert [s[0] for s in settled] == ["completed"]  # ...then the relay settles
+
+
+def test_a_client_that_leaves_with_the_final_record_still_settles_the_relay_once():
+    relay, settled = make_relay(FakeStream([]), first=rec(0, done=True), first_done=True)
+    messages = relay.messages()
+    assert next(messages) == (rec(0, True), True)
+    messages.close()  # the response's writer stops there (client gone, server closing)
+    assert [s[0] for s in settled] == ["completed"]
+    relay.abandon("late")
+    assert [s[0] for s in settled] == ["completed"]
+
+
 def test_a_first_message_that_ends_the_stream_completes_at_once():
     relay, settled = make_relay(FakeStream([]), first=rec(0, done=True), first_done=True)
     assert list(relay.messages()) == [(rec(0, True), True)]
