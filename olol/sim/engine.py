@@ -146,11 +146,12 @@ def make_plan(job: Job, token_range: tuple[int, int]) -> Plan:
 
 
 class _Step:
-    __slots__ = ("fn", "ex", "data", "started", "cancelled", "handback", "error", "done")
+    __slots__ = ("fn", "ex", "key", "data", "started", "cancelled", "handback", "error", "done")
 
-    def __init__(self, fn: Callable[[], None], ex: Exchange | None) -> None:
+    def __init__(self, fn: Callable[[], None], ex: Exchange | None, key: object) -> None:
         self.fn = fn
         self.ex = ex
+        self.key = key
         self.data = b""
         self.handback = False
         self.started = False
@@ -188,13 +189,15 @@ class Stepper:
         self._thread: threading.Thread | None = None
 
     def run_at(self, delay: float, fn: Callable[[], None], waiter: Waiter,
-               ex: Exchange | None = None) -> None:
+               ex: Exchange | None = None, step_key: object = None) -> None:
         """Run ``fn`` ``delay`` seconds from now with the other writes due then, on
         the step thread, and return once it ran (re-raising what it raised). What
         ``fn`` writes to ``ex`` is sent with the step's other records, or by the
-        calling thread when the write could block then. Raises :class:`Aborted` if
-        the waiter is aborted before it started."""
-        step = _Step(fn, ex)
+        calling thread when the write could block then. Writes with the same
+        ``step_key`` (the step on the grid) go together even when their threads
+        said when a little apart. Raises :class:`Aborted` if the waiter is aborted
+        before it started."""
+        step = _Step(fn, ex, step_key)
         with self._cond:
             if self._stop.is_set():
                 raise Aborted()
@@ -231,11 +234,23 @@ class Stepper:
                     continue
                 batch = []
                 limit = now + self.TOLERANCE_S
+                keys = set()
                 while self._heap and self._heap[0][0] <= limit:
                     step = heapq.heappop(self._heap)[2]
+                    if step.key is not None:
+                        keys.add(step.key)
                     if not step.cancelled:
                         step.started = True
                         batch.append(step)
+                if keys and self._heap:  # the rest of the same steps
+                    same = [e for e in self._heap if e[2].key in keys]
+                    if same:
+                        self._heap = [e for e in self._heap if e[2].key not in keys]
+                        heapq.heapify(self._heap)
+                        for _, _, step in sorted(same, key=lambda e: (e[0], e[1])):
+                            if not step.cancelled:
+                                step.started = True
+                                batch.append(step)
             for step in batch:  # build the step's records...
                 try:
                     ex = step.ex
@@ -332,7 +347,7 @@ class Engine:
                         due = math.ceil((t_prompt + count * interval) / interval) * interval
                         self.stepper.run_at(due - self.clock(),
                                             functools.partial(emitter.piece, kind, item), waiter,
-                                            ex)
+                                            ex, due)
                     else:
                         if waiter.aborted():
                             raise Aborted()

@@ -50,14 +50,15 @@ def stepper():
 
 def _at_once(stepper, exchanges, delay=0.3):
     """Each exchange's piece due at one step ``delay`` s from now, from its own
-    thread (each says how far the step is from when it asks, as the engine does)."""
+    thread (each says how far the step is from when it asks, and which step it is,
+    as the engine does)."""
     errors = []
     waiter = Waiter(threading.Event())
     due = time.monotonic() + delay
 
     def one(ex):
         try:
-            stepper.run_at(due - time.monotonic(), ex.piece, waiter, ex)
+            stepper.run_at(due - time.monotonic(), ex.piece, waiter, ex, due)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
