@@ -14,7 +14,7 @@ side by side in one run, never at the same time:
   interpreter.
 
 The simulators are the same processes for all arms of a cell and come from a fixed
-revision, ``$OLOL_BENCH_SIM_REV`` (default ``40b452f``, the first whose parallel
+revision, ``$OLOL_BENCH_SIM_REV`` (default ``4a15d3b``, the first whose parallel
 slots decode in step as Ollama's runner does and send the records of one step
 together, from one thread; ``worktree`` for this tree), so that later changes to
 the simulator do not move the reference. (``ea6bf96``, the default before, decoded
@@ -57,7 +57,7 @@ from tests.bench.common import bars_table, fmt, pct, table
 from tests.bench.procs import ROOT, Proc, export_tree, git, start_proxy, start_sim, start_worker
 
 DEFAULT_BASELINE = "ca13e08"
-DEFAULT_SIM = "40b452f"
+DEFAULT_SIM = "4a15d3b"
 MODEL = "llama3.2:1b"
 LINE_TOKENS = 100  # tokens per answer in the line-rate cell
 LINE_TPS = 200
