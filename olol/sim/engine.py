@@ -375,8 +375,8 @@ class Engine:
         finally:
             with self._active_lock:
                 self._active.pop(id(ex), None)
+            lease.release()  # first: no active generation means its slot is free
             self.stats.add("active_generations", -1)
-            lease.release()
 
 
 def _ns(seconds: float) -> int:

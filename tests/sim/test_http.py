@@ -161,6 +161,9 @@ def test_eviction_beyond_max_loaded(make_sim):
     sim = make_sim("a,b,c", max_loaded=2)
     for name in ("a", "b", "a", "c"):
         post(sim, "/api/generate", {"model": name, "prompt": "x", "stream": False})
+        # the slot is released just after the answer is out, which the client may read
+        # first: one request after the other, as the LRU order below assumes
+        assert wait_for(lambda: sim.stats()["active_generations"] == 0)
     loaded = {m["name"] for m in requests.get(sim.url + "/api/ps", timeout=5).json()["models"]}
     assert loaded == {"a:latest", "c:latest"}  # b was the least recently used
     stats = sim.stats()
@@ -270,8 +273,11 @@ def test_faults_and_stats_over_http(sim):
     post(sim, "/_sim/faults", {"clear": True})
     assert post(sim, "/api/generate", {"model": "llama3.2:1b", "prompt": "x",
                                        "stream": False}).status_code == 200
-    stats = requests.get(sim.url + "/_sim/stats", timeout=5).json()
-    assert stats["generations_completed"] == 1 and stats["requests_total"] == 2
+    # the counter moves once the answer is out, which the client may read first
+    def stats():
+        return requests.get(sim.url + "/_sim/stats", timeout=5).json()
+    assert wait_for(lambda: stats()["generations_completed"] == 1)
+    assert stats()["requests_total"] == 2
     assert post(sim, "/_sim/faults", {"fail_next": "x"}).status_code == 400
 
 
