@@ -1,7 +1,9 @@
 """The agent's side of ``rpc Mux``: Generate and Chat calls multiplexed on one call.
 
-A :class:`MuxSession` serves one ``Mux`` call. A thread named
-``olol-agent-mux-in`` reads the coordinator's messages; each ``MuxOpen`` goes to
+A :class:`MuxSession` serves one session: a ``MuxListen`` call that carries the
+agent's messages, joined by the ``MuxSend`` call that carries the coordinator's
+(the handler of ``MuxSend`` reads them), or one bidirectional ``Mux`` call (a
+thread named ``olol-agent-mux-in`` reads them). Each ``MuxOpen`` goes to
 the worker pool, which opens the call to Ollama with the servicer's own code
 (:meth:`NodeAgentServicer._mux_start`) and a :class:`CallContext` standing in for
 a gRPC context, so records, errors, in-flight counts and cancellation are those
@@ -26,6 +28,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -51,6 +54,10 @@ STREAM_ERROR_METADATA = "x-ollama-stream-error"
 AGGREGATE_METADATA = "x-olol-aggregate"
 #: How often a waiting session checks that its call is still alive.
 CHECK_S = 1.0
+#: A session that no ``MuxSend`` joins within this many seconds ends.
+JOIN_S = 10.0
+#: The metadata of a ``MuxSend`` call that names its session.
+SESSION_METADATA = "x-olol-mux-session"
 READ_SIZE = 65536
 TRUNCATED_MESSAGE = "ollama ended the stream without its final record"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
@@ -175,6 +182,7 @@ class MuxSession:
         self._parts: list[Any] = []
         self._calls: dict[int, _Call] = {}
         self._input_over = False
+        self._joined = False  # the coordinator's messages have a reader
         self._closed = False
         self._draining = False
         self._handed: list[_Stream] = []  # streams to register with the selector
@@ -186,13 +194,20 @@ class MuxSession:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
 
     # ------------------------------------------------------------------ serving
-    def serve(self, requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        """The handler's body: start the reader, then read the streams and send
-        until the session is over."""
+    def serve(self, context: grpc.ServicerContext,
+              requests: Iterator[Any] | None = None) -> Iterator[Any]:
+        """The handler's body: read the streams and send until the session is over.
+        ``requests``: the coordinator's messages on this same call (``Mux``), read
+        by a thread started here; None: a ``MuxSend`` call brings them
+        (:meth:`join`), within :data:`JOIN_S` seconds or the session ends."""
         context.add_callback(self.close)
-        reader = threading.Thread(target=self._read, args=(requests,),
-                                  name="olol-agent-mux-in", daemon=True)
-        reader.start()
+        reader = None
+        if requests is not None:
+            self._joined = True
+            reader = threading.Thread(target=self._read, args=(requests,),
+                                      name="olol-agent-mux-in", daemon=True)
+            reader.start()
+        join_by = time.monotonic() + JOIN_S
         try:
             while True:
                 with self._cond:
@@ -213,8 +228,13 @@ class MuxSession:
                 if over:
                     return
                 events = self._selector.select(CHECK_S)
-                if not events and not context.is_active():
-                    return
+                if not events:
+                    if not context.is_active():
+                        return
+                    if not self._joined and time.monotonic() > join_by:
+                        _LOG.warning("multiplexed session: no MuxSend joined it in %g s",
+                                     JOIN_S)
+                        return
                 while events:
                     for key, _ in events:
                         if key.data is None:
@@ -233,7 +253,19 @@ class MuxSession:
             self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
-            reader.join(timeout=CHECK_S)
+            if reader is not None:
+                reader.join(timeout=CHECK_S)
+
+    def join(self, requests: Iterator[Any]) -> bool:
+        """Read the coordinator's messages from a ``MuxSend`` call, in the calling
+        thread, until that call ends; False (nothing read) when the session already
+        has its reader or is over."""
+        with self._cond:
+            if self._joined or self._closed:
+                return False
+            self._joined = True
+        self._read(requests)
+        return True
 
     def _read(self, requests: Iterator[Any]) -> None:
         try:
@@ -244,6 +276,8 @@ class MuxSession:
                     self._cancel(cid)
                 for op in up.open:
                     self._open(op)
+                if self._closed:
+                    break  # the session ended (its MuxListen call is over)
         except grpc.RpcError:
             pass  # the coordinator went away: close() cancels what is left
         except Exception:  # noqa: BLE001 - a reader that dies must not leave calls open

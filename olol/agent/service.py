@@ -31,7 +31,7 @@ from olol import __version__
 from olol.agent.aggregate import AggregateError, Aggregator
 from olol.agent.forward import forward
 from olol.agent.hardware import HardwareProbe
-from olol.agent.mux import WINDOW_BYTES, MuxSession, MuxStart
+from olol.agent.mux import JOIN_S, SESSION_METADATA, WINDOW_BYTES, MuxSession, MuxStart
 from olol.agent.ollama import (
     OllamaCall,
     OllamaClient,
@@ -50,6 +50,10 @@ STREAM_ERROR_METADATA = "x-ollama-stream-error"
 #: N seconds" (value: N). See :mod:`olol.agent.aggregate`.
 AGGREGATE_METADATA = "x-olol-aggregate"
 TRUNCATED_MESSAGE = "ollama ended the stream without its final record"
+#: A ``MuxListen`` session's name: at most this many characters.
+MAX_SESSION_CHARS = 64
+#: ``MuxListen`` sessions open at once.
+MAX_SESSIONS = 256
 UNREACHABLE_STATUS = 502
 _DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 _SUCCESS = b'{"status":"success"}'
@@ -179,7 +183,8 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         self._mux_calls = mux_calls
         self._mux_window = mux_window
         self._mux_sessions: weakref.WeakSet[MuxSession] = weakref.WeakSet()
-        self._mux_lock = threading.Lock()
+        self._mux_lock = threading.Condition(threading.Lock())
+        self._mux_named: dict[str, MuxSession] = {}  # MuxListen sessions, for MuxSend
         self._mux_draining = False
         self._hardware = hardware
         self._parallel = parallel
@@ -452,7 +457,60 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
             if self._mux_draining:
                 _abort(context, grpc.StatusCode.UNAVAILABLE, "the agent is stopping", 503)
             self._mux_sessions.add(session)
-        return session.serve(request_iterator, context)
+        return session.serve(context, request_iterator)
+
+    def MuxListen(self, request, context):
+        """The agent's messages of a session whose coordinator's messages come on a
+        ``MuxSend`` call naming it (:mod:`olol.agent.mux`)."""
+        pool = self._mux_pool
+        if pool is None:
+            _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Mux is not served by this agent", 501)
+            return None
+        name = request.session
+        if not name or len(name) > MAX_SESSION_CHARS:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"a session name of 1 to {MAX_SESSION_CHARS} characters is required", 400)
+        session = MuxSession(self._mux_start, pool, self._mux_calls, self._mux_window)
+        with self._mux_lock:
+            if self._mux_draining:
+                _abort(context, grpc.StatusCode.UNAVAILABLE, "the agent is stopping", 503)
+            if name in self._mux_named:
+                _abort(context, grpc.StatusCode.ALREADY_EXISTS, "this session is open already", 409)
+            if len(self._mux_named) >= MAX_SESSIONS:
+                _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       "too many multiplexed sessions", 503)
+            self._mux_sessions.add(session)
+            self._mux_named[name] = session
+            self._mux_lock.notify_all()
+        return self._listen(name, session, context)
+
+    def _listen(self, name: str, session: MuxSession, context: Any) -> Iterator[Any]:
+        try:
+            yield from session.serve(context)
+        finally:
+            with self._mux_lock:
+                if self._mux_named.get(name) is session:
+                    del self._mux_named[name]
+
+    def MuxSend(self, request_iterator, context):
+        """The coordinator's messages of the session its ``x-olol-mux-session``
+        metadata names (opened by ``MuxListen``, which may arrive just after)."""
+        if self._mux_pool is None:
+            _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Mux is not served by this agent", 501)
+        name = dict(context.invocation_metadata() or ()).get(SESSION_METADATA, "")
+        deadline = time.monotonic() + JOIN_S
+        with self._mux_lock:
+            while (session := self._mux_named.get(name)) is None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not context.is_active():
+                    break
+                self._mux_lock.wait(min(left, 1.0))
+        if session is None:
+            _abort(context, grpc.StatusCode.NOT_FOUND, "no such multiplexed session", 404)
+        elif not session.join(request_iterator):
+            _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                   "this session has its coordinator's call already", 409)
+        return node_pb2.MuxSent()
 
     def mux_sessions(self) -> list[MuxSession]:
         """The ``Mux`` sessions being served."""

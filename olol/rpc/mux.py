@@ -1,19 +1,23 @@
 """The coordinator's side of ``rpc Mux``: Generate and Chat calls to one node on
 one long-lived call.
 
-:class:`MuxChannel` (one per :class:`~olol.rpc.client.NodeClient`) opens the
-``Mux`` call when first needed and keeps it. A thread named
-``olol-mux-<address>`` reads the agent's messages and hands each part to its
+:class:`MuxChannel` (one per :class:`~olol.rpc.client.NodeClient`) opens a
+session when first needed and keeps it: a ``MuxListen`` call that brings the
+agent's messages and a ``MuxSend`` call that carries this side's, naming the
+session. A thread named ``olol-mux-<address>`` reads the agent's messages
+straight from gRPC (a server-streaming call on a channel made with
+``SingleThreadedUnaryStream``: no channel thread wakes it for each message, as
+it would for a bidirectional call) and hands each part to its
 :class:`MuxStream`; the thread that reads a :class:`MuxStream` (the HTTP thread
 serving the caller) wakes once per message for its own call. A stream behaves
 as a :class:`~olol.rpc.client.NodeStream` does: the same records, the same
 :class:`~olol.rpc.client.NodeError` for the same failures, ``cancel()`` ends the
 call on the node at once.
 
-When the ``Mux`` call fails, every stream open on it fails with the call's
-error (a node that went away: UNAVAILABLE, which the dispatcher retries) and the
-next stream opens a new call. An agent that does not serve ``Mux`` (older than
-this coordinator) answers UNIMPLEMENTED: the streams waiting for it are
+When the session fails, every stream open on it fails with the call's error (a
+node that went away: UNAVAILABLE, which the dispatcher retries) and the next
+stream opens a new session. An agent that does not serve ``MuxListen`` (older
+than this coordinator) answers UNIMPLEMENTED: the streams waiting for it are
 reopened as plain calls, and so are all later ones.
 
 Each stream keeps what the agent sent and its reader has not taken yet; the
@@ -37,6 +41,7 @@ import grpc
 import orjson
 
 import olol.rpc.node_pb2 as node_pb2
+from olol.ids import new_id
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 ACK_BYTES = 256 * 1024
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _CLOSE = object()
+#: The metadata of the ``MuxSend`` call that names its session.
+SESSION_METADATA = "x-olol-mux-session"
 
 
 def _error_of(part: Any, channel: MuxChannel) -> Exception:
@@ -288,7 +295,8 @@ class MuxChannel:
         self._ids = itertools.count(1)
         self._streams: dict[int, MuxStream] = {}
         self._outbox: queue.SimpleQueue[Any] | None = None
-        self._call: Any = None
+        self._call: Any = None  # the MuxListen call
+        self._send_call: Any = None  # the MuxSend call
         self._reader: threading.Thread | None = None
         self.supported = True
         self._closed = False
@@ -327,13 +335,16 @@ class MuxChannel:
                     return
                 yield item
 
-        call = self._stub.Mux(requests(), metadata=self._metadata)
-        self._outbox, self._call = outbox, call
-        self._reader = threading.Thread(target=self._read, args=(call, outbox),
+        name = new_id()
+        call = self._stub.MuxListen(node_pb2.MuxHello(session=name), metadata=self._metadata)
+        sender = self._stub.MuxSend.future(
+            requests(), metadata=(*(self._metadata or ()), (SESSION_METADATA, name)))
+        self._outbox, self._call, self._send_call = outbox, call, sender
+        self._reader = threading.Thread(target=self._read, args=(call, sender, outbox),
                                         name=f"olol-mux-{self._address}", daemon=True)
         self._reader.start()
 
-    def _read(self, call: Any, outbox: queue.SimpleQueue[Any]) -> None:
+    def _read(self, call: Any, sender: Any, outbox: queue.SimpleQueue[Any]) -> None:
         streams = self._streams
         error: Any = None
         unimplemented = False
@@ -357,12 +368,13 @@ class MuxChannel:
             error = self.error(grpc.StatusCode.INTERNAL, f"multiplexed call failed: {exc}", 502)
         with self._lock:
             if self._call is call:
-                self._call, self._outbox, self._reader = None, None, None
+                self._call, self._send_call, self._outbox, self._reader = None, None, None, None
             if unimplemented:
                 self.supported = False
             orphans = list(streams.values())
             streams.clear()
         outbox.put(_CLOSE)
+        sender.cancel()
         for s in orphans:
             s.fail(error, reopen=unimplemented)
 
@@ -393,9 +405,12 @@ class MuxChannel:
         """End the call (the streams still open fail as cancelled) and its reader."""
         with self._lock:
             self._closed = True
-            call, outbox, reader = self._call, self._outbox, self._reader
+            call, sender = self._call, self._send_call
+            outbox, reader = self._outbox, self._reader
         if outbox is not None:
             outbox.put(_CLOSE)
+        if sender is not None:
+            sender.cancel()
         if call is not None:
             call.cancel()
         if reader is not None and reader is not threading.current_thread():

@@ -129,6 +129,16 @@ class NodeAgentStub:
                 request_serializer=olol_dot_node_dot_v1_dot_node__pb2.MuxUp.SerializeToString,
                 response_deserializer=olol_dot_node_dot_v1_dot_node__pb2.MuxDown.FromString,
                 _registered_method=True)
+        self.MuxListen = channel.unary_stream(
+                '/olol.node.v1.NodeAgent/MuxListen',
+                request_serializer=olol_dot_node_dot_v1_dot_node__pb2.MuxHello.SerializeToString,
+                response_deserializer=olol_dot_node_dot_v1_dot_node__pb2.MuxDown.FromString,
+                _registered_method=True)
+        self.MuxSend = channel.stream_unary(
+                '/olol.node.v1.NodeAgent/MuxSend',
+                request_serializer=olol_dot_node_dot_v1_dot_node__pb2.MuxUp.SerializeToString,
+                response_deserializer=olol_dot_node_dot_v1_dot_node__pb2.MuxSent.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -266,6 +276,20 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MuxListen(self, request, context):
+        """The same session on two calls (see MuxHello): the agent's messages...
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MuxSend(self, request_iterator, context):
+        """...and the coordinator's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -363,6 +387,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Mux,
                     request_deserializer=olol_dot_node_dot_v1_dot_node__pb2.MuxUp.FromString,
                     response_serializer=olol_dot_node_dot_v1_dot_node__pb2.MuxDown.SerializeToString,
+            ),
+            'MuxListen': grpc.unary_stream_rpc_method_handler(
+                    servicer.MuxListen,
+                    request_deserializer=olol_dot_node_dot_v1_dot_node__pb2.MuxHello.FromString,
+                    response_serializer=olol_dot_node_dot_v1_dot_node__pb2.MuxDown.SerializeToString,
+            ),
+            'MuxSend': grpc.stream_unary_rpc_method_handler(
+                    servicer.MuxSend,
+                    request_deserializer=olol_dot_node_dot_v1_dot_node__pb2.MuxUp.FromString,
+                    response_serializer=olol_dot_node_dot_v1_dot_node__pb2.MuxSent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -878,6 +912,60 @@ class NodeAgent:
             '/olol.node.v1.NodeAgent/Mux',
             olol_dot_node_dot_v1_dot_node__pb2.MuxUp.SerializeToString,
             olol_dot_node_dot_v1_dot_node__pb2.MuxDown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MuxListen(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/olol.node.v1.NodeAgent/MuxListen',
+            olol_dot_node_dot_v1_dot_node__pb2.MuxHello.SerializeToString,
+            olol_dot_node_dot_v1_dot_node__pb2.MuxDown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MuxSend(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/olol.node.v1.NodeAgent/MuxSend',
+            olol_dot_node_dot_v1_dot_node__pb2.MuxUp.SerializeToString,
+            olol_dot_node_dot_v1_dot_node__pb2.MuxSent.FromString,
             options,
             channel_credentials,
             insecure,

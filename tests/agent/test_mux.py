@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 import grpc
+import orjson
 import pytest
 
 from olol.agent.agent import Agent, AgentConfig
@@ -195,3 +196,98 @@ def test_a_lone_call_goes_on_its_own_and_overlapping_ones_share_the_mux(paced_ag
         assert list(second)[-1]["done"] is True
         assert len(paced_agent.servicer.mux_sessions()) == 1
         assert list(first)[-1]["done"] is True
+
+
+# --------------------------------------------------------------- the session's two calls
+def _raw_stub(address: str):
+    from olol.rpc import node_pb2_grpc
+
+    channel = grpc.insecure_channel(address)
+    return channel, node_pb2_grpc.NodeAgentStub(channel)
+
+
+def test_the_session_needs_a_name_and_one_coordinator_call(paced_agent, monkeypatch):
+    import olol.agent.service as service
+    from olol.rpc import node_pb2
+
+    monkeypatch.setattr(service, "JOIN_S", 0.3)
+    channel, stub = _raw_stub(paced_agent.address)
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            next(iter(stub.MuxListen(node_pb2.MuxHello(session=""), timeout=5)))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # a MuxSend naming no session is refused once the join wait is over
+        with pytest.raises(grpc.RpcError) as info:
+            stub.MuxSend(iter([node_pb2.MuxUp()]), timeout=5,
+                         metadata=(("x-olol-mux-session", "nobody"),))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        # a session can be opened once, and joined once
+        listen = stub.MuxListen(node_pb2.MuxHello(session="s1"), timeout=10)
+        assert wait_until(lambda: len(paced_agent.servicer.mux_sessions()) == 1)
+        with pytest.raises(grpc.RpcError) as info:
+            next(iter(stub.MuxListen(node_pb2.MuxHello(session="s1"), timeout=5)))
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        hold = threading.Event()
+        first = stub.MuxSend.future(iter(hold.wait, True), timeout=10,
+                                    metadata=(("x-olol-mux-session", "s1"),))
+        assert wait_until(lambda: paced_agent.servicer.mux_sessions()[0]._joined)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.MuxSend(iter([node_pb2.MuxUp()]), timeout=5,
+                         metadata=(("x-olol-mux-session", "s1"),))
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        first.cancel()
+        listen.cancel()
+    finally:
+        channel.close()
+
+
+def test_a_session_that_no_coordinator_call_joins_ends(paced_agent, monkeypatch):
+    import olol.agent.mux as mux
+    from olol.rpc import node_pb2
+
+    monkeypatch.setattr(mux, "JOIN_S", 0.3)
+    channel, stub = _raw_stub(paced_agent.address)
+    try:
+        listen = stub.MuxListen(node_pb2.MuxHello(session="lonely"), timeout=10)
+        assert list(listen) == []  # ended by the agent, without an error
+        assert wait_until(lambda: paced_agent.servicer.mux_sessions() == [])
+    finally:
+        channel.close()
+
+
+def test_the_single_bidirectional_call_still_serves_older_coordinators(paced_agent):
+    import queue
+
+    from olol.rpc import node_pb2
+
+    channel, stub = _raw_stub(paced_agent.address)
+    try:
+        ups: queue.SimpleQueue = queue.SimpleQueue()
+        ups.put(node_pb2.MuxUp(open=[node_pb2.MuxOpen(
+            id=1, path="/api/chat", model="llama3.2:1b",
+            body=orjson.dumps(chat("older coordinator", 5)))]))
+        call = stub.Mux(iter(ups.get, None), timeout=10)
+        bodies = []
+        for down in call:
+            for part in down.parts:
+                assert part.id == 1 and not part.code
+                bodies.extend(line for line in part.body.split(b"\n") if line)
+                if part.end:
+                    break
+            else:
+                continue
+            break
+        ups.put(None)
+        call.cancel()
+        records = [orjson.loads(b) for b in bodies]
+        assert len(records) == 6 and records[-1]["done"] is True
+    finally:
+        channel.close()
+
+
+def test_the_coordinator_reads_the_session_on_its_own_thread(paced_agent):
+    with NodeClient(paced_agent.address, mux_lone=True) as client:
+        assert list(client.chat(chat("one thread", 3)))[-1]["done"] is True
+        # a server-streaming call on a SingleThreadedUnaryStream channel: read by the
+        # reader thread itself, no channel thread in between
+        assert type(client._mux._call).__name__ == "_SingleThreadedRendezvous"
