@@ -340,11 +340,22 @@ class MuxChannel:
         sender = self._stub.MuxSend.future(
             requests(), metadata=(*(self._metadata or ()), (SESSION_METADATA, name)))
         self._outbox, self._call, self._send_call = outbox, call, sender
-        self._reader = threading.Thread(target=self._read, args=(call, sender, outbox),
+        failed: list[Any] = []  # the MuxSend call's code, when it failed
+
+        def sender_done(future: Any) -> None:
+            # this side's messages cannot reach the agent any more: end the session
+            # now (its streams are retried) rather than when the agent gives up on it
+            if not future.cancelled() and future.code() != grpc.StatusCode.OK:
+                failed.append(future.code())
+                call.cancel()
+
+        sender.add_done_callback(sender_done)
+        self._reader = threading.Thread(target=self._read, args=(call, sender, outbox, failed),
                                         name=f"olol-mux-{self._address}", daemon=True)
         self._reader.start()
 
-    def _read(self, call: Any, sender: Any, outbox: queue.SimpleQueue[Any]) -> None:
+    def _read(self, call: Any, sender: Any, outbox: queue.SimpleQueue[Any],
+              failed: list[Any]) -> None:
         streams = self._streams
         error: Any = None
         unimplemented = False
@@ -361,8 +372,13 @@ class MuxChannel:
                         stream.deliver(part)
             error = self.error(grpc.StatusCode.UNAVAILABLE, "the node ended its multiplexed call", 503)
         except grpc.RpcError as exc:
-            unimplemented = exc.code() == grpc.StatusCode.UNIMPLEMENTED
-            error = self._node_error(exc)
+            if failed and exc.code() == grpc.StatusCode.CANCELLED:  # cancelled by sender_done
+                unimplemented = failed[0] == grpc.StatusCode.UNIMPLEMENTED
+                error = self.error(grpc.StatusCode.UNAVAILABLE,
+                                   f"the node's multiplexed session failed ({failed[0].name})", 503)
+            else:
+                unimplemented = exc.code() == grpc.StatusCode.UNIMPLEMENTED
+                error = self._node_error(exc)
         except Exception as exc:  # noqa: BLE001 - the streams must hear of it
             log.exception("reading the multiplexed call of %s failed", self._address)
             error = self.error(grpc.StatusCode.INTERNAL, f"multiplexed call failed: {exc}", 502)

@@ -291,3 +291,18 @@ def test_the_coordinator_reads_the_session_on_its_own_thread(paced_agent):
         # a server-streaming call on a SingleThreadedUnaryStream channel: read by the
         # reader thread itself, no channel thread in between
         assert type(client._mux._call).__name__ == "_SingleThreadedRendezvous"
+
+
+def test_a_session_whose_coordinator_call_fails_ends_its_streams_as_retryable(paced_agent,
+                                                                             monkeypatch):
+    from olol.agent.mux import MuxSession
+
+    monkeypatch.setattr(MuxSession, "join", lambda self, requests: False)  # refused: 409
+    with NodeClient(paced_agent.address, mux_lone=True) as client:
+        with pytest.raises(NodeError) as info:
+            list(client.chat(chat("no way up", 3)))
+        # ended by this side at once (not when the agent gives up on the session), as
+        # a node failure the dispatcher retries elsewhere
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.http_status == 503
+        assert "multiplexed session failed (ALREADY_EXISTS)" in info.value.message
+        assert client._mux.supported  # not mistaken for an agent without the calls
