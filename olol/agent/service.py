@@ -466,7 +466,10 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         if pool is None:
             _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Mux is not served by this agent", 501)
             return None
-        name = request.session
+        return self._listen(request.session, pool, context)
+
+    def _listen(self, name: str, pool: Executor, context: Any) -> Iterator[Any]:
+        # a generator from the start: a call gRPC never iterates registers nothing
         if not name or len(name) > MAX_SESSION_CHARS:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                    f"a session name of 1 to {MAX_SESSION_CHARS} characters is required", 400)
@@ -482,9 +485,6 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
             self._mux_sessions.add(session)
             self._mux_named[name] = session
             self._mux_lock.notify_all()
-        return self._listen(name, session, context)
-
-    def _listen(self, name: str, session: MuxSession, context: Any) -> Iterator[Any]:
         try:
             yield from session.serve(context)
         finally:
@@ -509,7 +509,7 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
             _abort(context, grpc.StatusCode.NOT_FOUND, "no such multiplexed session", 404)
         elif not session.join(request_iterator):
             _abort(context, grpc.StatusCode.ALREADY_EXISTS,
-                   "this session has its coordinator's call already", 409)
+                   "this session is joined already, or over", 409)
         return node_pb2.MuxSent()
 
     def mux_sessions(self) -> list[MuxSession]:

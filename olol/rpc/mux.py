@@ -52,6 +52,8 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _CLOSE = object()
 #: The metadata of the ``MuxSend`` call that names its session.
 SESSION_METADATA = "x-olol-mux-session"
+#: How an agent refuses a ``MuxSend`` that does not fit its session.
+_SESSION_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS})
 
 
 def _error_of(part: Any, channel: MuxChannel) -> Exception:
@@ -346,7 +348,7 @@ class MuxChannel:
             # this side's messages cannot reach the agent any more: end the session
             # now (its streams are retried) rather than when the agent gives up on it
             if not future.cancelled() and future.code() != grpc.StatusCode.OK:
-                failed.append(future.code())
+                failed.append(future.exception())
                 call.cancel()
 
         sender.add_done_callback(sender_done)
@@ -373,9 +375,13 @@ class MuxChannel:
             error = self.error(grpc.StatusCode.UNAVAILABLE, "the node ended its multiplexed call", 503)
         except grpc.RpcError as exc:
             if failed and exc.code() == grpc.StatusCode.CANCELLED:  # cancelled by sender_done
-                unimplemented = failed[0] == grpc.StatusCode.UNIMPLEMENTED
-                error = self.error(grpc.StatusCode.UNAVAILABLE,
-                                   f"the node's multiplexed session failed ({failed[0].name})", 503)
+                code = failed[0].code()
+                unimplemented = code == grpc.StatusCode.UNIMPLEMENTED
+                if code in _SESSION_CODES:  # the session itself went wrong: try again
+                    error = self.error(grpc.StatusCode.UNAVAILABLE,
+                                       f"the node's multiplexed session failed ({code.name})", 503)
+                else:  # what the node says of any call (a bad token, going away, ...)
+                    error = self._node_error(failed[0])
             else:
                 unimplemented = exc.code() == grpc.StatusCode.UNIMPLEMENTED
                 error = self._node_error(exc)
