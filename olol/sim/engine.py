@@ -219,7 +219,7 @@ class Stepper:
                 break
         if step.error is not None:
             raise step.error
-        if not step.done.is_set():
+        if not step.done.is_set() or (step.handback and waiter.aborted()):
             raise Aborted()
         if step.handback:
             fn()
