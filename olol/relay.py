@@ -152,10 +152,7 @@ class StreamRelay(Relay):
                 exc.mid_stream = True
                 failure = exc
             else:
-                self.last_record = self._monotonic()
-                if self.transcript is not None:
-                    self.transcript.add(body, self.last_record)
-                self._on_record()
+                self._took(body)
                 continue
             rest = self._fail(failure)
             if rest is None:
@@ -180,13 +177,17 @@ class StreamRelay(Relay):
             data = render(body, False)
             if data and not write(data):
                 return False
-            self.last_record = self._monotonic()
-            if self.transcript is not None:
-                self.transcript.add(body, self.last_record)
-            self._on_record()
+            self._took(body)
             return True
 
         return bool(set_sink(sink))
+
+    def _took(self, body: bytes) -> None:
+        """A message is handed on: its time, the transcript, the caller's upkeep."""
+        self.last_record = self._monotonic()
+        if self.transcript is not None:
+            self.transcript.add(body, self.last_record)
+        self._on_record()
 
     # ------------------------------------------------------------------ settling
     def _complete(self, body: bytes) -> None:

@@ -38,6 +38,7 @@ import grpc
 
 from olol.agent.ollama import (
     MAX_LINE_BYTES,
+    TRUNCATED_MESSAGE,
     ChunkedLines,
     OllamaCall,
     sort_records,
@@ -51,15 +52,14 @@ WINDOW_BYTES = 1024 * 1024
 PATHS = ("/api/generate", "/api/chat")
 STATUS_METADATA = "x-ollama-status"
 STREAM_ERROR_METADATA = "x-ollama-stream-error"
+#: Request metadata: "build the non-streamed answer here and show progress every
+#: N seconds" (value: N). See :mod:`olol.agent.aggregate`.
 AGGREGATE_METADATA = "x-olol-aggregate"
 #: How often a waiting session checks that its call is still alive.
 CHECK_S = 1.0
 #: A session that no ``MuxSend`` joins within this many seconds ends.
 JOIN_S = 10.0
-#: The metadata of a ``MuxSend`` call that names its session.
-SESSION_METADATA = "x-olol-mux-session"
 READ_SIZE = 65536
-TRUNCATED_MESSAGE = "ollama ended the stream without its final record"
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 

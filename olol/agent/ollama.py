@@ -30,6 +30,8 @@ _LOG = logging.getLogger(__name__)
 
 #: Longest NDJSON record accepted from Ollama (final records carry the context array).
 MAX_LINE_BYTES = 64 * 1024 * 1024
+#: A streamed answer that ended cleanly without its final record.
+TRUNCATED_MESSAGE = "ollama ended the stream without its final record"
 #: Largest non-streamed body accepted from Ollama (embeddings of a big batch).
 MAX_BODY_BYTES = 256 * 1024 * 1024
 #: Largest error body read from Ollama.

@@ -31,8 +31,17 @@ from olol import __version__
 from olol.agent.aggregate import AggregateError, Aggregator
 from olol.agent.forward import forward
 from olol.agent.hardware import HardwareProbe
-from olol.agent.mux import JOIN_S, SESSION_METADATA, WINDOW_BYTES, MuxSession, MuxStart
+from olol.agent.mux import (
+    AGGREGATE_METADATA,
+    JOIN_S,
+    STATUS_METADATA,
+    STREAM_ERROR_METADATA,
+    WINDOW_BYTES,
+    MuxSession,
+    MuxStart,
+)
 from olol.agent.ollama import (
+    TRUNCATED_MESSAGE,
     OllamaCall,
     OllamaClient,
     OllamaHTTPError,
@@ -41,15 +50,10 @@ from olol.agent.ollama import (
     sort_records,
 )
 from olol.rpc import node_pb2, node_pb2_grpc
+from olol.rpc.mux import SESSION_METADATA
 
 _LOG = logging.getLogger(__name__)
 
-STATUS_METADATA = "x-ollama-status"
-STREAM_ERROR_METADATA = "x-ollama-stream-error"
-#: Request metadata: "build the non-streamed answer here and show progress every
-#: N seconds" (value: N). See :mod:`olol.agent.aggregate`.
-AGGREGATE_METADATA = "x-olol-aggregate"
-TRUNCATED_MESSAGE = "ollama ended the stream without its final record"
 #: A ``MuxListen`` session's name: at most this many characters.
 MAX_SESSION_CHARS = 64
 #: ``MuxListen`` sessions open at once.
@@ -452,12 +456,27 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         if pool is None:
             _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Mux is not served by this agent", 501)
             return None
+        session = self._new_session(context, pool, None)
+        return session.serve(context, request_iterator)
+
+    def _new_session(self, context: Any, pool: Executor, name: str | None) -> MuxSession:
+        """A session, counted among those served; ``name``: a ``MuxListen`` session,
+        found by its ``MuxSend`` under that name."""
         session = MuxSession(self._mux_start, pool, self._mux_calls, self._mux_window)
         with self._mux_lock:
             if self._mux_draining:
                 _abort(context, grpc.StatusCode.UNAVAILABLE, "the agent is stopping", 503)
+            if name is not None:
+                if name in self._mux_named:
+                    _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                           "this session is open already", 409)
+                if len(self._mux_named) >= MAX_SESSIONS:
+                    _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           "too many multiplexed sessions", 503)
+                self._mux_named[name] = session
+                self._mux_lock.notify_all()
             self._mux_sessions.add(session)
-        return session.serve(context, request_iterator)
+        return session
 
     def MuxListen(self, request, context):
         """The agent's messages of a session whose coordinator's messages come on a
@@ -473,18 +492,7 @@ class NodeAgentServicer(node_pb2_grpc.NodeAgentServicer):
         if not name or len(name) > MAX_SESSION_CHARS:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                    f"a session name of 1 to {MAX_SESSION_CHARS} characters is required", 400)
-        session = MuxSession(self._mux_start, pool, self._mux_calls, self._mux_window)
-        with self._mux_lock:
-            if self._mux_draining:
-                _abort(context, grpc.StatusCode.UNAVAILABLE, "the agent is stopping", 503)
-            if name in self._mux_named:
-                _abort(context, grpc.StatusCode.ALREADY_EXISTS, "this session is open already", 409)
-            if len(self._mux_named) >= MAX_SESSIONS:
-                _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       "too many multiplexed sessions", 503)
-            self._mux_sessions.add(session)
-            self._mux_named[name] = session
-            self._mux_lock.notify_all()
+        session = self._new_session(context, pool, name)
         try:
             yield from session.serve(context)
         finally:

@@ -176,9 +176,6 @@ class Stepper:
     The thread (``olol-sim-step``) starts on first use and ends with ``stop``.
     """
 
-    #: writes due within this much of the step being run go with it
-    TOLERANCE_S = 0.0002
-
     def __init__(self, stop: threading.Event,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._stop = stop
@@ -233,9 +230,8 @@ class Stepper:
                     self._cond.wait(min(wait, 0.5))
                     continue
                 batch = []
-                limit = now + self.TOLERANCE_S
                 keys = set()
-                while self._heap and self._heap[0][0] <= limit:
+                while self._heap and self._heap[0][0] <= now:
                     step = heapq.heappop(self._heap)[2]
                     if step.key is not None:
                         keys.add(step.key)
