@@ -99,6 +99,7 @@ class KeyStore:
         self.clock = clock
         db.register_table(API_KEYS_SCHEMA)
         self._lock = threading.Lock()
+        self._create_lock = threading.Lock()  # apart: requests' checks never wait on it
         self._last_write: dict[str, float] = {}
 
     def create(
@@ -115,24 +116,28 @@ class KeyStore:
             raise ValueError(f"key name longer than {MAX_NAME_LEN} characters")
         if isinstance(default_priority, bool) or not isinstance(default_priority, int):
             raise ValueError("default_priority must be an integer")
-        if any(not k.revoked and k.name == name for k in self.list(include_revoked=False)):
-            raise ValueError(f"an active key is already named {name!r}: names tell keys "
-                             "apart in logs and listings")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + uuid.uuid4().hex[:16]
-        self.db.insert(
-            TABLE,
-            {
-                "id": key_id,
-                "name": name,
-                "hash": token_digest(token),
-                "prefix": token[:PREFIX_LEN],
-                "admin": bool(admin),
-                "default_priority": int(default_priority),
-                "revoked": False,
-                "last_used_at": None,
-            },
-        )
+        folded = name.casefold()
+        with self._create_lock:  # two creations of one name at once: one is refused
+            taken = next((k.name for k in self.list(include_revoked=False)
+                          if k.name.casefold() == folded), None)
+            if taken is not None:
+                raise ValueError(f"an active key is already named {taken!r}: names tell "
+                                 "keys apart in logs and listings, whatever their case")
+            self.db.insert(
+                TABLE,
+                {
+                    "id": key_id,
+                    "name": name,
+                    "hash": token_digest(token),
+                    "prefix": token[:PREFIX_LEN],
+                    "admin": bool(admin),
+                    "default_priority": int(default_priority),
+                    "revoked": False,
+                    "last_used_at": None,
+                },
+            )
         return key_id, token
 
     def verify(self, token: str | None, *, touch: bool = True) -> KeyInfo | None:

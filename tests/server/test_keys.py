@@ -212,3 +212,48 @@ def test_cli_through_olol_main(tmp_path, monkeypatch, capsys):
     assert "key: olol-" in out and "not shown again" in out
     assert olol.cli.main(["keys", "ls", "--data-dir", data]) == 0
     assert "svc" in capsys.readouterr().out
+
+
+def test_active_key_names_differ_by_more_than_case():
+    keys = KeyStore(DatabaseManager.memory())
+    key_id, _ = keys.create("CI-bot")
+    with pytest.raises(ValueError, match="already named 'CI-bot'"):
+        keys.create("ci-BOT")
+    # a revoked key's name is free again, whatever its case
+    keys.revoke(key_id)
+    keys.create("ci-bot")
+    assert sorted(k.name for k in keys.list()) == ["CI-bot", "ci-bot"]
+
+
+def test_concurrent_creations_of_one_name_make_one_key():
+    import threading
+    import time
+
+    db = DatabaseManager.memory()
+    read_all = db.all
+
+    def slow_all(*args, **kw):  # a store a round trip away: reads take a while
+        rows = read_all(*args, **kw)
+        time.sleep(0.02)
+        return rows
+
+    db.all = slow_all  # type: ignore[method-assign]
+    keys = KeyStore(db)
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def create(i: int) -> None:
+        start.wait(timeout=10)
+        try:
+            keys.create("Shared" if i % 2 else "shared")
+            outcomes.append("made")
+        except ValueError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(i,), name=f"create-{i}") for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(outcomes) == ["made"] + ["refused"] * 7
+    assert len(keys.list()) == 1
