@@ -94,7 +94,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     try:
         db = DatabaseManager(_dir(args), background_checkpoints=False)
     except jr.StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"olol db: {exc}", file=sys.stderr)
         return 1
     try:
         result = db.checkpoint()
@@ -108,12 +108,12 @@ def cmd_dump(args: argparse.Namespace) -> int:
     try:
         rec = jr.recover(_dir(args), repair=False)
     except jr.StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"olol db: {exc}", file=sys.stderr)
         return 1
     tables = rec.tables
     if args.table:
         if args.table not in tables:
-            print(f"error: no table {args.table!r}; tables: {', '.join(sorted(tables))}",
+            print(f"olol db: no table {args.table!r}; tables: {', '.join(sorted(tables))}",
                   file=sys.stderr)
             return 1
         out = {str(k): v for k, v in sorted(tables[args.table].items())}

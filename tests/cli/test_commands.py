@@ -141,7 +141,7 @@ def test_db_check_compact_dump(olol, cluster, tmp_path):
     assert json.loads(ok(olol("db", "compact", "--data-dir", data)))
     dumped = json.loads(ok(olol("db", "dump", "servers", "--data-dir", data)))
     assert "gpu1.lan:50051" in json.dumps(dumped)
-    fails_in_one_line(olol("db", "dump", "colours", "--data-dir", data), 1, "colours")
+    fails_in_one_line(olol("db", "dump", "colours", "--data-dir", data), 1, "olol db: ", "colours")
 
 
 def test_certs_init_issue(olol, tmp_path):
