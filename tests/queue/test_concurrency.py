@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
+
+import pytest
 
 from tests.queue.conftest import make_request
 
@@ -17,7 +20,17 @@ def _run(threads: list[threading.Thread]) -> None:
         assert not t.is_alive(), f"{t.name} did not finish"
 
 
-def test_no_double_claim_under_16_threads(make_queue):
+@pytest.fixture()
+def interleaved():
+    """Threads handed the GIL every few microseconds: a claim takes tens of them, so one
+    thread cannot take the whole queue within its default 5 ms turn."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_no_double_claim_under_16_threads(make_queue, interleaved):
     q = make_queue()
     n = 400
     ids = {q.enqueue(make_request(model=("llama3.2:1b", "qwen2:0.5b")[i % 2], prompt=str(i),
