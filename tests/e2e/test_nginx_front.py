@@ -2,8 +2,9 @@
 is not installed: ``apt-get install nginx-light``).
 
 The example is used as shipped, with only its addresses and certificate paths
-replaced: TLS, streaming through it with the official client, and the per-address
-limits that olol leaves to a fronting proxy.
+replaced, in front of a proxy with keys on (a public deployment): TLS, streaming
+through it with the official client, the dashboard's cookie marked Secure, and the
+per-address limits that olol leaves to a fronting proxy.
 """
 
 from __future__ import annotations
@@ -61,12 +62,15 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def front(tmp_path_factory):
     from olol.context import ProxyConfig
+    from olol.keys import KeyStore
     from olol.proxy import Proxy
 
     tmp = tmp_path_factory.mktemp("nginx")
     sims, agents = start_nodes(1, MODELS)
-    proxy = Proxy(ProxyConfig(listen="127.0.0.1:0", data_dir=tmp / "data",
+    proxy = Proxy(ProxyConfig(listen="127.0.0.1:0", data_dir=tmp / "data", keys_enabled=True,
                               nodes=[a.address for a in agents])).start()
+    keys = proxy.context.keys or KeyStore(proxy.db, proxy.clock)
+    _, admin = keys.create("admin", admin=True)
     cert, key = self_signed(tmp)
     port = free_port()
     site = (ROOT / "deploy" / "nginx" / "olol.conf").read_text()
@@ -95,7 +99,7 @@ http {{
     deadline = time.monotonic() + 15
     while True:
         try:
-            requests.get(url + "/api/version", verify=str(cert), timeout=1)
+            requests.get(url + "/olol/v1/health", verify=str(cert), timeout=1)
             break
         except requests.RequestException:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -103,7 +107,7 @@ http {{
                 out = proc.stdout.read().decode(errors="replace")
                 pytest.fail(f"nginx did not start with the example config: {out}")
             time.sleep(0.1)
-    yield url, str(cert)
+    yield url, str(cert), admin
     proc.terminate()
     proc.wait(timeout=10)
     proxy.stop(grace_s=2)
@@ -114,8 +118,9 @@ http {{
 
 
 def test_the_official_client_chats_and_streams_through_tls(front):
-    url, ca = front
-    client = ollama.Client(host=url, verify=ssl.create_default_context(cafile=ca))
+    url, ca, key = front
+    client = ollama.Client(host=url, verify=ssl.create_default_context(cafile=ca),
+                           headers={"Authorization": f"Bearer {key}"})
     answer = client.chat(model="llama3.2:1b", messages=[{"role": "user", "content": "hi"}])
     assert answer.done and answer.message.content
     parts = list(client.chat(model="llama3.2:1b", stream=True,
@@ -123,15 +128,30 @@ def test_the_official_client_chats_and_streams_through_tls(front):
     assert len(parts) > 2 and parts[-1].done  # streamed record by record, not buffered
 
 
+def test_the_dashboard_cookie_is_marked_secure(front):
+    url, ca, key = front
+    r = requests.post(url + "/olol/ui/login", data={"key": key}, verify=ca, timeout=10,
+                      allow_redirects=False)
+    assert r.status_code == 303
+    cookie = r.headers["Set-Cookie"]
+    assert cookie.startswith("olol_ui=")
+    flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "samesite"} <= flags
+    page = requests.get(url + "/olol/ui/nodes", verify=ca, timeout=10,
+                        cookies={"olol_ui": r.cookies["olol_ui"]}, allow_redirects=False)
+    assert page.status_code == 200  # the session works through the front
+
+
 def test_a_body_over_the_limit_is_refused_by_nginx(front):
-    url, ca = front
+    url, ca, key = front
     r = requests.post(url + "/api/chat", data=b"x" * (33 << 20), verify=ca, timeout=60,
                       headers={"Content-Type": "application/json"})
     assert r.status_code == 413
 
 
 def test_one_address_cannot_hold_more_than_its_share_of_connections(front):
-    url, ca = front
+    url, ca, key = front
+    auth = f"Authorization: Bearer {key}\r\n".encode()
     host, port = url.removeprefix("https://").split(":")
     ctx = ssl.create_default_context(cafile=ca)
     held = []
@@ -139,16 +159,16 @@ def test_one_address_cannot_hold_more_than_its_share_of_connections(front):
         for _ in range(64):  # the example's limit_conn (held requests, not sockets)
             raw = socket.create_connection((host, int(port)), timeout=10)
             sock = ctx.wrap_socket(raw, server_hostname=host)
-            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n"
-                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n" + auth
+                         + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
             held.append(sock)
         time.sleep(0.5)
-        r = requests.get(url + "/api/version", verify=ca, timeout=10)
+        r = requests.get(url + "/olol/v1/health", verify=ca, timeout=10)
         assert r.status_code == 429
     finally:
         for sock in held:
             sock.close()
     deadline = time.monotonic() + 10
-    while requests.get(url + "/api/version", verify=ca, timeout=10).status_code != 200:
+    while requests.get(url + "/olol/v1/health", verify=ca, timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "the limit did not lift when the connections closed"
         time.sleep(0.2)
