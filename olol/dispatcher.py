@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from olol import passthrough
 from olol.hub import CHUNK, DONE, ERROR, RELAY
 from olol.metrics import request_usage
 from olol.node_faults import (
@@ -59,6 +58,7 @@ from olol.node_faults import (
     signature,
     transport_fault,
 )
+from olol.passthrough import PASSTHROUGH, PassthroughRuns
 from olol.relay import Relay, StreamRelay
 from olol.resume import CarryOvers, Resume, Transcript, carry_over, follow
 from olol.rpc.client import NodeError
@@ -82,7 +82,7 @@ class _AllGone(Exception):
     """Every caller of a batch went away."""
 
 
-class Dispatcher:
+class Dispatcher(PassthroughRuns):
     def __init__(
         self,
         queue_manager: DispatchQueue,
@@ -342,8 +342,8 @@ class Dispatcher:
                 for req in a.requests:
                     self._finish(req, resp)
                 final = resp
-            elif head["endpoint"] == passthrough.PASSTHROUGH:  # a route olol does not know
-                return passthrough.run(self, client, a)
+            elif head["endpoint"] == PASSTHROUGH:  # a route olol does not know
+                return self._run_passthrough(client, a)
             elif self._can_relay(a):
                 return self._start_relay(client, a)
             else:

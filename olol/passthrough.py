@@ -5,12 +5,12 @@ The front door (:mod:`olol.server.passthrough`) queues an unknown ``POST`` under
 ``passthrough``; its body says what to relay (``method``, ``path``, ``content_type``,
 ``raw``: the request body as the client sent it). The scheduler places it like any
 request for that model (a node that has it, loaded first; one slot; no batching, no
-coalescing). :func:`run` (called by the dispatcher for such a batch) opens the node's
-``Forward`` call, waits for the answer's head (status, Content-Type, first bytes), so
-that a node that fails before answering is retried on another as usual, then hands
-the rest to the caller's HTTP thread as a :class:`ForwardRelay`, the way streamed
-chats are relayed (:mod:`olol.relay`): the relay owns the slot and settles the
-request exactly once.
+coalescing). :meth:`PassthroughRuns._run_passthrough` (the dispatcher's run of such
+a batch) opens the node's ``Forward`` call, waits for the answer's head (status,
+Content-Type, first bytes), so that a node that fails before answering is retried on
+another as usual, then hands the rest to the caller's HTTP thread as a
+:class:`ForwardRelay`, the way streamed chats are relayed (:mod:`olol.relay`): the
+relay owns the slot and settles the request exactly once.
 
 What such routes do not get: coalescing and batching, carry-over of a broken stream
 to another node (:mod:`olol.resume`), model-name rewriting in the answer, token
@@ -22,14 +22,19 @@ own words). The node's status code and Content-Type are kept, whatever they are.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from olol.hub import RELAY
 from olol.metrics import request_usage
 from olol.relay import Relay
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment
+
+if TYPE_CHECKING:
+    from olol.interfaces import DispatchQueue, ResponseHub
+    from olol.node_faults import CallWatch
 
 log = logging.getLogger(__name__)
 
@@ -84,87 +89,111 @@ class ForwardRelay(Relay):
             self._settle_cb("completed", None)
 
 
-def run(d: Any, client: Any, a: Assignment) -> bool:
-    """Run a pass-through batch (one request) for the dispatcher ``d``; True: the
-    answer was handed to the caller's thread (which releases the slot).
+class PassthroughRuns:
+    """The dispatcher's runs of pass-through batches: mixed into
+    :class:`olol.dispatcher.Dispatcher`, kept here beside the relay they hand out. The
+    annotations below are the dispatcher's parts these runs use."""
 
-    :raises NodeError: the node failed before the answer's head (the dispatcher
-        retries or fails the request as for any call).
-    """
-    req = a.requests[0]
-    rid = req["id"]
-    body = req["body"]
-    raw = body.get("raw") or ""
-    stream = client.forward(
-        str(body.get("method") or "POST"), str(body.get("path") or ""),
-        raw.encode() if isinstance(raw, str) else b"",
-        content_type=str(body.get("content_type") or ""), model=req.get("model") or "",
-        timeout=d.request_timeout_s)
-    with d._running_lock:
-        d._running[a.batch_id] = stream
-        d._batch_of[rid] = (a.batch_id, [rid])
-    d._calls.watch(a.batch_id, stream, d._first_record_s(a), 0.0)
-    try:
+    queue: DispatchQueue
+    hub: ResponseHub
+    request_timeout_s: float
+    publish_timeout_s: float
+    stream_idle_timeout_s: float
+    lease_refresh_s: float
+    monotonic: Callable[[], float]
+    _calls: CallWatch
+    _relays: dict[str, Relay]
+    _running: dict[str, Any]
+    _batch_of: dict[str, tuple[str, list[str]]]
+    _running_lock: threading.Lock
+
+    if TYPE_CHECKING:
+        def _first_record_s(self, a: Assignment) -> float: ...
+        def _forget(self, a: Assignment) -> None: ...
+        def _succeeded(self, a: Assignment, final: Any = None) -> None: ...
+        def _settle_attempts(self, request_id: str, *, succeeded: bool) -> None: ...
+        def _release(self, assignment: Assignment) -> None: ...
+
+    def _run_passthrough(self, client: Any, a: Assignment) -> bool:
+        """Run a pass-through batch (one request); True: the answer was handed to the
+        caller's thread (which releases the slot).
+
+        :raises NodeError: the node failed before the answer's head (the dispatcher
+            retries or fails the request as for any call).
+        """
+        req = a.requests[0]
+        rid = req["id"]
+        body = req["body"]
+        raw = body.get("raw") or ""
+        stream = client.forward(
+            str(body.get("method") or "POST"), str(body.get("path") or ""),
+            raw.encode() if isinstance(raw, str) else b"",
+            content_type=str(body.get("content_type") or ""), model=req.get("model") or "",
+            timeout=self.request_timeout_s)
+        with self._running_lock:
+            self._running[a.batch_id] = stream
+            self._batch_of[rid] = (a.batch_id, [rid])
+        self._calls.watch(a.batch_id, stream, self._first_record_s(a), 0.0)
         try:
-            status, content_type, first = stream.head()
-        except NodeError as exc:
-            fired = d._calls.unwatch(a.batch_id)
-            exc = fired if fired is not None else exc
-            exc.mid_stream = False
-            raise exc from None
-    except BaseException:
-        d._calls.unwatch(a.batch_id)
-        d._forget(a)
-        raise
-    d._calls.unwatch(a.batch_id)
-    next_refresh = [d.monotonic() + d.lease_refresh_s]
+            try:
+                status, content_type, first = stream.head()
+            except NodeError as exc:
+                fired = self._calls.unwatch(a.batch_id)
+                exc = fired if fired is not None else exc
+                exc.mid_stream = False
+                raise exc from None
+        except BaseException:
+            self._calls.unwatch(a.batch_id)
+            self._forget(a)
+            raise
+        self._calls.unwatch(a.batch_id)
+        next_refresh = [self.monotonic() + self.lease_refresh_s]
 
-    def keep_lease() -> None:
-        now = d.monotonic()
-        if now >= next_refresh[0]:
-            next_refresh[0] = now + d.lease_refresh_s
-            d.queue.extend_lease(rid)
+        def keep_lease() -> None:
+            now = self.monotonic()
+            if now >= next_refresh[0]:
+                next_refresh[0] = now + self.lease_refresh_s
+                self.queue.extend_lease(rid)
 
-    def settle(outcome: str, info: Any) -> None:
-        _settle(d, a, outcome, info, status)
+        def settle(outcome: str, info: Any) -> None:
+            self._settle_passthrough(a, outcome, info, status)
 
-    relay = ForwardRelay(rid, stream, status, content_type, first, settle=settle,
-                         on_piece=keep_lease, monotonic=d.monotonic,
-                         idle_s=d.stream_idle_timeout_s)
-    with d._running_lock:
-        d._relays[rid] = relay
-    if d.queue.is_cancelled(rid):
-        relay.abandon("cancelled")
-    elif not d.hub.publish(rid, RELAY, relay, timeout=d.publish_timeout_s):
-        relay.abandon("the client went away")
-    return True
+        relay = ForwardRelay(rid, stream, status, content_type, first, settle=settle,
+                             on_piece=keep_lease, monotonic=self.monotonic,
+                             idle_s=self.stream_idle_timeout_s)
+        with self._running_lock:
+            self._relays[rid] = relay
+        if self.queue.is_cancelled(rid):
+            relay.abandon("cancelled")
+        elif not self.hub.publish(rid, RELAY, relay, timeout=self.publish_timeout_s):
+            relay.abandon("the client went away")
+        return True
 
-
-def _settle(d: Any, a: Assignment, outcome: str, info: Any,
-            status: int) -> None:
-    """The end of a relayed pass-through answer: record it, release the slot (once)."""
-    req = a.requests[0]
-    try:
-        d._forget(a)
-        if outcome == "completed":
-            if status >= 400:  # the node's own refusal, relayed as it is
-                d.queue.update_request_status(req["id"], "failed",
-                                              error=f"the node answered {status}",
-                                              error_status=status)
-                d._settle_attempts(req["id"], succeeded=False)
+    def _settle_passthrough(self, a: Assignment, outcome: str, info: Any,
+                            status: int) -> None:
+        """The end of a relayed pass-through answer: record it, release the slot (once)."""
+        req = a.requests[0]
+        try:
+            self._forget(a)
+            if outcome == "completed":
+                if status >= 400:  # the node's own refusal, relayed as it is
+                    self.queue.update_request_status(req["id"], "failed",
+                                                     error=f"the node answered {status}",
+                                                     error_status=status)
+                    self._settle_attempts(req["id"], succeeded=False)
+                else:
+                    self.queue.update_request_status(req["id"], "completed",
+                                                     usage=request_usage(None, cold=a.cold))
+                    self._succeeded(a)
+            elif outcome == "failed":
+                exc: NodeError = info
+                self.queue.update_request_status(req["id"], "failed", error=exc.message,
+                                                 error_status=exc.http_status)
+                self._settle_attempts(req["id"], succeeded=False)
             else:
-                d.queue.update_request_status(req["id"], "completed",
-                                              usage=request_usage(None, cold=a.cold))
-                d._succeeded(a)
-        elif outcome == "failed":
-            exc: NodeError = info
-            d.queue.update_request_status(req["id"], "failed", error=exc.message,
-                                          error_status=exc.http_status)
-            d._settle_attempts(req["id"], succeeded=False)
-        else:
-            d.queue.update_request_status(req["id"], "cancelled", error=str(info))
-            d._settle_attempts(req["id"], succeeded=False)
-    except Exception:
-        log.exception("settling pass-through request %s failed", req["id"])
-    finally:
-        d._release(a)
+                self.queue.update_request_status(req["id"], "cancelled", error=str(info))
+                self._settle_attempts(req["id"], succeeded=False)
+        except Exception:
+            log.exception("settling pass-through request %s failed", req["id"])
+        finally:
+            self._release(a)

@@ -143,3 +143,25 @@ def test_keys_and_priority_apply(make_cluster):
     bad = httpx.post(c.url + "/api/x-sim/echo", json=body,
                      headers={**_ready_with, "X-OLOL-Priority": "high"})
     assert bad.status_code == 400
+
+
+def test_each_answer_settles_its_record_and_frees_its_slot(live):
+    """What the relay settles once the answer is out: the queue record (completed, or
+    failed with the node's own status when it refused) and the node's slot."""
+    ctx = live.proxy.context
+    ok = httpx.post(live.url + "/api/x-sim/echo", timeout=30,
+                    json={"model": MODEL, "prompt": "hello", "stream": True})
+    bad = httpx.post(live.url + "/api/x-sim/echo", timeout=30,
+                     json={"model": MODEL, "prompt": 5})
+    assert (ok.status_code, bad.status_code) == (200, 400)
+
+    def record(resp: httpx.Response) -> dict:
+        return ctx.queue.get(resp.headers["x-olol-request-id"]) or {}
+
+    assert wait_until(lambda: record(ok).get("status") == "completed", 10), record(ok)
+    assert record(ok)["server_assigned"] in {a.address for a in live.agents}
+    assert wait_until(lambda: record(bad).get("status") == "failed", 10), record(bad)
+    assert record(bad)["error_status"] == 400
+    assert record(bad)["error"] == "the node answered 400"
+    assert wait_until(lambda: not any(ctx.scheduler.slots_in_use().values()), 10), \
+        ctx.scheduler.slots_in_use()
