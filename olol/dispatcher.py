@@ -432,27 +432,39 @@ class Dispatcher(PassthroughRuns):
             raise
         self._calls.unwatch(a.batch_id)  # the relay's own watchdog takes over
         first_ts = self.clock()  # the first record goes to the client now
-        next_refresh = [self.monotonic() + self.lease_refresh_s]
-
-        def keep_lease() -> None:
-            now = self.monotonic()
-            if now >= next_refresh[0]:
-                next_refresh[0] = now + self.lease_refresh_s
-                self.queue.extend_lease(rid)
 
         def settle(outcome: str, info: Any) -> Iterator[tuple[bytes, bool]] | None:
             return self._settle_relay(a, outcome, info, relay, first_ts)
 
         resumable = self._may_resume(a)
-        relay = StreamRelay(rid, stream, body, done, settle=settle, on_record=keep_lease,
-                            monotonic=self.monotonic,
+        relay = StreamRelay(rid, stream, body, done, settle=settle,
+                            on_record=self._lease_keeper(rid), monotonic=self.monotonic,
                             transcript=Transcript(req["endpoint"], sent) if resumable else None,
                             idle_s=self._idle_after_output(resumable))
+        return self._hand_over(rid, relay)
+
+    def _lease_keeper(self, request_id: str) -> Callable[[], None]:
+        """A callback for each record of a relayed answer: extends the request's lease
+        once every ``lease_refresh_s``, so a long answer keeps its claim."""
+        next_refresh = self.monotonic() + self.lease_refresh_s
+
+        def keep_lease() -> None:
+            nonlocal next_refresh
+            now = self.monotonic()
+            if now >= next_refresh:
+                next_refresh = now + self.lease_refresh_s
+                self.queue.extend_lease(request_id)
+
+        return keep_lease
+
+    def _hand_over(self, request_id: str, relay: Relay) -> bool:
+        """Give ``relay`` to the caller's thread (or end it: cancelled while its first
+        record came, or the caller gone). True: the relay now owns the slot."""
         with self._running_lock:
-            self._relays[rid] = relay
-        if self.queue.is_cancelled(rid):  # cancelled while the first record came
+            self._relays[request_id] = relay
+        if self.queue.is_cancelled(request_id):
             relay.abandon("cancelled")
-        elif not self.hub.publish(rid, RELAY, relay, timeout=self.publish_timeout_s):
+        elif not self.hub.publish(request_id, RELAY, relay, timeout=self.publish_timeout_s):
             relay.abandon("the client went away")
         return True
 

@@ -26,14 +26,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from olol.hub import RELAY
 from olol.metrics import request_usage
+from olol.node_faults import missed
 from olol.relay import Relay
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment
 
 if TYPE_CHECKING:
-    from olol.interfaces import DispatchQueue, ResponseHub
+    from olol.interfaces import DispatchQueue
     from olol.node_faults import CallWatch
 
 log = logging.getLogger(__name__)
@@ -95,20 +95,18 @@ class PassthroughRuns:
     annotations below are the dispatcher's parts these runs use."""
 
     queue: DispatchQueue
-    hub: ResponseHub
     request_timeout_s: float
-    publish_timeout_s: float
     stream_idle_timeout_s: float
-    lease_refresh_s: float
     monotonic: Callable[[], float]
     _calls: CallWatch
-    _relays: dict[str, Relay]
     _running: dict[str, Any]
     _batch_of: dict[str, tuple[str, list[str]]]
     _running_lock: threading.Lock
 
     if TYPE_CHECKING:
         def _first_record_s(self, a: Assignment) -> float: ...
+        def _lease_keeper(self, request_id: str) -> Callable[[], None]: ...
+        def _hand_over(self, request_id: str, relay: Relay) -> bool: ...
         def _forget(self, a: Assignment) -> None: ...
         def _succeeded(self, a: Assignment, final: Any = None) -> None: ...
         def _settle_attempts(self, request_id: str, *, succeeded: bool) -> None: ...
@@ -138,8 +136,7 @@ class PassthroughRuns:
             try:
                 status, content_type, first = stream.head()
             except NodeError as exc:
-                fired = self._calls.unwatch(a.batch_id)
-                exc = fired if fired is not None else exc
+                exc = missed(self._calls, a.batch_id, exc)
                 exc.mid_stream = False
                 raise exc from None
         except BaseException:
@@ -147,27 +144,14 @@ class PassthroughRuns:
             self._forget(a)
             raise
         self._calls.unwatch(a.batch_id)
-        next_refresh = [self.monotonic() + self.lease_refresh_s]
-
-        def keep_lease() -> None:
-            now = self.monotonic()
-            if now >= next_refresh[0]:
-                next_refresh[0] = now + self.lease_refresh_s
-                self.queue.extend_lease(rid)
 
         def settle(outcome: str, info: Any) -> None:
             self._settle_passthrough(a, outcome, info, status)
 
         relay = ForwardRelay(rid, stream, status, content_type, first, settle=settle,
-                             on_piece=keep_lease, monotonic=self.monotonic,
+                             on_piece=self._lease_keeper(rid), monotonic=self.monotonic,
                              idle_s=self.stream_idle_timeout_s)
-        with self._running_lock:
-            self._relays[rid] = relay
-        if self.queue.is_cancelled(rid):
-            relay.abandon("cancelled")
-        elif not self.hub.publish(rid, RELAY, relay, timeout=self.publish_timeout_s):
-            relay.abandon("the client went away")
-        return True
+        return self._hand_over(rid, relay)
 
     def _settle_passthrough(self, a: Assignment, outcome: str, info: Any,
                             status: int) -> None:

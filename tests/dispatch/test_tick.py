@@ -230,3 +230,20 @@ def test_a_stopping_dispatcher_claims_nothing(rig):
     r.dispatcher.stop(grace_s=0.0)
     assert r.dispatcher.tick() is None
     assert r.status_of("r1") == "pending"
+
+
+def test_a_relayed_answer_refreshes_its_lease_on_the_injected_clock(rig):
+    """A relay (streamed chat or pass-through) calls the dispatcher's lease keeper for
+    each record it reads: the lease is extended once lease_refresh_s has passed."""
+    r = rig(("n1:1",), lease_refresh_s=10.0)
+    r.submit("r1", listen=False)
+    assert [d["id"] for d in r.queue.dequeue(1, ids=["r1"], server="n1:1")] == ["r1"]
+    keep = r.dispatcher._lease_keeper("r1")
+    leases = [r.queue.get("r1")["lease_until"]]
+    for _ in range(3):
+        r.mono.now += 6.0
+        r.clock.advance(6.0)
+        keep()
+        leases.append(r.queue.get("r1")["lease_until"])
+    # refreshed at 12 s of the dispatcher's clock (the 2nd record), not before or again
+    assert leases[0] == leases[1] < leases[2] == leases[3]
