@@ -362,8 +362,14 @@ class Engine:
                 prompt_eval_duration=_ns(t_prompt - t_load),
                 eval_duration=_ns(end - t_prompt),
             )
-            emitter.finish(result)
+            # counted before the final record leaves: whoever holds the whole answer
+            # sees it counted (a client that reads the counters at once did not)
             self.stats.add("generations_completed")
+            try:
+                emitter.finish(result)
+            except BaseException:
+                self.stats.add("generations_completed", -1)
+                raise
         except (Aborted, ClientGone):
             self.stats.add("generations_cancelled")
             ex.abort()
