@@ -351,8 +351,7 @@ class Dispatcher(PassthroughRuns):
                 final = self._run_stream(client, a, keep)
         except _AllGone:
             for req in a.requests:
-                self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
-                self._settle_attempts(req["id"], succeeded=False)
+                self._end_unsuccessful(req["id"], "cancelled", error="the client went away")
             return False
         except NodeError as exc:
             with self._running_lock:
@@ -500,12 +499,10 @@ class Dispatcher(PassthroughRuns):
                         a, req, exc, relay.transcript):
                     rest = self._follow(req["id"])
                 else:
-                    self.queue.update_request_status(
-                        req["id"], "failed", error=exc.message, error_status=exc.http_status)
-                    self._settle_attempts(req["id"], succeeded=False)
+                    self._end_unsuccessful(req["id"], "failed", error=exc.message,
+                                           error_status=exc.http_status)
             elif outcome == "cancelled":
-                self.queue.update_request_status(req["id"], "cancelled", error=str(info))
-                self._settle_attempts(req["id"], succeeded=False)
+                self._end_unsuccessful(req["id"], "cancelled", error=str(info))
         except Exception:
             log.exception("settling request %s failed", req["id"])
         finally:
@@ -764,8 +761,7 @@ class Dispatcher(PassthroughRuns):
                 req["id"], ERROR, {"status": status, "error": message, "started": started},
                 timeout=self.publish_timeout_s,
             )
-        self.queue.update_request_status(req["id"], "failed", error=message, error_status=status)
-        self._settle_attempts(req["id"], succeeded=False)
+        self._end_unsuccessful(req["id"], "failed", error=message, error_status=status)
 
     def fail_unplaceable(self, req: dict, message: str) -> None:
         """A claimed request no node can serve (its model is nowhere)."""
@@ -839,6 +835,12 @@ class Dispatcher(PassthroughRuns):
         if not ticket.counted:  # no retry will ever confirm it: do not hold the node
             self.cluster.retract_failure(ticket)
 
+    def _end_unsuccessful(self, request_id: str, status: str, **fields: Any) -> None:
+        """Record that a request ended ``failed`` or ``cancelled`` (``fields``: its
+        error and status), and settle its attempts."""
+        self.queue.update_request_status(request_id, status, **fields)
+        self._settle_attempts(request_id, succeeded=False)
+
     def _settle_attempts(self, request_id: str, *, succeeded: bool) -> None:
         """The request is over. When it succeeded after failures, those failures
         were the nodes' doing: count the ones still pending."""
@@ -856,8 +858,7 @@ class Dispatcher(PassthroughRuns):
         attempts = self._resumes.attempts(req["id"], int(req.get("attempts") or 1))
         gone = req.get("kind") != "job" and not self.hub.listening(req["id"])
         if gone:
-            self.queue.update_request_status(req["id"], "cancelled", error="the client went away")
-            self._settle_attempts(req["id"], succeeded=False)
+            self._end_unsuccessful(req["id"], "cancelled", error="the client went away")
         elif attempts < self.max_attempts:
             delay = self.retry_backoff_s * (2 ** (attempts - 1))
             self.queue.requeue(req["id"], delay_s=delay, reason=exc.message)

@@ -109,7 +109,7 @@ class PassthroughRuns:
         def _hand_over(self, request_id: str, relay: Relay) -> bool: ...
         def _forget(self, a: Assignment) -> None: ...
         def _succeeded(self, a: Assignment, final: Any = None) -> None: ...
-        def _settle_attempts(self, request_id: str, *, succeeded: bool) -> None: ...
+        def _end_unsuccessful(self, request_id: str, status: str, **fields: Any) -> None: ...
         def _release(self, assignment: Assignment) -> None: ...
 
     def _run_passthrough(self, client: Any, a: Assignment) -> bool:
@@ -161,22 +161,19 @@ class PassthroughRuns:
             self._forget(a)
             if outcome == "completed":
                 if status >= 400:  # the node's own refusal, relayed as it is
-                    self.queue.update_request_status(req["id"], "failed",
-                                                     error=f"the node answered {status}",
-                                                     error_status=status)
-                    self._settle_attempts(req["id"], succeeded=False)
+                    self._end_unsuccessful(req["id"], "failed",
+                                           error=f"the node answered {status}",
+                                           error_status=status)
                 else:
                     self.queue.update_request_status(req["id"], "completed",
                                                      usage=request_usage(None, cold=a.cold))
                     self._succeeded(a)
             elif outcome == "failed":
                 exc: NodeError = info
-                self.queue.update_request_status(req["id"], "failed", error=exc.message,
-                                                 error_status=exc.http_status)
-                self._settle_attempts(req["id"], succeeded=False)
+                self._end_unsuccessful(req["id"], "failed", error=exc.message,
+                                       error_status=exc.http_status)
             else:
-                self.queue.update_request_status(req["id"], "cancelled", error=str(info))
-                self._settle_attempts(req["id"], succeeded=False)
+                self._end_unsuccessful(req["id"], "cancelled", error=str(info))
         except Exception:
             log.exception("settling pass-through request %s failed", req["id"])
         finally:
