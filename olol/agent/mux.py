@@ -402,19 +402,25 @@ class MuxSession:
 
     def _watch(self, stream: _Stream) -> None:
         # on the session's thread
-        if stream.over or stream.registered:
-            return
-        if not stream.call.ctx.is_active():
-            self._finish(stream, None)  # cancelled while paused
+        if stream.over:
             return
         with self._cond:
+            # membership, not ctx.is_active(): _cancel drops the call under this
+            # lock, and runs the context's callbacks only after releasing it
+            gone = self._calls.get(stream.cid) is not stream.call
             full = stream.call.sent - stream.call.acked > self._window
-        if full:
-            return  # _ack hands it back once the coordinator caught up
+            register = not gone and not full and not stream.registered
+            if register:
+                stream.registered = True
+        if gone:
+            self._finish(stream, None)  # cancelled (paused, or about to be)
+            return
+        if not register:
+            return  # reading already, or paused: _ack hands it back once caught up
         try:
             self._selector.register(stream.sock, selectors.EVENT_READ, stream)
-            stream.registered = True
         except (OSError, ValueError, KeyError):
+            stream.registered = False
             self._finish(stream, None)
 
     def _pump(self, stream: _Stream) -> None:
@@ -433,11 +439,19 @@ class MuxSession:
             self._finish(stream, None)  # cancelled: nothing more to say
             return
         if self._feed(stream, data, wake=False):
+            # pausing is decided under the lock _cancel and _ack take, so neither
+            # sees the stream still read when it is about to be paused (a cancel
+            # would then leave it paused, its Ollama request and slot held)
             with self._cond:
-                full = stream.call.sent - stream.call.acked > self._window
-            if full and stream.registered:
+                gone = self._calls.get(stream.cid) is not stream.call
+                pause = (not gone and stream.registered
+                         and stream.call.sent - stream.call.acked > self._window)
+                if pause:
+                    stream.registered = False
+            if gone:
+                self._finish(stream, None)
+            elif pause:
                 self._selector.unregister(stream.sock)
-                stream.registered = False
 
     def _feed(self, stream: _Stream, data: bytes, wake: bool) -> bool:
         """Decode ``data`` and queue its records; False once the stream is over."""
@@ -568,6 +582,8 @@ class MuxSession:
                 return
             if call.stream is not None and not call.stream.registered:
                 self._handed.append(call.stream)  # paused: the session finishes it
+            # else a read stream: its next read sees the call gone, and the
+            # context's callbacks below shut its socket, which makes it readable
         call.ctx.cancel()
         self._wake()
         with self._cond:

@@ -7,7 +7,9 @@ slots sharing messages, per-call flow control, bounds, fallback, shutdown.
 
 from __future__ import annotations
 
+import selectors
 import threading
+import types
 
 import grpc
 import orjson
@@ -182,6 +184,58 @@ def test_cancelling_a_held_stream_releases_its_ollama_request():
     finally:
         agent.stop(0)
         sim.stop()
+
+
+@pytest.fixture
+def held_pause(monkeypatch):
+    """The session's first pause of a stream (its window full) is held open until
+    the test releases it: (pausing, release) events."""
+    pausing = threading.Event()
+    release = threading.Event()
+
+    class SlowToPause(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def unregister(self, fileobj):
+            if not pausing.is_set():
+                pausing.set()
+                release.wait(5)
+            return super().unregister(fileobj)
+
+    monkeypatch.setattr("olol.agent.mux.selectors", types.SimpleNamespace(
+        DefaultSelector=SlowToPause, EVENT_READ=selectors.EVENT_READ))
+    yield pausing, release
+    release.set()
+
+
+@pytest.fixture
+def small_window_agent():
+    sim = make_sim(parallel=4, response_tokens=(1500, 2000))
+    agent = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=sim.url))
+    try:
+        agent.start()
+        agent.servicer._mux_window = 4096
+        yield sim, agent
+    finally:
+        agent.stop(0)
+        sim.stop()
+
+
+def test_a_cancel_that_races_the_pause_of_a_full_window_still_releases(held_pause,
+                                                                        small_window_agent):
+    """A cancel taken while the session pauses the stream finishes it all the same
+    (a pause decided outside the lock the cancel takes left it paused for good, its
+    Ollama request and slot held: the test above failed once in CI)."""
+    pausing, release = held_pause
+    sim, agent = small_window_agent
+    with NodeClient(agent.address, mux_lone=True) as client:
+        held = client.chat(chat("a long answer", 2000))
+        assert next(held)["done"] is False
+        assert pausing.wait(5)
+        session = agent.servicer.mux_sessions()[0]
+        held.cancel()
+        assert wait_until(lambda: not session.unacked())  # the cancel is taken
+        release.set()
+        assert wait_until(lambda: client.status()["agent"]["in_flight_total"] == 0)
+        assert wait_until(lambda: sim.stats()["active_generations"] == 0)
 
 
 def test_a_lone_call_goes_on_its_own_and_overlapping_ones_share_the_mux(paced_agent):
