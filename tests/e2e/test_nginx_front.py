@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import MODELS, start_nodes
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or next(
@@ -162,9 +163,9 @@ def test_one_address_cannot_hold_more_than_its_share_of_connections(front):
             sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\n" + auth
                          + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
             held.append(sock)
-        time.sleep(0.5)
-        r = requests.get(url + "/olol/v1/health", verify=ca, timeout=10)
-        assert r.status_code == 429
+        # nginx counts a connection once it has read its request's headers
+        assert wait_until(lambda: requests.get(url + "/olol/v1/health", verify=ca,
+                                               timeout=10).status_code == 429, step=0.1)
     finally:
         for sock in held:
             sock.close()
