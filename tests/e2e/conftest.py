@@ -28,6 +28,13 @@ class Cluster:
         return self.proxy.url
 
 
+def idle(proxy) -> bool:
+    """Nothing held: no relay, no running call, no active batch, no slot, no channel."""
+    d = proxy.dispatcher
+    return (not d._relays and not d._running and d._active == 0
+            and not proxy.scheduler.slots_in_use() and len(proxy.hub) == 0)
+
+
 def start_nodes(n: int, models: str = MODELS, parallel: int = 4, **sim_kw):
     sims, agents = [], []
     for _ in range(n):

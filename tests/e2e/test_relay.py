@@ -12,16 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import ollama
 import requests
 
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import idle, wait_until
 
 CHAT = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "Tell me a story."}]}
-
-
-def idle(proxy) -> bool:
-    """Nothing held: no relay, no running call, no active batch, no slot, no channel."""
-    d = proxy.dispatcher
-    return (not d._relays and not d._running and d._active == 0
-            and not proxy.scheduler.slots_in_use() and len(proxy.hub) == 0)
 
 
 def test_concurrent_streams_complete_and_release_everything(make_cluster):
