@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 MAX_BATCH = 1_000
 MAX_DELAY_S = 86_400.0
+#: Longer strings are no request id (ids are 32 hex digits): not looked up in the store.
+MAX_ID_CHARS = 64
 
 log = logging.getLogger(__name__)
 
@@ -767,6 +769,10 @@ class QueueManager:
     def cancel(self, request_id: str) -> bool:
         """Pending or processing -> cancelled. Listeners (the dispatcher) hear of it, so
         a request already running on a node is stopped there."""
+        with self._lock:
+            known = isinstance(request_id, str) and request_id in self._s.entries
+        if not known:
+            self._catch_up(request_id)
         done = self._set(
             request_id, ACTIVE, lambda e, now: finish_patch("cancelled", now, "cancelled"),
             any_claim=True,
@@ -790,8 +796,14 @@ class QueueManager:
 
     # ------------------------------------------------------------------ reading
     def get(self, request_id: str) -> dict | None:
+        if not isinstance(request_id, str):
+            return None
         with self._lock:
-            e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
+            known = request_id in self._s.entries
+        if not known:
+            self._catch_up(request_id)
+        with self._lock:
+            e = self._s.entries.get(request_id)
             if e is not None and e.record is not None:  # lives in RAM (shared store)
                 return _with_body({**e.record, "status": e.status}, e.body)
             if e is None or e.doc_id < 0:
@@ -914,6 +926,22 @@ class QueueManager:
                     listener(rid)
                 except Exception:
                     log.exception("cancel listener failed for %s", rid)
+
+    def _catch_up(self, request_id: Any) -> bool:
+        """Shared store: a request this proxy has not heard of may have been admitted by
+        another proxy a moment ago, its row not yet brought here by the change feed.
+        Read that row now (one indexed query), so that a client that submits a job
+        through one proxy and asks after it through another (both behind one load
+        balancer) finds it. True when RAM knows the request now."""
+        if not self.shared or not isinstance(request_id, str) or not (
+                0 < len(request_id) <= MAX_ID_CHARS):
+            return False
+        doc = self.db.search_one(TABLE, {"id": request_id})
+        if doc is None:
+            return False
+        self._merge({doc.doc_id: doc}, [doc.doc_id])
+        with self._lock:
+            return request_id in self._s.entries
 
     def _resync(self) -> None:
         """Bring RAM in line with the whole table (after the change feed had a gap),

@@ -158,3 +158,25 @@ def test_an_expired_lease_is_taken_back_by_another_proxy(proxies):
     assert doc["claimed_by"] == b.owner
     assert not a.update_request_status(rid, "completed")  # no longer its claim
     assert b.update_request_status(rid, "completed")
+
+
+def test_a_job_admitted_by_another_proxy_is_found_before_the_change_feed_brings_it(
+        proxies, pg_dsn):
+    """Behind a load balancer a client submits through one proxy and asks the other at
+    once: the other reads the row itself rather than answer "not found" until its change
+    feed catches up. Here B's feed brings nothing at all."""
+    a, _ = proxies()
+    b_store = PostgresStore(pg_dsn, max_size=5)
+    b_store.watch = lambda table, callback: None  # type: ignore[method-assign]
+    b = QueueManager(b_store, clock=time.time)
+    try:
+        job = a.enqueue(make_request(kind="job", prompt="hi"))[0]
+        got = b.get(job)
+        assert got is not None and got["id"] == job and got["status"] == "pending"
+        assert b.get("0" * 32) is None  # an id nobody admitted
+        other = a.enqueue(make_request(kind="job", prompt="two"))[0]
+        assert b.cancel(other)  # through B, which had not heard of it
+        assert wait_until(lambda: a.get(other)["status"] == "cancelled")
+    finally:
+        b.close()
+        b_store.close()
