@@ -59,7 +59,8 @@ from olol.node_faults import (
     transport_fault,
 )
 from olol.passthrough import PASSTHROUGH, PassthroughRuns
-from olol.relay import Relay, StreamRelay
+from olol.queue.records import STOP_ERROR
+from olol.relay import STOPPING_MESSAGE, Relay, StreamRelay
 from olol.resume import CarryOvers, Resume, Transcript, carry_over, follow
 from olol.rpc.client import NodeError
 from olol.scheduler import Assignment, RequestScheduler
@@ -76,6 +77,9 @@ log = logging.getLogger(__name__)
 
 
 _NODE_GONE = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
+#: At stop, once the grace is over and the calls left are cancelled: how long they may
+#: take to record their end (they are on their way out; not a second grace).
+SETTLE_S = 5.0
 
 
 class _AllGone(Exception):
@@ -180,11 +184,21 @@ class Dispatcher(PassthroughRuns):
                 self._active_lock.wait(timeout=min(0.5, max(0.01, deadline - self.monotonic())))
             finished = self._active == 0
         if not finished:
+            with self._running_lock:
+                relays = list(self._relays.values())
+            for relay in relays:  # their callers are told why (STOPPING_MESSAGE)
+                relay.interrupt()
             for stream in list(self._running.values()):
                 try:
                     stream.cancel()
                 except Exception:  # noqa: BLE001 - best effort at shutdown
                     pass
+            # the cancelled calls end on their own threads (a relay on its HTTP
+            # thread): let them record their end before the queue and store close
+            settle = self.monotonic() + SETTLE_S
+            with self._active_lock:
+                while self._active and self.monotonic() < settle:
+                    self._active_lock.wait(timeout=min(0.1, max(0.01, settle - self.monotonic())))
         self._stop.set()
         self.queue.notify()
         for t in self._threads:
@@ -498,6 +512,9 @@ class Dispatcher(PassthroughRuns):
                 if node_side and relay.transcript is not None and self._carry_over(
                         a, req, exc, relay.transcript):
                     rest = self._follow(req["id"])
+                elif not self._claiming.is_set():  # cut by the shutdown
+                    self._end_unsuccessful(req["id"], "interrupted", error=STOP_ERROR,
+                                           error_status=503)
                 else:
                     self._end_unsuccessful(req["id"], "failed", error=exc.message,
                                            error_status=exc.http_status)
@@ -770,9 +787,12 @@ class Dispatcher(PassthroughRuns):
     def _node_failed(self, a: Assignment, exc: NodeError,
                      keep: Transcript | None = None) -> None:
         kind = failure_kind(exc)
-        stopping = not self._claiming.is_set()
+        if kind == NODE and not self._claiming.is_set():  # cut by the shutdown
+            for req in a.requests:
+                self._cut_by_stop(req, exc, started=exc.mid_stream)
+            return
         if exc.mid_stream:  # output reached the client: carried over, or an error line
-            node_side = kind == NODE and not stopping
+            node_side = kind == NODE
             if node_side:
                 self._blame_mid_stream(a, exc)
             for req in a.requests:
@@ -792,10 +812,6 @@ class Dispatcher(PassthroughRuns):
                     self._retry(req, exc, busy=True)
                 else:
                     self._fail(req, exc.http_status, exc.message, started=False)
-            return
-        if stopping:  # a call cut by the shutdown: back to the queue, nobody to blame
-            for req in a.requests:
-                self._retry(req, exc)
             return
         if transport_fault(exc):
             self.scheduler.handle_server_failure(a.node, exc.message)
@@ -820,6 +836,19 @@ class Dispatcher(PassthroughRuns):
                 self._fail(req, exc.http_status, exc.message, started=False)
                 continue
             self._retry(req, exc)
+
+    def _cut_by_stop(self, req: dict, exc: NodeError, *, started: bool) -> None:
+        """A call the shutdown cut once its grace was over. A job goes back to the
+        queue (this proxy after its restart, or another one, runs it again); a
+        synchronous caller is told the proxy is stopping (503) and its record says
+        ``interrupted``, as after a restart: no proxy could run it again."""
+        if req.get("kind") == "job":
+            self._retry(req, exc)
+            return
+        self.hub.publish(req["id"], ERROR,
+                         {"status": 503, "error": STOPPING_MESSAGE, "started": started},
+                         timeout=self.publish_timeout_s)
+        self._end_unsuccessful(req["id"], "interrupted", error=STOP_ERROR, error_status=503)
 
     def _another_node(self, request_id: str, model_key: str) -> bool:
         """Whether a node this request has not failed on could serve its model."""

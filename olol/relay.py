@@ -28,7 +28,10 @@ from olol.rpc.client import NodeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STALLED_MESSAGE", "Relay", "StreamRelay"]
+__all__ = ["STALLED_MESSAGE", "STOPPING_MESSAGE", "Relay", "StreamRelay"]
+
+#: What a caller reads when the proxy's shutdown cut its answer (the grace was over).
+STOPPING_MESSAGE = "the proxy is stopping; try again"
 
 
 class Relay:
@@ -46,6 +49,7 @@ class Relay:
         self._lock = threading.Lock()
         self._settled = False
         self._stalled = False
+        self._stopping = False
         self.last_record = monotonic()
 
     @property
@@ -70,6 +74,12 @@ class Relay:
     def stall(self) -> None:
         """The watchdog saw no record for too long: end the stream with a 504."""
         self._stalled = True
+        self._cancel_call()
+
+    def interrupt(self) -> None:
+        """The proxy is stopping and its grace is over: end the stream with a 503
+        that says so (:data:`STOPPING_MESSAGE`)."""
+        self._stopping = True
         self._cancel_call()
 
     def _cancel_call(self) -> None:
@@ -149,6 +159,8 @@ class StreamRelay(Relay):
             except NodeError as exc:
                 if self._stalled:
                     exc = NodeError(exc.code, STALLED_MESSAGE, 504, mid_stream=True)
+                elif self._stopping:
+                    exc = NodeError(exc.code, STOPPING_MESSAGE, 503, mid_stream=True)
                 exc.mid_stream = True
                 failure = exc
             else:
@@ -172,7 +184,7 @@ class StreamRelay(Relay):
             return False
 
         def sink(body: bytes) -> bool:
-            if self._settled or self._stalled:
+            if self._settled or self._stalled or self._stopping:
                 return False
             data = render(body, False)
             if data and not write(data):

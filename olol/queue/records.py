@@ -24,6 +24,7 @@ MAX_PRIORITY = 1_000_000
 
 RESTART_ERROR = "interrupted by a proxy restart"
 LEASE_ERROR = "interrupted: the dispatch lease expired"
+STOP_ERROR = "interrupted: the proxy stopped before it finished"
 
 # Fields only QueueManager writes; values a caller passes for them are replaced.
 MANAGED_FIELDS = (

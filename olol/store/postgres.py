@@ -882,6 +882,8 @@ class PostgresStore:
         for callback in callbacks:
             try:
                 callback(table, ids, origin)
+            except StoreClosedError:
+                return  # closed meanwhile (the proxy is stopping): nobody needs the news
             except Exception:  # noqa: BLE001 - the change is committed; others still run
                 log.exception("store watcher of %s failed", table)
 

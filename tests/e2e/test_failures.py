@@ -177,6 +177,50 @@ def test_graceful_shutdown_lets_running_work_finish(make_cluster):
     assert time.monotonic() - t0 < 10
 
 
+def test_work_still_running_when_the_grace_is_over_is_cut_and_says_why(make_cluster):
+    """A stop whose grace runs out: a streaming caller reads an error line and a waiting
+    one a 503, both saying the proxy is stopping (not gRPC's "Locally cancelled");
+    their records say ``interrupted`` (not ``failed``: no node failed, and failure
+    counts stay true); a job goes back to the queue for the next start to run."""
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]",
+                     sim_kw={"response_tokens": (400, 400)})  # 20 s each
+    body = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "x"}],
+            "options": {"num_predict": 400}}
+    job = requests.post(c.url + "/olol/v1/jobs", json={"endpoint": "chat", "body": body},
+                        timeout=10).json()["id"]
+    got: dict = {}
+
+    def call(stream: bool) -> None:
+        r = requests.post(c.url + "/api/chat", json={**body, "stream": stream}, timeout=30,
+                          stream=stream)
+        got[stream] = (r.status_code, r.headers["X-OLOL-Request-Id"],
+                       [json.loads(x) for x in r.iter_lines() if x])
+
+    callers = [threading.Thread(target=call, args=(s,), name=f"caller-{s}") for s in (True, False)]
+    for t in callers:
+        t.start()
+    assert wait_until(lambda: c.sims[0].stats()["active_generations"] == 3)
+    time.sleep(0.3)  # the stream's first records are out
+    c.proxy.stop(grace_s=0.2)
+    for t in callers:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in callers)
+    streamed, waited = got[True], got[False]
+    assert streamed[0] == 200 and len(streamed[2]) > 1
+    assert streamed[2][-1] == {"error": "the proxy is stopping; try again"}
+    assert waited[0] == 503 and waited[2] == [{"error": "the proxy is stopping; try again"}]
+    db = DatabaseManager(c.data_dir)
+    try:
+        records = {d["id"]: d for d in db.all("inference_queue")}
+    finally:
+        db.close()
+    for _, request_id, _ in (streamed, waited):
+        assert records[request_id]["status"] == "interrupted", records[request_id]
+        assert records[request_id]["error"] == "interrupted: the proxy stopped before it finished"
+    assert records[job]["status"] == "pending"  # run again at the next start
+    assert wait_until(lambda: c.sims[0].stats()["active_generations"] == 0)
+
+
 def test_a_generation_longer_than_the_lease_keeps_its_claim(make_cluster):
     c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]", lease_s=0.6,
                      sim_kw={"response_tokens": (40, 40)})  # two seconds of generation
