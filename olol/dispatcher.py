@@ -176,8 +176,12 @@ class Dispatcher(PassthroughRuns):
         return self
 
     def stop(self, grace_s: float = 30.0) -> bool:
-        """Stop claiming, let running work finish within grace_s; True if all finished."""
+        """Stop claiming, let running work finish within grace_s; True if all finished.
+        Synchronous requests still waiting are answered at once (503, the proxy is
+        stopping: their callers may try another proxy) and recorded ``interrupted``."""
         self._claiming.clear()
+        for request_id in self.queue.waiting_here():
+            self._cut_by_stop({"id": request_id, "kind": "sync"}, None, started=False)
         deadline = self.monotonic() + grace_s
         with self._active_lock:
             while self._active and self.monotonic() < deadline:
@@ -837,12 +841,13 @@ class Dispatcher(PassthroughRuns):
                 continue
             self._retry(req, exc)
 
-    def _cut_by_stop(self, req: dict, exc: NodeError, *, started: bool) -> None:
-        """A call the shutdown cut once its grace was over. A job goes back to the
-        queue (this proxy after its restart, or another one, runs it again); a
-        synchronous caller is told the proxy is stopping (503) and its record says
+    def _cut_by_stop(self, req: dict, exc: NodeError | None, *, started: bool) -> None:
+        """A call the shutdown cut once its grace was over (``exc``: how it ended;
+        None: a request still waiting, never run). A job goes back to the queue
+        (this proxy after its restart, or another one, runs it again); a synchronous
+        caller is told the proxy is stopping (503) and its record says
         ``interrupted``, as after a restart: no proxy could run it again."""
-        if req.get("kind") == "job":
+        if req.get("kind") == "job" and exc is not None:
             self._retry(req, exc)
             return
         self.hub.publish(req["id"], ERROR,

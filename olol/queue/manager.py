@@ -866,6 +866,14 @@ class QueueManager:
         return [(m, p, s, n, first if s == "pending" else None)
                 for (m, p, s), (n, first) in groups.items()]
 
+    def waiting_here(self) -> list[str]:
+        """Ids of the synchronous requests this proxy admitted that wait in the queue
+        (pending): what a stopping proxy answers at once, as no other proxy can run
+        them (their callers are connected to this one)."""
+        with self._lock:
+            return [e.id for e in self._s.entries.values()
+                    if e.kind == "sync" and e.status == "pending" and not e.foreign]
+
     def active_bytes(self) -> int:
         """Body bytes held for pending and processing requests."""
         with self._lock:

@@ -225,11 +225,18 @@ def test_identical_requests_are_coalesced_into_one_call(rig):
 
 
 def test_a_stopping_dispatcher_claims_nothing(rig):
+    """A job waits for the next start; a synchronous caller is answered at once (no
+    other proxy can run its request) and the record says why."""
     r = rig()
-    r.submit("r1")
+    r.submit("j1", kind="job")
+    channel = r.submit("r1")
     r.dispatcher.stop(grace_s=0.0)
     assert r.dispatcher.tick() is None
-    assert r.status_of("r1") == "pending"
+    assert r.status_of("j1") == "pending"
+    assert r.status_of("r1") == "interrupted"
+    event = channel.poll()
+    assert event.kind == "error" and event.data["status"] == 503
+    assert event.data["error"] == "the proxy is stopping; try again"
 
 
 def test_a_relayed_answer_refreshes_its_lease_on_the_injected_clock(rig):

@@ -221,6 +221,44 @@ def test_work_still_running_when_the_grace_is_over_is_cut_and_says_why(make_clus
     assert wait_until(lambda: c.sims[0].stats()["active_generations"] == 0)
 
 
+def test_a_request_still_waiting_at_stop_is_answered_at_once(make_cluster):
+    """No proxy can run a waiting synchronous request once its own stops (its caller is
+    connected there): a stop answers it 503 at once, so the caller can try another
+    proxy while the running one finishes within the grace."""
+    c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]", parallel=1,
+                     sim_kw={"response_tokens": (40, 40)})  # two seconds
+    body = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "x"}],
+            "stream": False, "options": {"num_predict": 40}}
+    got: dict = {}
+
+    def call(name: str) -> None:
+        r = requests.post(c.url + "/api/chat", json=body, timeout=30)
+        got[name] = (r.status_code, r.json(), c.sims[0].stats()["active_generations"],
+                     r.headers.get("X-OLOL-Request-Id"))
+
+    running = threading.Thread(target=call, args=("running",), name="caller-running")
+    running.start()
+    assert wait_until(lambda: c.sims[0].stats()["active_generations"] == 1)
+    waiting = threading.Thread(target=call, args=("waiting",), name="caller-waiting")
+    waiting.start()
+    assert wait_until(lambda: c.proxy.queue.depth() == 2)  # behind the running one
+    stopper = threading.Thread(target=c.proxy.stop, kwargs={"grace_s": 20}, name="stopper")
+    stopper.start()
+    waiting.join(timeout=10)
+    status, answer, generating, waiting_id = got["waiting"]
+    assert status == 503 and answer == {"error": "the proxy is stopping; try again"}
+    assert generating == 1  # answered while the other still ran
+    running.join(timeout=20)
+    stopper.join(timeout=20)
+    assert got["running"][0] == 200 and got["running"][1]["done"] is True
+    db = DatabaseManager(c.data_dir)
+    try:
+        record = db.search_one("inference_queue", {"id": waiting_id})
+    finally:
+        db.close()
+    assert record["status"] == "interrupted"
+
+
 def test_a_generation_longer_than_the_lease_keeps_its_claim(make_cluster):
     c = make_cluster(nodes=1, models="llama3.2:1b[tps=20]", lease_s=0.6,
                      sim_kw={"response_tokens": (40, 40)})  # two seconds of generation

@@ -163,6 +163,9 @@ class _Queue:
     def wait_for_work(self, timeout: float) -> bool:
         return False
 
+    def waiting_here(self) -> list[str]:
+        return []
+
 
 class _Scheduler:
     def schedule_next_batch(self) -> None:
