@@ -166,24 +166,30 @@ def test_an_agent_that_goes_away_fails_its_streams_as_retryable(paced_sim):
         assert info.value.retryable
 
 
-def test_cancelling_a_held_stream_releases_its_ollama_request():
+@pytest.fixture
+def small_window_agent():
     sim = make_sim(parallel=4, response_tokens=(1500, 2000))
     agent = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=sim.url))
     try:
         agent.start()
         agent.servicer._mux_window = 4096
-        with NodeClient(agent.address, mux_lone=True) as client:
-            held = client.chat(chat("a long answer", 2000))
-            assert next(held)["done"] is False
-            session = agent.servicer.mux_sessions()[0]
-            assert wait_until(lambda: any(v > 4096 for v in session.unacked().values()))
-            held.cancel()
-            assert wait_until(lambda: client.status()["agent"]["in_flight_total"] == 0)
-            assert wait_until(lambda: sim.stats()["active_generations"] == 0)
-            assert wait_until(lambda: not session.unacked())
+        yield sim, agent
     finally:
         agent.stop(0)
         sim.stop()
+
+
+def test_cancelling_a_held_stream_releases_its_ollama_request(small_window_agent):
+    sim, agent = small_window_agent
+    with NodeClient(agent.address, mux_lone=True) as client:
+        held = client.chat(chat("a long answer", 2000))
+        assert next(held)["done"] is False
+        session = agent.servicer.mux_sessions()[0]
+        assert wait_until(lambda: any(v > 4096 for v in session.unacked().values()))
+        held.cancel()
+        assert wait_until(lambda: client.status()["agent"]["in_flight_total"] == 0)
+        assert wait_until(lambda: sim.stats()["active_generations"] == 0)
+        assert wait_until(lambda: not session.unacked())
 
 
 @pytest.fixture
@@ -204,19 +210,6 @@ def held_pause(monkeypatch):
         DefaultSelector=SlowToPause, EVENT_READ=selectors.EVENT_READ))
     yield pausing, release
     release.set()
-
-
-@pytest.fixture
-def small_window_agent():
-    sim = make_sim(parallel=4, response_tokens=(1500, 2000))
-    agent = Agent(AgentConfig(listen="127.0.0.1:0", ollama_url=sim.url))
-    try:
-        agent.start()
-        agent.servicer._mux_window = 4096
-        yield sim, agent
-    finally:
-        agent.stop(0)
-        sim.stop()
 
 
 def test_a_cancel_that_races_the_pause_of_a_full_window_still_releases(held_pause,
