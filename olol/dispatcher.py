@@ -161,6 +161,7 @@ class Dispatcher(PassthroughRuns):
         self._running: dict[str, Any] = {}  # batch_id -> NodeStream (for shutdown cancel)
         self._batch_of: dict[str, tuple[str, list[str]]] = {}  # request id -> (batch, its ids)
         self._cancelled: set[str] = set()  # batches stopped because their callers cancelled
+        self._cut_off = threading.Event()  # stopping, the grace over: running calls cut
         self._running_lock = threading.Lock()
         queue_manager.add_cancel_listener(self._on_cancel)
 
@@ -188,6 +189,7 @@ class Dispatcher(PassthroughRuns):
                 self._active_lock.wait(timeout=min(0.5, max(0.01, deadline - self.monotonic())))
             finished = self._active == 0
         if not finished:
+            self._cut_off.set()
             with self._running_lock:
                 relays = list(self._relays.values())
             for relay in relays:  # their callers are told why (STOPPING_MESSAGE)
@@ -516,7 +518,7 @@ class Dispatcher(PassthroughRuns):
                 if node_side and relay.transcript is not None and self._carry_over(
                         a, req, exc, relay.transcript):
                     rest = self._follow(req["id"])
-                elif not self._claiming.is_set():  # cut by the shutdown
+                elif self._cut_off.is_set():  # cut by the shutdown
                     self._end_unsuccessful(req["id"], "interrupted", error=STOP_ERROR,
                                            error_status=503)
                 else:
@@ -791,12 +793,13 @@ class Dispatcher(PassthroughRuns):
     def _node_failed(self, a: Assignment, exc: NodeError,
                      keep: Transcript | None = None) -> None:
         kind = failure_kind(exc)
-        if kind == NODE and not self._claiming.is_set():  # cut by the shutdown
+        if kind == NODE and self._cut_off.is_set():  # cut by the shutdown
             for req in a.requests:
                 self._cut_by_stop(req, exc, started=exc.mid_stream)
             return
+        stopping = not self._claiming.is_set()
         if exc.mid_stream:  # output reached the client: carried over, or an error line
-            node_side = kind == NODE
+            node_side = kind == NODE and not stopping
             if node_side:
                 self._blame_mid_stream(a, exc)
             for req in a.requests:
@@ -816,6 +819,10 @@ class Dispatcher(PassthroughRuns):
                     self._retry(req, exc, busy=True)
                 else:
                     self._fail(req, exc.http_status, exc.message, started=False)
+            return
+        if stopping:  # no retry from a stopping proxy: a job waits for the next start
+            for req in a.requests:
+                self._cut_by_stop(req, exc, started=False)
             return
         if transport_fault(exc):
             self.scheduler.handle_server_failure(a.node, exc.message)
@@ -842,11 +849,12 @@ class Dispatcher(PassthroughRuns):
             self._retry(req, exc)
 
     def _cut_by_stop(self, req: dict, exc: NodeError | None, *, started: bool) -> None:
-        """A call the shutdown cut once its grace was over (``exc``: how it ended;
-        None: a request still waiting, never run). A job goes back to the queue
-        (this proxy after its restart, or another one, runs it again); a synchronous
-        caller is told the proxy is stopping (503) and its record says
-        ``interrupted``, as after a restart: no proxy could run it again."""
+        """A request the shutdown ends: still waiting at the stop (``exc`` None), its
+        call failed while stopping (no retry from here), or cut once the grace was
+        over. A job goes back to the queue (this proxy after its restart, or another
+        one, runs it again); a synchronous caller is told the proxy is stopping (503)
+        and its record says ``interrupted``, as after a restart: no proxy could run
+        it again."""
         if req.get("kind") == "job" and exc is not None:
             self._retry(req, exc)
             return
