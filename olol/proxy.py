@@ -86,11 +86,34 @@ def raise_fd_limit(connections: int, spare: int = 512) -> int:
 
 
 def close_waitress(server: Any, thread: threading.Thread | None, timeout: float = 5.0) -> None:
-    """Stop a waitress server running ``server.run`` on ``thread``: finish or drop its
-    tasks, then close every channel on the server loop's own thread (closing them from
-    here would race the loop's select)."""
+    """Stop a waitress server running ``server.run`` on ``thread``: stop accepting
+    connections, serve the requests already received (a stopping proxy answers them
+    at once), finish or drop what is left, then close every channel. Sockets are closed
+    on the server loop's own thread (closing them from here would race its select)."""
+    deadline = time.monotonic() + timeout
+
+    from waitress import wasyncore
+
+    def stop_listening() -> None:
+        # the listening socket only (the server's own close() also shuts the trigger):
+        # a new connection is refused now, rather than accepted and dropped later
+        if isinstance(server, wasyncore.dispatcher):
+            try:
+                wasyncore.dispatcher.close(server)
+            except Exception:  # noqa: BLE001 - best effort while tearing down
+                pass
+
     try:
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
+        server.trigger.pull_trigger(stop_listening)
+    except OSError:  # the trigger is already closed: the loop is going away by itself
+        pass
+    # waitress's threads stop before taking another task: let them empty the queue first
+    dispatcher = server.task_dispatcher
+    while dispatcher.queue and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        server.task_dispatcher.shutdown(cancel_pending=True,
+                                        timeout=max(0.1, deadline - time.monotonic()))
     except Exception:  # noqa: BLE001 - best effort while tearing down
         pass
 
