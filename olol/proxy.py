@@ -85,6 +85,14 @@ def raise_fd_limit(connections: int, spare: int = 512) -> int:
     return connections
 
 
+def _on_loop(server: Any, work: Callable[[], None]) -> None:
+    """Run ``work`` on a waitress server's loop thread (sockets are closed there)."""
+    try:
+        server.trigger.pull_trigger(work)
+    except OSError:  # the trigger is already closed: the loop is going away by itself
+        pass
+
+
 def close_waitress(server: Any, thread: threading.Thread | None, timeout: float = 5.0) -> None:
     """Stop a waitress server running ``server.run`` on ``thread``: stop accepting
     connections, serve the requests already received (a stopping proxy answers them
@@ -103,13 +111,9 @@ def close_waitress(server: Any, thread: threading.Thread | None, timeout: float 
             except Exception:  # noqa: BLE001 - best effort while tearing down
                 pass
 
-    try:
-        server.trigger.pull_trigger(stop_listening)
-    except OSError:  # the trigger is already closed: the loop is going away by itself
-        pass
+    _on_loop(server, stop_listening)
     # waitress's threads stop before taking another task: let them empty the queue first
-    dispatcher = server.task_dispatcher
-    while dispatcher.queue and time.monotonic() < deadline:
+    while server.task_dispatcher.queue and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
         server.task_dispatcher.shutdown(cancel_pending=True,
@@ -130,10 +134,7 @@ def close_waitress(server: Any, thread: threading.Thread | None, timeout: float 
             except Exception:  # noqa: BLE001 - best effort while tearing down
                 pass
 
-    try:
-        server.trigger.pull_trigger(close_all)
-    except OSError:  # the trigger is already closed: the loop is going away by itself
-        pass
+    _on_loop(server, close_all)
     if thread is not None:
         thread.join(timeout=timeout)
 
