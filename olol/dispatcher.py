@@ -184,10 +184,7 @@ class Dispatcher(PassthroughRuns):
         for request_id in self.queue.waiting_here():
             self._cut_by_stop({"id": request_id, "kind": "sync"}, None, started=False)
         deadline = self.monotonic() + grace_s
-        with self._active_lock:
-            while self._active and self.monotonic() < deadline:
-                self._active_lock.wait(timeout=min(0.5, max(0.01, deadline - self.monotonic())))
-            finished = self._active == 0
+        finished = self._wait_idle(deadline)
         if not finished:
             self._cut_off.set()
             with self._running_lock:
@@ -201,15 +198,20 @@ class Dispatcher(PassthroughRuns):
                     pass
             # the cancelled calls end on their own threads (a relay on its HTTP
             # thread): let them record their end before the queue and store close
-            settle = self.monotonic() + SETTLE_S
-            with self._active_lock:
-                while self._active and self.monotonic() < settle:
-                    self._active_lock.wait(timeout=min(0.1, max(0.01, settle - self.monotonic())))
+            self._wait_idle(self.monotonic() + SETTLE_S)
         self._stop.set()
         self.queue.notify()
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - self.monotonic()) + 5)
         return finished
+
+    def _wait_idle(self, until: float) -> bool:
+        """Wait (until ``until`` on the monotonic clock) for no claimed work to be
+        running; True when none is."""
+        with self._active_lock:
+            while self._active and self.monotonic() < until:
+                self._active_lock.wait(timeout=min(0.5, max(0.01, until - self.monotonic())))
+            return self._active == 0
 
     def tick(self, now: float | None = None) -> Assignment | None:
         """One step of a dispatcher thread: claim the next batch placement assigns
@@ -519,8 +521,7 @@ class Dispatcher(PassthroughRuns):
                         a, req, exc, relay.transcript):
                     rest = self._follow(req["id"])
                 elif self._cut_off.is_set():  # cut by the shutdown
-                    self._end_unsuccessful(req["id"], "interrupted", error=STOP_ERROR,
-                                           error_status=503)
+                    self._end_interrupted(req["id"])
                 else:
                     self._end_unsuccessful(req["id"], "failed", error=exc.message,
                                            error_status=exc.http_status)
@@ -861,7 +862,11 @@ class Dispatcher(PassthroughRuns):
         self.hub.publish(req["id"], ERROR,
                          {"status": 503, "error": STOPPING_MESSAGE, "started": started},
                          timeout=self.publish_timeout_s)
-        self._end_unsuccessful(req["id"], "interrupted", error=STOP_ERROR, error_status=503)
+        self._end_interrupted(req["id"])
+
+    def _end_interrupted(self, request_id: str) -> None:
+        """Record that the shutdown ended a synchronous request (no node to blame)."""
+        self._end_unsuccessful(request_id, "interrupted", error=STOP_ERROR, error_status=503)
 
     def _another_node(self, request_id: str, model_key: str) -> bool:
         """Whether a node this request has not failed on could serve its model."""
@@ -878,8 +883,8 @@ class Dispatcher(PassthroughRuns):
             self.cluster.retract_failure(ticket)
 
     def _end_unsuccessful(self, request_id: str, status: str, **fields: Any) -> None:
-        """Record that a request ended ``failed`` or ``cancelled`` (``fields``: its
-        error and status), and settle its attempts."""
+        """Record that a request ended ``failed``, ``cancelled`` or ``interrupted``
+        (``fields``: its error and status), and settle its attempts."""
         self.queue.update_request_status(request_id, status, **fields)
         self._settle_attempts(request_id, succeeded=False)
 

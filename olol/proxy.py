@@ -98,9 +98,9 @@ def close_waitress(server: Any, thread: threading.Thread | None, timeout: float 
     connections, serve the requests already received (a stopping proxy answers them
     at once), finish or drop what is left, then close every channel. Sockets are closed
     on the server loop's own thread (closing them from here would race its select)."""
-    deadline = time.monotonic() + timeout
-
     from waitress import wasyncore
+
+    deadline = time.monotonic() + timeout
 
     def stop_listening() -> None:
         # the listening socket only (the server's own close() also shuts the trigger):

@@ -769,10 +769,7 @@ class QueueManager:
     def cancel(self, request_id: str) -> bool:
         """Pending or processing -> cancelled. Listeners (the dispatcher) hear of it, so
         a request already running on a node is stopped there."""
-        with self._lock:
-            known = isinstance(request_id, str) and request_id in self._s.entries
-        if not known:
-            self._catch_up(request_id)
+        self._catch_up(request_id)
         done = self._set(
             request_id, ACTIVE, lambda e, now: finish_patch("cancelled", now, "cancelled"),
             any_claim=True,
@@ -796,14 +793,9 @@ class QueueManager:
 
     # ------------------------------------------------------------------ reading
     def get(self, request_id: str) -> dict | None:
-        if not isinstance(request_id, str):
-            return None
+        self._catch_up(request_id)
         with self._lock:
-            known = request_id in self._s.entries
-        if not known:
-            self._catch_up(request_id)
-        with self._lock:
-            e = self._s.entries.get(request_id)
+            e = self._s.entries.get(request_id) if isinstance(request_id, str) else None
             if e is not None and e.record is not None:  # lives in RAM (shared store)
                 return _with_body({**e.record, "status": e.status}, e.body)
             if e is None or e.doc_id < 0:
@@ -935,21 +927,21 @@ class QueueManager:
                 except Exception:
                     log.exception("cancel listener failed for %s", rid)
 
-    def _catch_up(self, request_id: Any) -> bool:
+    def _catch_up(self, request_id: Any) -> None:
         """Shared store: a request this proxy has not heard of may have been admitted by
         another proxy a moment ago, its row not yet brought here by the change feed.
         Read that row now (one indexed query), so that a client that submits a job
         through one proxy and asks after it through another (both behind one load
-        balancer) finds it. True when RAM knows the request now."""
+        balancer) finds it. Nothing to do for a request RAM knows, or on TinyDB."""
         if not self.shared or not isinstance(request_id, str) or not (
                 0 < len(request_id) <= MAX_ID_CHARS):
-            return False
-        doc = self.db.search_one(TABLE, {"id": request_id})
-        if doc is None:
-            return False
-        self._merge({doc.doc_id: doc}, [doc.doc_id])
+            return
         with self._lock:
-            return request_id in self._s.entries
+            if request_id in self._s.entries:
+                return
+        doc = self.db.search_one(TABLE, {"id": request_id})
+        if doc is not None:
+            self._merge({doc.doc_id: doc}, [doc.doc_id])
 
     def _resync(self) -> None:
         """Bring RAM in line with the whole table (after the change feed had a gap),
